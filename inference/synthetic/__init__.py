@@ -1,0 +1,1 @@
+"""Synthetic, deterministic whole-slide images with paired report texts, for tests, demos and training."""

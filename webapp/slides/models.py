@@ -1,0 +1,61 @@
+"""Slides: one scanned glass slide of a Part, stored under a generated name in the slide store."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+
+from webapp.cases.models import Part
+
+
+class Slide(models.Model):
+    # A random UUID keeps tile and viewer URLs free of accession numbers and guessable counters.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    part = models.ForeignKey(Part, on_delete=models.PROTECT, related_name="slides")
+    stain = models.CharField(max_length=60, default="H&E")
+    block_label = models.CharField(max_length=20, blank=True, help_text="Block, e.g. '1' or 'A1'.")
+    # Relative to SLIDE_STORE_DIR; a file or a directory (multi-file formats such as DICOM or MIRAX).
+    file_path = models.CharField(max_length=300, unique=True, editable=False)
+    original_filename = models.CharField(max_length=255, blank=True, help_text="As uploaded; shown only.")
+    file_size = models.BigIntegerField(default=0)
+    vendor = models.CharField(max_length=40, blank=True)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    level_count = models.PositiveSmallIntegerField(default=0)
+    level_dimensions = models.JSONField(default=list)
+    level_downsamples = models.JSONField(default=list)
+    mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel at level 0.")
+    mpp_y = models.FloatField(null=True, blank=True)
+    objective_power = models.FloatField(null=True, blank=True)
+    scanner = models.CharField(max_length=200, blank=True)
+    associated_images = models.JSONField(default=list, help_text="Names of label/macro/thumbnail images.")
+    properties = models.JSONField(default=dict, help_text="OpenSlide properties (label text excluded).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["part__case", "part__label", "block_label", "created_at"]
+
+    def __str__(self) -> str:
+        block = f"-{self.block_label}" if self.block_label else ""
+        return f"{self.part}{block} {self.stain}"
+
+    @property
+    def case(self):
+        return self.part.case
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.SLIDE_STORE_DIR) / self.file_path
+
+    @property
+    def thumbnail_path(self) -> Path:
+        return Path(settings.SLIDE_STORE_DIR) / "thumbnails" / f"{self.pk}.jpg"
+
+    @property
+    def magnification_label(self) -> str:
+        return f"{self.objective_power:g}x" if self.objective_power else "unknown"
