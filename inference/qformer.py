@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEC_TOKEN = "[DEC]"
+DEC_TOKEN = "[DEC]"  # noqa: S105 - a vocabulary token, not a secret
 
 
 def default_text_model_dir() -> Path:
@@ -624,7 +624,7 @@ class _CachedDecoder:
         x = self.model._embed(tokens[:, None], 0, tokens.shape[0], offset=position)
         mask = torch.zeros(1, 1, 1, 1, dtype=x.dtype, device=x.device)  # a new token sees everything before
         new_cache = []
-        for layer, past in zip(self.model.layers, self.cache):
+        for layer, past in zip(self.model.layers, self.cache, strict=True):
             x, _, present = layer(x, mask, 0, None, None, past=past)
             new_cache.append(present)
         self.cache = new_cache
@@ -678,7 +678,7 @@ class _CachedDecoder:
             top, idx = total.topk(2 * k)
             beam_idx, tokens = idx // logp.shape[1], idx % logp.shape[1]
             keep_beams, keep_tokens, keep_scores = [], [], []
-            for score, b, t in zip(top.tolist(), beam_idx.tolist(), tokens.tolist()):
+            for score, b, t in zip(top.tolist(), beam_idx.tolist(), tokens.tolist(), strict=True):
                 if score == float("-inf"):
                     break
                 if t == sep:
