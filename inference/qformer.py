@@ -17,6 +17,7 @@ attention patterns over the [queries; text] sequence give the three uses:
   * bidirectional (ITM): queries and text see each other.
   * UniLM (ITG): queries see queries only; text sees all queries and earlier text (causal).
 """
+
 from __future__ import annotations
 
 import json
@@ -147,8 +148,9 @@ class AttentionBlock(nn.Module):
     def __init__(self, config: QFormerConfig, kv_width: int | None = None) -> None:
         super().__init__()
         h = config.hidden_size
-        self.attn = MultiHeadAttention(h, config.num_attention_heads, kv_width or h,
-                                       config.attention_probs_dropout_prob)
+        self.attn = MultiHeadAttention(
+            h, config.num_attention_heads, kv_width or h, config.attention_probs_dropout_prob
+        )
         self.dense = nn.Linear(h, h)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -177,7 +179,9 @@ class QFormerLayer(nn.Module):
     def __init__(self, config: QFormerConfig, has_cross_attention: bool) -> None:
         super().__init__()
         self.self_attn = AttentionBlock(config)
-        self.cross_attn = AttentionBlock(config, kv_width=config.vision_width) if has_cross_attention else None
+        self.cross_attn = (
+            AttentionBlock(config, kv_width=config.vision_width) if has_cross_attention else None
+        )
         self.ffn = FeedForward(config)  # text tokens
         self.ffn_query = FeedForward(config)  # query tokens
 
@@ -432,8 +436,12 @@ class QFormer(nn.Module):
         joint = self.encode_joint(patches, patch_mask, dec, attention_mask, "unilm")
         logits = self.lm_head(joint[:, q:-1])  # predicts tokens 1..T-1 from tokens 0..T-2; [B, T-1, V]
         labels = input_ids[:, 1:].masked_fill(~attention_mask[:, 1:].bool(), -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=-100, label_smoothing=self.config.label_smoothing)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.config.label_smoothing,
+        )
 
     # ---- generation (Q-Former decoder)
 
@@ -459,11 +467,22 @@ class QFormer(nn.Module):
         out = []
         for i in range(patches.shape[0]):  # one slide at a time: beams are the batch
             decoder = _CachedDecoder(self, patches[i : i + 1], patch_mask[i : i + 1])
-            opts = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                        repetition_penalty=repetition_penalty)
+            opts = dict(
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                repetition_penalty=repetition_penalty,
+            )
             if do_sample or num_beams <= 1:
-                out.append(decoder.sample(do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                          top_k=top_k, generator=generator, **opts))
+                out.append(
+                    decoder.sample(
+                        do_sample=do_sample,
+                        temperature=temperature,
+                        top_p=top_p,
+                        top_k=top_k,
+                        generator=generator,
+                        **opts,
+                    )
+                )
             else:
                 out.append(decoder.beam_search(num_beams=num_beams, length_penalty=length_penalty, **opts))
         return out
@@ -484,12 +503,18 @@ class QFormer(nn.Module):
         bert = json.loads((text_dir / "config.json").read_text())
         tokenizer = tokenizer or load_tokenizer(text_dir)
         kwargs = dict(
-            hidden_size=bert["hidden_size"], num_attention_heads=bert["num_attention_heads"],
-            intermediate_size=bert["intermediate_size"], hidden_act=bert.get("hidden_act", "gelu"),
+            hidden_size=bert["hidden_size"],
+            num_attention_heads=bert["num_attention_heads"],
+            intermediate_size=bert["intermediate_size"],
+            hidden_act=bert.get("hidden_act", "gelu"),
             max_position_embeddings=bert["max_position_embeddings"],
-            layer_norm_eps=bert.get("layer_norm_eps", 1e-12), num_hidden_layers=bert["num_hidden_layers"],
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-            sep_token_id=tokenizer.sep_token_id, dec_token_id=tokenizer.convert_tokens_to_ids(DEC_TOKEN),
+            layer_norm_eps=bert.get("layer_norm_eps", 1e-12),
+            num_hidden_layers=bert["num_hidden_layers"],
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            dec_token_id=tokenizer.convert_tokens_to_ids(DEC_TOKEN),
             text_init=str(text_dir.name),
         )
         kwargs.update(config_kwargs)
@@ -525,8 +550,10 @@ class QFormer(nn.Module):
         put("embed_norm.weight", state["embeddings.LayerNorm.weight"])
         put("embed_norm.bias", state["embeddings.LayerNorm.bias"])
         names = {
-            "attention.self.query": "self_attn.attn.query", "attention.self.key": "self_attn.attn.key",
-            "attention.self.value": "self_attn.attn.value", "attention.output.dense": "self_attn.dense",
+            "attention.self.query": "self_attn.attn.query",
+            "attention.self.key": "self_attn.attn.key",
+            "attention.self.value": "self_attn.attn.value",
+            "attention.output.dense": "self_attn.dense",
             "attention.output.LayerNorm": "self_attn.norm",
         }
         for i in range(self.config.num_hidden_layers):
@@ -535,11 +562,17 @@ class QFormer(nn.Module):
                 for p in ("weight", "bias"):
                     put(f"{dst}{b}.{p}", state[f"{src}{a}.{p}"])
             for ffn in ("ffn", "ffn_query"):
-                for a, b in (("intermediate.dense", "up"), ("output.dense", "down"), ("output.LayerNorm", "norm")):
+                for a, b in (
+                    ("intermediate.dense", "up"),
+                    ("output.dense", "down"),
+                    ("output.LayerNorm", "norm"),
+                ):
                     for p in ("weight", "bias"):
                         put(f"{dst}{ffn}.{b}.{p}", state[f"{src}{a}.{p}"])
-        head = {"cls.predictions.transform.dense": "lm_head.dense",
-                "cls.predictions.transform.LayerNorm": "lm_head.norm"}
+        head = {
+            "cls.predictions.transform.dense": "lm_head.dense",
+            "cls.predictions.transform.LayerNorm": "lm_head.norm",
+        }
         for a, b in head.items():
             for p in ("weight", "bias"):
                 if f"{a}.{p}" in state:
@@ -553,7 +586,9 @@ class QFormer(nn.Module):
 # Losses and similarity (plain functions so that tests can check them by hand)
 
 
-def same_group(group_ids: torch.Tensor | None, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def same_group(
+    group_ids: torch.Tensor | None, batch: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """bool [B, B]: True where row and column are interchangeable (same id); the identity without ids."""
     if group_ids is None:
         return torch.eye(batch, dtype=torch.bool, device=device)
@@ -613,8 +648,10 @@ class _CachedDecoder:
         self.first_logits = model.lm_head(joint[:, -1])  # [1, V]
 
     def _expand(self, n: int) -> None:
-        self.cache = [(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
-                      for k, v in self.cache]
+        self.cache = [
+            (k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
+            for k, v in self.cache
+        ]
 
     def _reorder(self, index: torch.Tensor) -> None:
         self.cache = [(k[index], v[index]) for k, v in self.cache]
@@ -630,8 +667,14 @@ class _CachedDecoder:
         self.cache = new_cache
         return self.model.lm_head(x[:, -1])
 
-    def _process(self, logits: torch.Tensor, generated: torch.Tensor, step: int, min_new: int,
-                 repetition_penalty: float) -> torch.Tensor:
+    def _process(
+        self,
+        logits: torch.Tensor,
+        generated: torch.Tensor,
+        step: int,
+        min_new: int,
+        repetition_penalty: float,
+    ) -> torch.Tensor:
         logits = logits.float().clone()
         logits[:, self.config.dec_token_id] = float("-inf")
         logits[:, self.config.pad_token_id] = float("-inf")
@@ -644,8 +687,17 @@ class _CachedDecoder:
             logits.scatter_(1, generated, seen)
         return logits
 
-    def sample(self, max_new_tokens: int, min_new_tokens: int, repetition_penalty: float, do_sample: bool,
-               temperature: float, top_p: float, top_k: int, generator: torch.Generator | None) -> list[int]:
+    def sample(
+        self,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        repetition_penalty: float,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        generator: torch.Generator | None,
+    ) -> list[int]:
         logits = self.first_logits
         out: list[int] = []
         generated = torch.zeros(1, 0, dtype=torch.long, device=logits.device)
@@ -663,8 +715,14 @@ class _CachedDecoder:
             logits = self._step(token, step + 1)
         return out
 
-    def beam_search(self, num_beams: int, max_new_tokens: int, min_new_tokens: int,
-                    repetition_penalty: float, length_penalty: float) -> list[int]:
+    def beam_search(
+        self,
+        num_beams: int,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        repetition_penalty: float,
+        length_penalty: float,
+    ) -> list[int]:
         k, sep = num_beams, self.config.sep_token_id
         self._expand(k)
         logits = self.first_logits.expand(k, -1)
@@ -699,8 +757,10 @@ class _CachedDecoder:
             self._reorder(index)
             logits = self._step(new_tokens, step + 1)
         if not finished:  # ran out of tokens: take the open beams as they are
-            finished = [(s / max(seqs.shape[1], 1) ** length_penalty, seqs[i].tolist())
-                        for i, s in enumerate(beam_scores.tolist())]
+            finished = [
+                (s / max(seqs.shape[1], 1) ** length_penalty, seqs[i].tolist())
+                for i, s in enumerate(beam_scores.tolist())
+            ]
         return max(finished, key=lambda f: f[0])[1]
 
 
