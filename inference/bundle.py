@@ -1,0 +1,176 @@
+"""Model bundles: one directory holding everything needed to run a trained PathAlign model offline.
+
+    <bundle>/
+      bundle.json          format, name, version, creation date, Q-Former config, encoder spec, dims,
+                           library versions, training-data summary
+      model.safetensors    Q-Former weights (the tied LM decoder is stored once)
+      tokenizer/           the text tokenizer (with [DEC])
+      eval.json            evaluation figures (written by ``python -m inference.evaluate``)
+      bridge/              optional stage-2 soft-prompt projection (+ LoRA) for a local causal LM
+
+Bundles are only ever read from a local path; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.qformer import QFormer, QFormerConfig, load_tokenizer
+
+FORMAT = "pathalign-bundle/1"
+CONFIG_FILE, WEIGHTS_FILE, EVAL_FILE, TOKENIZER_DIR, BRIDGE_DIR = (
+    "bundle.json",
+    "model.safetensors",
+    "eval.json",
+    "tokenizer",
+    "bridge",
+)
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def encoder_dim(spec: dict[str, Any]) -> int | None:
+    """The feature width an encoder spec declares, if it declares one."""
+    for key in ("dim", "feature_dim", "embed_dim", "width"):
+        if isinstance(spec.get(key), int):
+            return spec[key]
+    return None
+
+
+@dataclass
+class Bundle:
+    path: Path
+    config: dict[str, Any]
+    model: QFormer
+    tokenizer: Any
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.config.vision_width
+
+    def check_features(self, features: torch.Tensor) -> None:
+        check_feature_width(self.config, features.shape[-1])
+
+
+def check_feature_width(config: dict[str, Any], width: int) -> None:
+    """Refuse features from another encoder with a clear message naming both widths."""
+    expected = config["model"]["vision_width"]
+    if width != expected:
+        encoder = config.get("encoder", {}).get("name", "its encoder")
+        raise ValueError(
+            f"bundle {config.get('name', '?')!r} was trained on {expected}-d patch features ({encoder}) "
+            f"but got {width}-d features; extract them with the bundle's encoder"
+        )
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    model: QFormer,
+    tokenizer: Any,
+    encoder_spec: dict[str, Any],
+    name: str = "pathalign",
+    version: str = "0.1.0",
+    training: dict[str, Any] | None = None,
+    eval_figures: dict[str, Any] | None = None,
+    bridge: Any = None,
+    storage_dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a bundle directory (created if needed; files inside are replaced)."""
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dim = encoder_dim(encoder_spec)
+    if dim is not None and dim != model.config.vision_width:
+        raise ValueError(
+            f"encoder spec says {dim}-d features but the model reads {model.config.vision_width}-d"
+        )
+    cfg = model.config
+    config = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "variant": "G" if "itg" in cfg.losses else "R",
+        "model": cfg.to_dict(),
+        "encoder": dict(encoder_spec),
+        "dims": {
+            "feature": cfg.vision_width,
+            "embed": cfg.embed_dim,
+            "queries": cfg.num_query_tokens,
+            "hidden": cfg.hidden_size,
+        },
+        "versions": _versions(),
+        "training": training or {},
+        "has_bridge": bridge is not None,
+    }
+    # save_model stores a tied tensor once; a copy in storage_dtype keeps the live model untouched.
+    to_save = model if storage_dtype == torch.float32 else _copy_as(model, storage_dtype)
+    save_model(to_save, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    if bridge is not None:
+        bridge.save(out / BRIDGE_DIR)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    if eval_figures is not None:
+        write_eval(out, eval_figures)
+    return out
+
+
+def _copy_as(model: QFormer, dtype: torch.dtype) -> QFormer:
+    clone = QFormer(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone.to(dtype)
+
+
+def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's JSON config alone (cheap: no weights), e.g. for listing models in the web app."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a PathAlign bundle (no {CONFIG_FILE})")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported bundle format {config.get('format')!r} (expected {FORMAT})")
+    return config
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle from a local directory; the model comes back in eval mode, float32."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    config = read_bundle_config(path)
+    model = QFormer(QFormerConfig.from_dict(config["model"]))
+    load_model(model, str(path / WEIGHTS_FILE), strict=True, device="cpu")
+    model = model.float().to(device).eval()
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    return Bundle(path=path, config=config, model=model, tokenizer=tokenizer, eval=read_eval(path))
+
+
+def read_eval(path: str | os.PathLike) -> dict[str, Any]:
+    f = Path(path) / EVAL_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def write_eval(path: str | os.PathLike, figures: dict[str, Any]) -> Path:
+    f = Path(path) / EVAL_FILE
+    f.write_text(json.dumps(figures, indent=2, default=float))
+    return f

@@ -1,0 +1,393 @@
+"""The high-level PathAlign API the web app (and notebooks) use.
+
+    model = PathAlign.load("var/models/demo")
+    features = model.extract("slide.svs")                # SlideFeatures: features [N, D], coords [N, 2], ...
+    emb = model.embed(features)                          # SlideEmbedding
+    emb.slide      np.ndarray [256]     L2-normalised: mean of the normalised query embeddings, renormalised
+    emb.queries    np.ndarray [32, 256] L2-normalised query embeddings (for query-max similarity)
+    emb.attention  np.ndarray [N]       per-patch attention (cross-attention averaged over heads, queries and
+                                        layers); sums to 1; aligned with features.coords for heatmaps
+    model.embed_text(["invasive carcinoma"])             # np.ndarray [n, 256], L2-normalised
+    model.similarity(emb, text_embs)                     # query-max cosine, np.ndarray [n]
+    model.itm_scores(features, texts)                    # P(match) per text, np.ndarray [n]
+    model.classify(emb, {"adenoma": [...prompts], ...})  # {label: probability}
+    model.generate(features, num_beams=3)                # report draft (Q-Former decoder)
+    retrieve(query, candidates, k, rerank=...)           # ITC top-k, optionally re-ranked by ITM
+
+Why the slide vector is the mean of the normalised query embeddings: pgvector stores one 256-d vector per
+slide for approximate nearest-neighbour search. The mean of unit query vectors, renormalised, is the
+direction that maximises the *average* query cosine with a text; it ranks like query-max for texts the
+queries agree on, and exact query-max re-scoring over the stored 32 query vectors is done afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.bundle import Bundle, check_feature_width, load_bundle
+
+FeaturesLike = Any  # SlideFeatures (has .features [N, D]) | torch.Tensor [N, D] | np.ndarray [N, D]
+
+
+@dataclass
+class SlideEmbedding:
+    slide: np.ndarray  # [E] float32, L2-normalised
+    queries: np.ndarray  # [Q, E] float32, each row L2-normalised
+    attention: np.ndarray  # [N] float32, sums to 1 over the slide's patches
+
+    def to_dict(self) -> dict[str, list]:
+        return {
+            "slide": self.slide.tolist(),
+            "queries": self.queries.tolist(),
+            "attention": self.attention.tolist(),
+        }
+
+
+def features_tensor(features: FeaturesLike) -> torch.Tensor:
+    """[N, D] float32 tensor from SlideFeatures, a tensor or an array."""
+    x = getattr(features, "features", features)
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    if x.dim() != 2:
+        raise ValueError(f"expected patch features [N, D], got shape {tuple(x.shape)}")
+    return x
+
+
+def pad_features(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of [N_i, D] -> padded [B, max N, D] and bool mask [B, max N] (True = real patch)."""
+    n = max(max(t.shape[0] for t in items), 1)
+    out = torch.zeros(len(items), n, items[0].shape[1])
+    mask = torch.zeros(len(items), n, dtype=torch.bool)
+    for i, t in enumerate(items):
+        out[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return out, mask
+
+
+def tidy_text(text: str) -> str:
+    """Undo WordPiece spacing and restore sentence capitals (the MiniLM tokenizer is uncased)."""
+    text = re.sub(r"\s+([.,;:!?)%])", r"\1", text)
+    text = re.sub(r"([(])\s+", r"\1", text)
+    text = re.sub(r"\s*-\s*", "-", text)
+    text = re.sub(r"\s*/\s*", "/", text)
+    return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text.strip())
+
+
+class PathAlign:
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", lm_dir: str | None = None) -> None:
+        self.bundle = bundle
+        self.model = bundle.model.to(device).eval()
+        self.tokenizer = bundle.tokenizer
+        self.device = torch.device(device)
+        self._encoder = None
+        self._bridge = None
+        self._lm_dir = lm_dir
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, device: str = "cpu", lm_dir: str | None = None) -> PathAlign:
+        """Load a bundle from a local directory. ``lm_dir`` points a stage-2 bridge at its local LM."""
+        return cls(load_bundle(bundle_dir, device=device), device=device, lm_dir=lm_dir)
+
+    # ---- description
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        c = self.bundle.config
+        return {
+            "name": c["name"],
+            "version": c["version"],
+            "variant": c.get("variant"),
+            "created": c.get("created"),
+            "encoder": c["encoder"],
+            "dims": c["dims"],
+            "path": str(self.bundle.path),
+        }
+
+    @property
+    def eval_figures(self) -> dict[str, Any]:
+        return self.bundle.eval
+
+    # ---- features (delegated to the data side)
+
+    @property
+    def encoder(self) -> Any:
+        """The patch encoder named by the bundle's encoder spec (built once, on first use)."""
+        if self._encoder is None:
+            from inference.encoders import build_encoder
+
+            self._encoder = build_encoder(self.bundle.config["encoder"], device=str(self.device))
+        return self._encoder
+
+    def extract(self, slide_path: str | os.PathLike, progress: Callable | None = None) -> Any:
+        """Tissue mask -> patch grid -> patch features for one slide (``inference.features``)."""
+        from inference import features as feats
+
+        return feats.extract_slide_features(slide_path, self.encoder, progress=progress)
+
+    # ---- embeddings
+
+    def _check(self, x: torch.Tensor) -> None:
+        check_feature_width(self.bundle.config, x.shape[-1])
+
+    @torch.no_grad()
+    def embed_many(self, items: Sequence[FeaturesLike], batch_size: int = 16) -> list[SlideEmbedding]:
+        """Embed several slides (padded in batches; padding never changes an embedding)."""
+        out: list[SlideEmbedding] = []
+        for start in range(0, len(items), batch_size):
+            xs = [features_tensor(f) for f in items[start : start + batch_size]]
+            for x in xs:
+                self._check(x)
+            patches, mask = pad_features(xs)
+            query_out, attention = self.model.encode_patches(
+                patches.to(self.device), mask.to(self.device), with_attention=True
+            )
+            q = self.model.query_embeddings(query_out).float().cpu()  # [B, Q, E]
+            slide = F.normalize(q.mean(1), dim=-1)  # [B, E]
+            for i, x in enumerate(xs):
+                out.append(
+                    SlideEmbedding(
+                        slide=slide[i].numpy().astype(np.float32),
+                        queries=q[i].numpy().astype(np.float32),
+                        attention=attention[i, : x.shape[0]].float().cpu().numpy().astype(np.float32),
+                    )
+                )
+        return out
+
+    def embed(self, features: FeaturesLike) -> SlideEmbedding:
+        return self.embed_many([features])[0]
+
+    @torch.no_grad()
+    def embed_text(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[n, E] L2-normalised text embeddings (projected [CLS])."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            enc = self._tokenize(texts[start : start + batch_size])
+            out = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
+            chunks.append(self.model.text_embeddings(out).float().cpu())
+        if not chunks:
+            return np.zeros((0, self.model.config.embed_dim), dtype=np.float32)
+        return torch.cat(chunks).numpy().astype(np.float32)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.model.config.max_text_len,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _queries(self, item: SlideEmbedding | FeaturesLike) -> np.ndarray:
+        return item.queries if isinstance(item, SlideEmbedding) else self.embed(item).queries
+
+    def similarity(
+        self, slide: SlideEmbedding | np.ndarray | FeaturesLike, text_embs: np.ndarray
+    ) -> np.ndarray:
+        """Query-max cosine between a slide and each text embedding [n, E] -> [n].
+
+        ``slide`` may be a SlideEmbedding, its [Q, E] query matrix, a single [E] vector, or features.
+        """
+        if isinstance(slide, np.ndarray) and slide.ndim in (1, 2) and slide.shape[-1] == text_embs.shape[-1]:
+            queries = slide.reshape(-1, slide.shape[-1])
+        else:
+            queries = self._queries(slide)
+        return query_max(queries, np.atleast_2d(text_embs))
+
+    @torch.no_grad()
+    def itm_scores(self, features: FeaturesLike, texts: Sequence[str]) -> np.ndarray:
+        """Probability that each text describes the slide (ITM head), [n]. Used to re-rank retrieval."""
+        x = features_tensor(features)
+        self._check(x)
+        enc = self._tokenize(list(texts))
+        n = enc["input_ids"].shape[0]
+        patches = x[None].to(self.device).expand(n, -1, -1)
+        logits = self.model.itm_logits(patches, None, enc["input_ids"], enc["attention_mask"])
+        return logits.float().softmax(-1)[:, 1].cpu().numpy()
+
+    def label_embeddings(self, label_prompts: dict[str, list[str]]) -> tuple[list[str], np.ndarray]:
+        """Prompt ensembles: the renormalised mean of each label's prompt embeddings -> [L, E]."""
+        labels = list(label_prompts)
+        embs = []
+        for label in labels:
+            e = self.embed_text(label_prompts[label] or [label]).mean(0)
+            embs.append(e / max(np.linalg.norm(e), 1e-12))
+        return labels, np.stack(embs).astype(np.float32)
+
+    def classify(
+        self, features_or_embedding: SlideEmbedding | FeaturesLike, label_prompts: dict[str, list[str]]
+    ) -> dict[str, float]:
+        """Zero-shot classification: softmax over labels of query-max similarity / learned temperature."""
+        labels, embs = self.label_embeddings(label_prompts)
+        scores = self.similarity(features_or_embedding, embs) / float(self.model.temp.detach())
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        return {label: float(p) for label, p in zip(labels, probs, strict=True)}
+
+    # ---- generation
+
+    def generate(
+        self,
+        features: FeaturesLike,
+        num_beams: int = 3,
+        do_sample: bool = False,
+        max_new_tokens: int = 96,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        min_new_tokens: int = 1,
+        backend: str = "qformer",
+        seed: int | None = None,
+    ) -> str:
+        """A report draft for one slide. ``backend="qformer"`` (ITG decoder) or ``"llm"`` (stage-2 bridge)."""
+        return self.generate_many(
+            [features],
+            num_beams,
+            do_sample,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            min_new_tokens,
+            backend,
+            seed,
+        )[0]
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        items: Sequence[FeaturesLike],
+        num_beams: int = 3,
+        do_sample: bool = False,
+        max_new_tokens: int = 96,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        min_new_tokens: int = 1,
+        backend: str = "qformer",
+        seed: int | None = None,
+    ) -> list[str]:
+        xs = [features_tensor(f) for f in items]
+        for x in xs:
+            self._check(x)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        if backend == "llm":
+            patches, mask = pad_features(xs)
+            query_out, _ = self.model.encode_patches(patches.to(self.device), mask.to(self.device))
+            return self.bridge.generate(
+                query_out,
+                num_beams=num_beams,
+                do_sample=do_sample,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+            )
+        if backend != "qformer":
+            raise ValueError(f"unknown generation backend {backend!r}; use 'qformer' or 'llm'")
+        if "itg" not in self.model.config.losses:
+            raise ValueError("this bundle is a retrieval model (PathAlign-R): it was not trained to generate")
+        texts = []
+        for x in xs:
+            ids = self.model.generate(
+                x[None].to(self.device),
+                None,
+                num_beams=num_beams,
+                do_sample=do_sample,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+                generator=generator,
+            )[0]
+            texts.append(tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
+        return texts
+
+    @property
+    def bridge(self) -> Any:
+        """The stage-2 bridge to a local causal LM (bundle's ``bridge/``), loaded on first use."""
+        if self._bridge is None:
+            from inference.bridge import SoftPromptBridge
+            from inference.bundle import BRIDGE_DIR
+
+            if not (self.bundle.path / BRIDGE_DIR).is_dir():
+                raise ValueError("this bundle has no stage-2 bridge; generate with backend='qformer'")
+            self._bridge = SoftPromptBridge.load(
+                self.bundle.path / BRIDGE_DIR, lm_dir=self._lm_dir, device=str(self.device)
+            )
+        return self._bridge
+
+    # ---- retrieval
+
+    def retrieve(
+        self,
+        query_emb: np.ndarray,
+        candidate_embs: np.ndarray,
+        k: int = 10,
+        rerank: Callable[[list[int]], np.ndarray] | None = None,
+        rerank_top: int | None = None,
+    ):
+        return retrieve(query_emb, candidate_embs, k, rerank, rerank_top)
+
+    def text_reranker(
+        self, features: FeaturesLike, texts: Sequence[str]
+    ) -> Callable[[list[int]], np.ndarray]:
+        """For slide -> text retrieval: ITM scores of the chosen candidate texts against this slide."""
+        return lambda idx: self.itm_scores(features, [texts[i] for i in idx])
+
+    def slide_reranker(
+        self, text: str, features: Sequence[FeaturesLike]
+    ) -> Callable[[list[int]], np.ndarray]:
+        """For text -> slide retrieval: ITM scores of this text against the chosen candidate slides."""
+        return lambda idx: np.array([self.itm_scores(features[i], [text])[0] for i in idx])
+
+
+def query_max(queries: np.ndarray, text_embs: np.ndarray) -> np.ndarray:
+    """[Q, E] x [n, E] -> [n]: best query cosine for each text."""
+    return (np.atleast_2d(text_embs) @ np.atleast_2d(queries).T).max(axis=1)
+
+
+def retrieve(
+    query_emb: np.ndarray,
+    candidate_embs: np.ndarray,
+    k: int = 10,
+    rerank: Callable[[list[int]], np.ndarray] | None = None,
+    rerank_top: int | None = None,
+) -> list[tuple[int, float]]:
+    """Top-k candidates by ITC similarity, then (optionally) re-ranked by ITM.
+
+    ``query_emb``: [E] (text or slide vector) or [Q, E] (slide queries).
+    ``candidate_embs``: [M, E] (texts or slide vectors) or [M, Q, E] (slide queries).
+    Similarity is query-max whenever one side has queries, plain cosine otherwise.
+    ``rerank(indices) -> scores`` re-orders the ITC top ``rerank_top`` (default 4k) by its scores.
+    Returns [(candidate index, score)], best first; the score is the ITM score when re-ranked.
+    """
+    q = np.asarray(query_emb, dtype=np.float32)
+    c = np.asarray(candidate_embs, dtype=np.float32)
+    if c.ndim == 3:  # [M, Q, E] slides vs a text [E]
+        scores = np.einsum("mqe,e->mq", c, q.reshape(-1)).max(axis=1)
+    elif q.ndim == 2:  # slide queries [Q, E] vs texts [M, E]
+        scores = query_max(q, c)
+    else:
+        scores = c @ q
+    order = np.argsort(-scores, kind="stable")
+    if rerank is None:
+        return [(int(i), float(scores[i])) for i in order[:k]]
+    top = [int(i) for i in order[: max(k, rerank_top or 4 * k)]]
+    itm = np.asarray(rerank(top), dtype=np.float32)
+    reordered = sorted(zip(top, itm, strict=True), key=lambda p: -p[1])
+    return [(i, float(s)) for i, s in reordered[:k]]
