@@ -6,6 +6,13 @@
       var bar = form.querySelector("progress");
       var status = form.querySelector(".upload-status");
       var button = form.querySelector("button[type=submit]");
+      var file = form.querySelector("input[type=file]").files[0];
+      var limit = Number(form.dataset.maxBytes || 0);
+      if (file && limit && file.size > limit) {
+        status.textContent = "The file is larger than the upload limit of " + (limit / 1073741824).toFixed(1) + " GB.";
+        status.classList.add("error");
+        return;
+      }
       var xhr = new XMLHttpRequest();
       xhr.open("POST", form.action);
       xhr.setRequestHeader("X-CSRFToken", form.querySelector("[name=csrfmiddlewaretoken]").value);

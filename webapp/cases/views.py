@@ -1,4 +1,5 @@
 """Accessioning and case pages. Every case is resolved through `access.get_case_for_user`."""
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Prefetch
@@ -83,6 +84,7 @@ def case_detail(request, case_id: int):
         "can_edit": access.can_edit_accessioning(request.user),
         "assign_form": AssignForm(initial={"pathologist": case.assigned_to}),
         "part_form": PartForm(case=case),
+        "upload_limit": settings.SLIDE_UPLOAD_MAX_BYTES,
     }
     return render(request, "cases/case_detail.html", context)
 

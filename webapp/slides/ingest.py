@@ -64,6 +64,9 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, "openslide.OpenSlide"]:
     except openslide.OpenSlideError as exc:
         raise SlideRejected(f"OpenSlide could not read the file: {exc}") from None
     if vendor is None:
+        if path.is_file() and _has_image_signature(path):
+            raise SlideRejected("The file starts like a TIFF/DICOM image but is damaged or incomplete "
+                                "(was the copy interrupted?).")
         raise SlideRejected("The file is not a whole-slide image format that OpenSlide recognises.")
     try:
         slide = openslide.OpenSlide(str(path))
@@ -104,6 +107,15 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, "openslide.OpenSlide"]:
         properties={k: v[:500] for k, v in props.items() if not k.startswith(HIDDEN_PROPERTY_PREFIXES)},
     )
     return metadata, slide
+
+
+IMAGE_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF, both byte orders
+
+
+def _has_image_signature(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[:4] in IMAGE_SIGNATURES or head[128:132] == b"DICM"
 
 
 def _remove(path: Path) -> None:

@@ -12,12 +12,11 @@ class SizeLimitedUploadHandler(TemporaryFileUploadHandler):
         super().__init__(request)
         self.limit = settings.SLIDE_UPLOAD_MAX_BYTES
         self.received = 0
+        self.content_length = 0
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
-        if content_length and content_length > self.limit + 1024**2:  # allow for multipart overhead
-            self.request.upload_too_large = True
-            raise StopUpload(connection_reset=False)
-        return None
+        self.content_length = content_length or 0
+        return None  # let the parser run; raising here would escape Django's handling
 
     def receive_data_chunk(self, raw_data, start):
         self.received += len(raw_data)
@@ -25,5 +24,6 @@ class SizeLimitedUploadHandler(TemporaryFileUploadHandler):
             self.request.upload_too_large = True
             if getattr(self, "file", None) is not None:
                 self.file.close()  # a NamedTemporaryFile: closing deletes the partial data
-            raise StopUpload(connection_reset=False)
+            # Draining a body many times the limit would waste the worker: drop the connection instead.
+            raise StopUpload(connection_reset=self.content_length > 2 * self.limit)
         return super().receive_data_chunk(raw_data, start)

@@ -43,10 +43,13 @@ def _slide_upload(request, case_id: int, part_id: int):
     limit_gb = settings.SLIDE_UPLOAD_MAX_BYTES / 1024**3
     try:
         upload = request.FILES.get("file")
-    except Exception:  # noqa: BLE001 - a malformed multipart body
-        return _error("The upload could not be read; please try again.", 400)
+        unreadable = False
+    except Exception:  # noqa: BLE001 - a malformed or interrupted multipart body
+        upload, unreadable = None, True
     if getattr(request, "upload_too_large", False):
         return _error(f"The file is larger than the upload limit of {limit_gb:g} GB.", 413)
+    if unreadable:
+        return _error("The upload could not be read; please try again.", 400)
     if upload is None:
         return _error("No file was sent.", 400)
     form = SlideFieldsForm(request.POST)
