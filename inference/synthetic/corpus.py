@@ -211,6 +211,20 @@ def _macro_image(rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
     return np.asarray(macro)
 
 
+def _tune_malloc() -> None:
+    """Keep freed image buffers in the heap instead of unmapping them: on small VMs, page-faulting fresh
+    16 MB arrays costs more than the arithmetic done on them (rendering is ~2x faster)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 * 1024 * 1024)  # M_TOP_PAD
+    except (OSError, AttributeError):
+        pass
+
+
 def _make_slide(job: tuple[dict, str, tuple[int, int], float]) -> dict:
     case, out_dir, size, mpp = job
     rgb = render_case(case, size, mpp)
@@ -256,13 +270,14 @@ def generate_corpus(out_dir: str | Path, n_cases: int, seed: int = 0, size: int 
         workers = max(1, min(2, os.cpu_count() or 1, n_cases // 12))
     records: list[dict] = []
     if workers <= 1:
+        _tune_malloc()
         for job in jobs:
             records.append(_make_slide(job))
             if progress:
                 progress(len(records), n_cases)
     else:
         # spawn: safe even when the caller has torch threads running (fork is not).
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_tune_malloc) as pool:
             for rec in pool.imap(_make_slide, jobs, chunksize=1):
                 records.append(rec)
                 if progress:

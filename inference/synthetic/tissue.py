@@ -106,13 +106,10 @@ class Canvas:
         cell = max(self.px(cell_um), 1.0)
         lh, lw = int(self.h / cell) + 3, int(self.w / cell) + 3
         small = self.rng.standard_normal((lh, lw)).astype(np.float32)
-        big = np.asarray(Image.fromarray(small).resize((lw * 8, lh * 8), Image.Resampling.BICUBIC))
-        # Crop so that one low-res cell spans `cell` pixels, then resize to the canvas.
-        scale = 8 / cell
-        ch, cw = max(2, int(round(self.h * scale))), max(2, int(round(self.w * scale)))
-        field_ = np.asarray(Image.fromarray(np.ascontiguousarray(big[:ch, :cw])).resize(
-            (self.w, self.h), Image.Resampling.BILINEAR))
-        field_ = field_ / (field_.std() + 1e-6)
+        # One resize to a little more than the canvas (one low-res cell = `cell` px), then crop.
+        size = (max(self.w, int(round(lw * cell))), max(self.h, int(round(lh * cell))))
+        field_ = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC))[:self.h, :self.w]
+        field_ = field_ * np.float32(1.0 / (field_[::7, ::7].std() + 1e-6))
         if not fresh:
             self._noise[cell_um] = field_
         return field_
@@ -201,13 +198,26 @@ class Canvas:
 
     # -- output
     def to_rgb(self, stain_h: float = 1.0, stain_e: float = 1.0) -> np.ndarray:
-        t = self.tissue
-        od = (self.hema[..., None] * (H_VEC * stain_h) + self.eos[..., None] * (E_VEC * stain_e)
-              + self.mel[..., None] * M_VEC)
-        rgb = 255.0 * np.exp(-od)
-        # Glass background outside tissue, and white air/fat spaces inside read the same.
-        rgb = np.where(t[..., None], np.minimum(rgb, BACKGROUND), BACKGROUND)
-        return np.clip(rgb, 0, 255).astype(np.uint8)
+        # One channel at a time, in place: full-size temporaries cost more than the arithmetic here.
+        glass = ~self.tissue
+        has_mel = bool(self.mel.any())
+        out = np.empty((self.h, self.w, 3), np.uint8)
+        od = np.empty_like(self.hema)
+        tmp = np.empty_like(self.hema)
+        for ch in range(3):
+            np.multiply(self.hema, -H_VEC[ch] * stain_h, out=od)
+            np.multiply(self.eos, E_VEC[ch] * stain_e, out=tmp)
+            od -= tmp
+            if has_mel:
+                np.multiply(self.mel, M_VEC[ch], out=tmp)
+                od -= tmp
+            np.exp(od, out=od)
+            od *= 255.0
+            # Glass background outside tissue; white air/fat spaces inside read the same.
+            np.minimum(od, BACKGROUND[ch], out=od)
+            np.copyto(od, BACKGROUND[ch], where=glass)
+            out[..., ch] = od
+        return out
 
 
 # ------------------------------------------------------------------------------------------- placement
