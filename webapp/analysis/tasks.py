@@ -1,6 +1,7 @@
 """Celery shells around `webapp.analysis.jobs`: serialization, retries and worker heartbeats only."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -13,6 +14,7 @@ from django.utils import timezone
 from . import jobs
 from .models import WorkerHeartbeat
 
+log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
 _stop = threading.Event()
 
@@ -54,8 +56,8 @@ def _heartbeat_loop(hostname: str, queues: str) -> None:
         try:
             close_old_connections()
             _beat(hostname, queues)
-        except Exception:  # noqa: BLE001 - the database may be restarting; try again next beat
-            pass
+        except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again next beat
+            log.warning("worker heartbeat failed: %s", exc)
 
 
 @worker_ready.connect
@@ -72,5 +74,5 @@ def stop_heartbeat(sender=None, **kwargs) -> None:
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     try:
         WorkerHeartbeat.objects.filter(hostname=hostname).delete()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort on the way out
+        log.info("could not remove the heartbeat row: %s", exc)

@@ -55,7 +55,7 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def inspect_slide(path: Path) -> tuple[SlideMetadata, "openslide.OpenSlide"]:
+def inspect_slide(path: Path) -> tuple[SlideMetadata, openslide.OpenSlide]:
     """Open `path` with OpenSlide and prove its pixels decode; raise SlideRejected with a clear reason."""
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         raise SlideRejected("The file is empty.")

@@ -1,0 +1,117 @@
+"""Demo data for `make run`: accounts (one per role), cases with synthetic slides, and whatever each app
+adds in its own `demo.py` (a `seed(context)` function), run in INSTALLED_APPS order.
+
+Idempotent: a second run finds the data and changes nothing. Passwords are printed once, on first run,
+and kept in var/demo-credentials.txt (readable by the owner only) so they can be looked up again.
+"""
+from __future__ import annotations
+
+import importlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.apps import apps
+from django.conf import settings
+from django.db import transaction
+
+DEMO_USERS = [
+    # username, role, first, last, superuser
+    ("labadmin", "lab_admin", "Lara", "Admin", True),
+    ("dr_lee", "pathologist", "Grace", "Lee", False),
+    ("dr_patel", "pathologist", "Ravi", "Patel", False),
+    ("eval_kim", "evaluator", "Min", "Kim", False),
+]
+DEMO_CASES = 12
+
+
+@dataclass
+class DemoContext:
+    users: dict = field(default_factory=dict)
+    cases: list = field(default_factory=list)
+    manifest: list = field(default_factory=list)
+    log: callable = print
+
+
+def credentials_file() -> Path:
+    return Path(settings.VAR_DIR) / "demo-credentials.txt"
+
+
+def seed_users(context: DemoContext) -> None:
+    from webapp.accounts.models import User
+
+    created = []
+    for username, role, first, last, superuser in DEMO_USERS:
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_user(username=username, password=password, role=role, first_name=first,
+                                            last_name=last, is_superuser=superuser, is_staff=superuser)
+            created.append((username, role, password))
+        context.users[username] = user
+    if created:
+        lines = [f"{username:10} {role:12} {password}" for username, role, password in created]
+        path = credentials_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        context.log(f"Demo accounts (shown once; also in {path}):\n  " + "\n  ".join(lines))
+
+
+def demo_corpus_dir() -> Path:
+    return Path(settings.VAR_DIR) / "demo-corpus"
+
+
+def seed_cases(context: DemoContext) -> None:
+    """Accession demo cases with synthetic slides: a few per pathologist, one unassigned."""
+    from inference.synthetic.corpus import generate_corpus, load_manifest
+    from webapp.cases.models import Case, CaseStatus, Part, Priority
+    from webapp.slides.ingest import ingest_slide
+
+    corpus = demo_corpus_dir()
+    if not (corpus / "manifest.jsonl").exists():
+        context.log(f"Generating {DEMO_CASES} synthetic demo slides ...")
+        generate_corpus(corpus, DEMO_CASES, seed=2026, size=(3072, 2304))
+    context.manifest = load_manifest(corpus)
+    pathologists = [context.users["dr_lee"], context.users["dr_patel"]]
+    priorities = [Priority.ROUTINE, Priority.URGENT, Priority.ROUTINE, Priority.STAT]
+    for index, record in enumerate(context.manifest):
+        accession = f"S26-{index + 1:05d}"
+        case = Case.objects.filter(accession_number=accession).first()
+        if case is None:
+            assignee = None if index == len(context.manifest) - 1 else pathologists[index % 2]
+            with transaction.atomic():
+                case = Case.objects.create(
+                    accession_number=accession,
+                    patient_pseudonym=f"DEMO-{index + 1:04d}",
+                    clinical_history=record.get("clinical_history", ""),
+                    priority=priorities[index % len(priorities)],
+                    assigned_to=assignee,
+                    status=CaseStatus.ASSIGNED if assignee else CaseStatus.ACCESSIONED,
+                    created_by=context.users["labadmin"],
+                )
+                labels = record["labels"]
+                part = Part.objects.create(case=case, label=record.get("part", "A") or "A",
+                                           site=labels.get("site", ""), procedure=labels.get("procedure", ""))
+                ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
+                             stain="H&E", block_label="1", user=context.users["labadmin"], move=False)
+        context.cases.append(case)
+    context.log(f"{len(context.cases)} demo cases ready.")
+
+
+def seed_all(log=print) -> DemoContext:
+    context = DemoContext(log=log)
+    seed_users(context)
+    seed_cases(context)
+    for config in apps.get_app_configs():
+        if not config.name.startswith("webapp."):
+            continue
+        try:
+            module = importlib.import_module(f"{config.name}.demo")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{config.name}.demo":
+                raise
+            continue
+        module.seed(context)
+    return context
