@@ -502,8 +502,8 @@ def tissue_mask(c: Canvas, procedure: str, coverage: tuple[float, float] = (0.35
         u = ((xx - cx) * ca + (yy - cy) * sa) / rx
         v = (-(xx - cx) * sa + (yy - cy) * ca) / ry
         field_ = np.maximum(field_, 1 - np.sqrt(u * u + v * v))
-    low_noise = ndimage.gaussian_filter(rng.standard_normal((lh, lw)).astype(np.float32), 1.5)
-    field_ = field_ + 0.25 * low_noise / (low_noise.std() + 1e-6)
+    low_noise = ndimage.gaussian_filter(rng.standard_normal((lh, lw)).astype(np.float32), 2.5)
+    field_ = field_ + 0.16 * low_noise / (low_noise.std() + 1e-6)
     big = np.asarray(Image.fromarray(field_).resize((lw * f, lh * f), Image.Resampling.BICUBIC))[:c.h, :c.w]
     big = big + 0.03 * c.noise(30.0)  # fine ragged edge
     # Keep a margin of glass around the tissue.
@@ -642,10 +642,12 @@ def _stomach(c: Canvas, look: Look, T: np.ndarray) -> None:
         glands = draw_glands(c, shapes, GlandStyle(epi_um=18, cyto_e=0.12, cyto_h=0.12, nuc_a_um=3.4,
                                                    nuc_b_um=2.6, nuc_spacing_um=6.5, depth=0.12, intensity=1.3))
         tumor = region(c, T & ~glands, 0.85, 300)
-        x, y = points_in(c, tumor, 17, keep=0.8, jitter=0.3)
-        r = c.px(c.rng.uniform(6.5, 9.5, len(x)))
+        x, y = points_in(c, tumor, 15, keep=0.9, jitter=0.25)
+        r = c.px(c.rng.uniform(7.0, 10.0, len(x)))
         vac = blobs_mask(c, x, y, r, r * c.rng.uniform(0.8, 1.0, len(x)))
-        c.paint(vac, 0.06, 0.16, texture=0.3, cell_um=4)
+        # Rim of pink cytoplasm around a large pale-grey mucin vacuole.
+        c.paint(blobs_mask(c, x, y, r * 1.15, r * 1.1), 0.32, 0.1)
+        c.paint(vac, 0.04, 0.1, texture=0.3, cell_um=4)
         ang = c.rng.uniform(0, 2 * np.pi, len(x))
         nx, ny = x + 0.8 * r * np.cos(ang), y + 0.8 * r * np.sin(ang)
         c.add_nuclei(nx, ny, c.px(5.0) * c.rng.uniform(0.8, 1.3, len(x)), c.px(1.9), ang + np.pi / 2,
