@@ -1,0 +1,579 @@
+"""Training: stage 1 (Q-Former, PathAlign-R or -G) and stage 2 (soft-prompt bridge to a local causal LM).
+
+Trains on cached patch features (one file per slide, written by ``inference.features.extract_corpus_features``)
+paired with report texts from a corpus manifest. Slides have different patch counts: batches are padded and
+carry a patch mask. The held-out split is the manifest's ``split`` (train / val / test); records without one
+are assigned deterministically from the seed.
+
+    python -m inference.train --corpus DIR --features DIR --out var/models/mine --variant G
+    python -m inference.train --corpus DIR --features DIR --stage 2 --bundle var/models/mine --lm-dir LM_DIR
+
+Progress bars (tqdm), a checkpoint after every epoch (``--resume`` continues from it, RNG state included),
+seeds, and bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from inference.qformer import QFormer
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Example:
+    features: torch.Tensor  # [N, D] float32
+    text: str  # the training text (diagnostic part of the report)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def split(self) -> str:
+        return self.record.get("split", "train")
+
+
+SECTION = re.compile(r"^\s*([A-Za-z][A-Za-z ]{1,40}):\s*(.*)$", re.S)
+
+
+def diagnostic_text(report: str) -> str:
+    """The parts of a report that the slide can support: the diagnosis and microscopic sections.
+
+    Clinical history, gross description and comments (immunostains, consults) are not visible in an H&E
+    slide, so training a model to write them teaches it to invent them. Paragraphs are split on blank
+    lines; a paragraph's title is the text before its first colon. Reports with no recognised section are
+    used whole. Bullets and line breaks are flattened to one line.
+    """
+    kept = []
+    for para in re.split(r"\n\s*\n", report.strip()):
+        m = SECTION.match(para)
+        if m and re.search(r"diagnos|microscop", m.group(1), re.I):
+            kept.append(m.group(2))
+    text = "\n".join(kept) if kept else report
+    text = re.sub(r"(^|\n)\s*[-*•]\s+", r"\1", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def assign_split(key: str, seed: int, val: float = 0.15, test: float = 0.15) -> str:
+    """Deterministic split for records that do not carry one."""
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test else "val" if h < test + val else "train"
+
+
+def load_features_file(path: str | os.PathLike) -> torch.Tensor:
+    """[N, D] float32 from a cached feature file (.safetensors / .pt / .npy / .npz)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))["features"].float()
+    if path.suffix == ".pt":
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return (obj["features"] if isinstance(obj, dict) else obj).float()
+    if path.suffix in (".npy", ".npz"):
+        obj = np.load(path)
+        return torch.from_numpy(np.asarray(obj["features"] if path.suffix == ".npz" else obj)).float()
+    raise ValueError(f"unknown feature file type: {path}")
+
+
+def load_examples(
+    corpus: str | os.PathLike, features_dir: str | os.PathLike, seed: int = 0, text_fn: Any = diagnostic_text
+) -> tuple[list[Example], dict[str, Any]]:
+    """Pair every manifest record with its cached features. Returns (examples, encoder spec)."""
+    from inference import features as feats
+
+    cache = feats.load_corpus_features(features_dir)
+    records = _manifest(corpus)
+    examples = []
+    for rec in records:
+        key = rec.get("slide")
+        if key not in cache.items:
+            continue
+        rec = dict(rec)
+        rec.setdefault("split", assign_split(str(key), seed))
+        examples.append(Example(cache.items[key], text_fn(rec["report"]), rec))
+    if not examples:
+        raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
+    return examples, dict(cache.encoder_spec)
+
+
+def _manifest(corpus: str | os.PathLike) -> list[dict[str, Any]]:
+    from inference.synthetic.corpus import load_manifest
+
+    return load_manifest(corpus)
+
+
+def group_ids(examples: Sequence[Example], group_by: str) -> torch.Tensor:
+    """Ids that mark interchangeable texts in a batch: identical texts, or a shared label (e.g. diagnosis)."""
+    if group_by == "text":
+        keys = [e.text.lower() for e in examples]
+    else:
+        keys = [
+            str(e.record.get(group_by, e.record.get("labels", {}).get(group_by, e.text))) for e in examples
+        ]
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(k, len(index)) for k in keys])
+
+
+def collate(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_text_len: int,
+    max_patches: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad features to the longest slide (mask marks real patches); subsample to max_patches if asked."""
+    feats = []
+    for e in examples:
+        x = e.features
+        if max_patches and x.shape[0] > max_patches:  # random subset: augmentation + bounded cost
+            x = x[torch.randperm(x.shape[0], generator=generator)[:max_patches]]
+        feats.append(x)
+    n = max(x.shape[0] for x in feats)
+    patches = torch.zeros(len(feats), n, feats[0].shape[1])
+    mask = torch.zeros(len(feats), n, dtype=torch.bool)
+    for i, x in enumerate(feats):
+        patches[i, : x.shape[0]], mask[i, : x.shape[0]] = x, True
+    enc = tokenizer(
+        [e.text for e in examples],
+        padding=True,
+        truncation=True,
+        max_length=max_text_len,
+        return_tensors="pt",
+    )
+    return {
+        "patches": patches,
+        "patch_mask": mask,
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 1
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "G"  # R: ITC only; G: ITC + ITM + ITG
+    num_hidden_layers: int = 6  # text layers taken from the start of the BERT directory
+    num_query_tokens: int = 32
+    cross_attention_freq: int = 2
+    embed_dim: int = 256
+    max_text_len: int = 128
+    text_dir: str | None = None  # BERT-family directory (default: bundled all-MiniLM-L6-v2)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-4  # pretrained text layers
+    new_lr: float = 5e-4  # fresh parts: queries, cross-attention, projections, heads
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    max_patches: int | None = 256  # per slide per step during training (all patches at inference)
+    group_by: str = "text"  # which examples count as positives for each other: "text" or a label name
+    dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    threads: int | None = None  # torch CPU threads
+
+
+FRESH = ("query_tokens", "vision_norm", "cross_attn", "vision_proj", "text_proj", "itm_head", "temp")
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, feature_dim: int) -> tuple[QFormer, Any]:
+    from inference.qformer import QFormerConfig
+
+    losses = QFormerConfig.variant(cfg.variant).losses
+    return QFormer.from_text_model(
+        cfg.text_dir,
+        num_hidden_layers=cfg.num_hidden_layers,
+        vision_width=feature_dim,
+        num_query_tokens=cfg.num_query_tokens,
+        cross_attention_freq=cfg.cross_attention_freq,
+        embed_dim=cfg.embed_dim,
+        max_text_len=cfg.max_text_len,
+        losses=losses,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+    )
+
+
+def _optimizer(model: QFormer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    fresh, pretrained, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2 or name == "query_tokens":
+            no_decay.append((name, p))
+        elif any(k in name for k in FRESH):
+            fresh.append(p)
+        else:
+            pretrained.append(p)
+    groups = [
+        {"params": pretrained, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": fresh, "lr": cfg.new_lr, "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for n, p in no_decay if not any(k in n for k in FRESH)],
+            "lr": cfg.lr,
+            "weight_decay": 0.0,
+        },
+        {
+            "params": [p for n, p in no_decay if any(k in n for k in FRESH)],
+            "lr": cfg.new_lr,
+            "weight_decay": 0.0,
+        },
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98))
+
+
+def _set_lr(opt: torch.optim.Optimizer, step: int, total: int, warmup: int) -> None:
+    """Linear warm-up then cosine decay to 10%."""
+    if step < warmup:
+        scale = (step + 1) / warmup
+    else:
+        scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * scale
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(
+    model: QFormer, examples: Sequence[Example], tokenizer: Any, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean losses over the validation examples (fixed order, all patches, no dropout)."""
+    if not examples:
+        return {}
+    model.eval()
+    torch.manual_seed(cfg.seed)  # ITM negatives are sampled: fix them for comparable figures
+    totals: dict[str, float] = {}
+    batches = 0
+    for start in range(0, len(examples), cfg.batch_size):
+        chunk = examples[start : start + cfg.batch_size]
+        if len(chunk) < 2:
+            continue
+        batch = {k: v.to(device) for k, v in collate(chunk, tokenizer, cfg.max_text_len).items()}
+        with _autocast(device, cfg.amp):
+            out = model(**batch, group_ids=group_ids(chunk, cfg.group_by).to(device))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        batches += 1
+    model.train()
+    return {k: v / max(batches, 1) for k, v in totals.items()}
+
+
+def train_stage1(
+    examples: Sequence[Example],
+    cfg: TrainConfig,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[QFormer, Any, dict[str, Any]]:
+    """Train the Q-Former on the 'train' examples; keep the weights with the best validation loss.
+
+    ``stop_after``: end this run after that many epochs in total (the schedule still spans cfg.epochs), so
+    a long training can be done in several sittings with ``resume``.
+
+    Returns (model in eval mode, tokenizer, history: per-epoch train/val losses and a data summary).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    train = [e for e in examples if e.split == "train"]
+    val = [e for e in examples if e.split == "val"]
+    if len(train) < 2:
+        raise ValueError("need at least two training examples")
+    model, tokenizer = build_model(cfg, train[0].features.shape[1])
+    model.to(device).train()
+    opt = _optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    history: dict[str, Any] = {"epochs": [], "config": asdict(cfg)}
+    start_epoch, step, best = 0, 0, (math.inf, None)
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if resume and ckpt and ckpt.exists():
+        state = torch.load(
+            ckpt, map_location="cpu", weights_only=False
+        )  # our own file: optimizer + RNG state
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        best = (state["best_loss"], state["best_model"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # batch order and patch subsets
+    if resume and ckpt and ckpt.exists():
+        shuffle.set_state(state["rng"]["shuffle"])
+    for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train), generator=shuffle).tolist()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for i in bar:
+            chunk = [train[j] for j in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+            if len(chunk) < 2:  # contrastive losses need a partner
+                continue
+            batch = {
+                k: v.to(device)
+                for k, v in collate(chunk, tokenizer, cfg.max_text_len, cfg.max_patches, shuffle).items()
+            }
+            _set_lr(opt, step, total, cfg.warmup_steps)
+            with _autocast(device, cfg.amp):
+                out = model(**batch, group_ids=group_ids(chunk, cfg.group_by).to(device))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
+        record = {
+            "epoch": epoch + 1,
+            "train": {k: v / steps_per_epoch for k, v in sums.items()},
+            "val": validation_loss(model, val, tokenizer, cfg, device),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        history["epochs"].append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: train {_fmt(record['train'])} | val {_fmt(record['val'])}")
+        score = record["val"].get("loss", record["train"].get("loss", math.inf))
+        if score <= best[0]:
+            best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        if ckpt:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "history": history,
+                    "best_loss": best[0],
+                    "best_model": best[1],
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "numpy": np.random.get_state(),
+                        "python": random.getstate(),
+                        "shuffle": shuffle.get_state(),
+                    },
+                },
+                tmp,
+            )
+            tmp.replace(ckpt)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    history["best_val_loss"] = best[0]
+    history["data"] = data_summary(examples)
+    return model.eval(), tokenizer, history
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in d.items()) or "-"
+
+
+def data_summary(examples: Sequence[Example]) -> dict[str, Any]:
+    """What the bundle was trained on (recorded in bundle.json)."""
+    splits: dict[str, int] = {}
+    diagnoses: dict[str, int] = {}
+    for e in examples:
+        splits[e.split] = splits.get(e.split, 0) + 1
+        if e.split == "train" and e.record.get("diagnosis"):
+            diagnoses[e.record["diagnosis"]] = diagnoses.get(e.record["diagnosis"], 0) + 1
+    patches = [e.features.shape[0] for e in examples]
+    return {
+        "slides": len(examples),
+        "splits": splits,
+        "train_diagnoses": diagnoses,
+        "patches_per_slide": {"min": min(patches), "mean": float(np.mean(patches)), "max": max(patches)},
+        "feature_dim": int(examples[0].features.shape[1]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 2
+
+
+@dataclass
+class BridgeTrainConfig:
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 1e-3
+    lora: dict[str, Any] | None = None
+    instruction: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+
+
+def train_stage2(
+    model: QFormer,
+    examples: Sequence[Example],
+    lm_dir: str | os.PathLike,
+    cfg: BridgeTrainConfig,
+    progress: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the soft-prompt projection (and optional LoRA) with the Q-Former frozen."""
+    from inference.bridge import SoftPromptBridge
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    kwargs = {"instruction": cfg.instruction} if cfg.instruction is not None else {}
+    bridge = SoftPromptBridge.from_lm_dir(
+        lm_dir, model.config.hidden_size, lora=cfg.lora, device=str(device), **kwargs
+    )
+    train = [e for e in examples if e.split == "train"]
+    with torch.no_grad():  # the Q-Former is frozen: its query outputs are computed once
+        queries = [model.encode_patches(e.features[None].to(device))[0][0].cpu() for e in train]
+    opt = torch.optim.AdamW(bridge.trainable_parameters(), lr=cfg.lr)
+    history: dict[str, Any] = {"epochs": [], "config": asdict(cfg), "lm_dir": str(lm_dir)}
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(train), generator=shuffle).tolist()
+        total, n = 0.0, 0
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size),
+            desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            q = torch.stack([queries[i] for i in idx]).to(device)
+            with _autocast(device, cfg.amp):
+                loss = bridge(q, [train[i].text for i in idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss), n + 1
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        history["epochs"].append({"epoch": epoch + 1, "train_loss": total / max(n, 1)})
+    return bridge, history
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap = argparse.ArgumentParser(description="Train PathAlign (stage 1: Q-Former; stage 2: LM bridge).")
+    ap.add_argument("--corpus", required=True, help="corpus directory or manifest.jsonl")
+    ap.add_argument("--features", required=True, help="cached patch features (extract_corpus_features)")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    ap.add_argument("--out", help="stage 1: bundle directory to write")
+    ap.add_argument("--bundle", help="stage 2: the stage-1 bundle to extend with a bridge")
+    ap.add_argument("--lm-dir", help="stage 2: local causal LM directory")
+    ap.add_argument("--lora", action="store_true", help="stage 2: also train LoRA adapters")
+    ap.add_argument("--name", default="pathalign")
+    ap.add_argument("--version", default="0.1.0")
+    ap.add_argument("--checkpoint-dir", help="default: <out>/checkpoints")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    defaults = TrainConfig()
+    for f in TrainConfig.__dataclass_fields__.values():
+        value = getattr(defaults, f.name)
+        kind = {bool: _bool, int: int, float: float}.get(type(value), str)
+        if f.name == "max_patches":
+            kind = int
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=value)
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__})
+    examples, encoder_spec = load_examples(args.corpus, args.features, seed=cfg.seed)
+    if args.stage == 1:
+        if not args.out:
+            ap.error("--out is required for stage 1")
+        from inference.bundle import save_bundle
+
+        model, tokenizer, history = train_stage1(
+            examples,
+            cfg,
+            args.checkpoint_dir or Path(args.out) / "checkpoints",
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+        save_bundle(
+            args.out,
+            model,
+            tokenizer,
+            encoder_spec,
+            name=args.name,
+            version=args.version,
+            training={
+                **history["data"],
+                "best_val_loss": history["best_val_loss"],
+                "config": history["config"],
+                "epochs": history["epochs"],
+            },
+        )
+        print(f"wrote bundle {args.out}")
+        return 0
+    if not (args.bundle and args.lm_dir):
+        ap.error("--bundle and --lm-dir are required for stage 2")
+    from inference.bundle import BRIDGE_DIR, CONFIG_FILE, load_bundle
+
+    bundle = load_bundle(args.bundle)
+    bcfg = BridgeTrainConfig(
+        seed=cfg.seed, device=cfg.device, amp=cfg.amp, lora={"r": 8, "lora_alpha": 16} if args.lora else None
+    )
+    bridge, history = train_stage2(bundle.model, examples, args.lm_dir, bcfg, progress=not args.no_progress)
+    bridge.save(Path(args.bundle) / BRIDGE_DIR)
+    config = json.loads((Path(args.bundle) / CONFIG_FILE).read_text())
+    config["has_bridge"] = True
+    config.setdefault("training", {})["stage2"] = history
+    (Path(args.bundle) / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    print(f"added a stage-2 bridge to {args.bundle}")
+    return 0
+
+
+def _bool(s: str) -> bool:
+    return s.lower() in ("1", "true", "yes", "on")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
