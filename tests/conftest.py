@@ -12,6 +12,10 @@ import pytest
 
 from inference.synthetic.wsi import write_pyramidal_tiff
 
+# Playwright's sync API keeps an event loop running in the test thread; Django's ORM would then refuse
+# to run there. The tests are sequential, so the check guards against nothing real here.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-7"
 
