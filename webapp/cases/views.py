@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.accounts.decorators import lab_admin_required
+from webapp.audit.log import record
 from webapp.slides.models import Slide
 
 from . import access
@@ -57,6 +58,7 @@ def case_create(request):
         case = form.save(commit=False)
         case.created_by = request.user
         case.save()
+        record(request, "create_case", case=case, obj=case, after=_case_fields(case))
         messages.success(request, f"Case {case.accession_number} accessioned.")
         return redirect("case_detail", case_id=case.pk)
     return render(request, "cases/case_form.html", {"form": form, "title": "Accession a case"})
@@ -66,9 +68,11 @@ def case_create(request):
 @require_http_methods(["GET", "POST"])
 def case_edit(request, case_id: int):
     case = access.get_case_for_user(request.user, case_id, edit=True)
+    before = _case_fields(case)
     form = CaseForm(request.POST or None, instance=case)
     if request.method == "POST" and form.is_valid():
         form.save()
+        record(request, "edit_case", case=case, obj=case, before=before, after=_case_fields(case))
         messages.success(request, "Case updated.")
         return redirect("case_detail", case_id=case.pk)
     return render(request, "cases/case_form.html", {"form": form, "title": f"Edit {case}", "case": case})
@@ -78,6 +82,7 @@ def case_edit(request, case_id: int):
 def case_detail(request, case_id: int):
     case = access.get_case_for_user(request.user, case_id)
     parts = case.parts.prefetch_related(Prefetch("slides", queryset=Slide.objects.order_by("block_label")))
+    record(request, "view_case", case=case, obj=case)
     context = {
         "case": case,
         "parts": parts,
@@ -95,10 +100,13 @@ def case_assign(request, case_id: int):
     case = access.get_case_for_user(request.user, case_id, edit=True)
     form = AssignForm(request.POST)
     if form.is_valid():
+        before = {"assigned_to": case.assigned_to.username if case.assigned_to else None, "status": case.status}
         case.assigned_to = form.cleaned_data["pathologist"]
         if case.status in (CaseStatus.ACCESSIONED, CaseStatus.ASSIGNED):
             case.status = CaseStatus.ASSIGNED if case.assigned_to else CaseStatus.ACCESSIONED
         case.save(update_fields=["assigned_to", "status", "updated_at"])
+        record(request, "assign_case", case=case, obj=case, before=before, after={
+            "assigned_to": case.assigned_to.username if case.assigned_to else None, "status": case.status})
         messages.success(request, f"Assigned to {case.assigned_to or 'nobody'}.")
     else:
         messages.error(request, "Choose an active pathologist.")
@@ -114,6 +122,7 @@ def part_create(request, case_id: int):
         part = form.save(commit=False)
         part.case = case
         part.save()
+        record(request, "create_part", case=case, obj=part, after=_part_fields(part))
         messages.success(request, f"Part {part.label} added.")
         if request.htmx:
             response = render(request, "cases/_part_form.html", {"case": case, "part_form": PartForm(case=case)})
@@ -128,11 +137,20 @@ def part_create(request, case_id: int):
 @require_http_methods(["GET", "POST"])
 def part_edit(request, case_id: int, part_id: int):
     part = access.get_part_for_user(request.user, case_id, part_id, edit=True)
+    before = _part_fields(part)
     form = PartForm(request.POST or None, instance=part, case=part.case)
     if request.method == "POST" and form.is_valid():
         form.save()
+        record(request, "edit_part", case=part.case_id, obj=part, before=before, after=_part_fields(part))
         messages.success(request, f"Part {part.label} updated.")
         return redirect("case_detail", case_id=part.case_id)
     return render(request, "cases/part_form.html", {"case": part.case, "part_form": form, "part": part})
 
 
+# Before/after values for the audit log: the accessioning fields a person can change.
+def _case_fields(case) -> dict:
+    return {field: str(getattr(case, field)) for field in CaseForm.Meta.fields}
+
+
+def _part_fields(part) -> dict:
+    return {field: getattr(part, field) for field in PartForm.Meta.fields}

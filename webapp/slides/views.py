@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
 from webapp.accounts.decorators import lab_admin_required
+from webapp.audit.log import record
 from webapp.cases import access as case_access
 from webapp.cases.models import Part
 
@@ -71,10 +72,13 @@ def _slide_upload(request, case_id: int, part_id: int):
             temporary, part=part, original_filename=name, user=request.user, **form.cleaned_data, move=True
         )
     except SlideRejected as exc:
+        record(request, "reject_slide", case=part.case_id, obj=part, reason=str(exc)[:300])
         return _error(f"{name}: {exc}", 400)
     finally:
         Path(temporary).unlink(missing_ok=True)
         upload.close()
+    record(request, "upload_slide", case=part.case_id, obj=slide, after={"stain": slide.stain,
+           "block_label": slide.block_label, "file_size": slide.file_size})
     return JsonResponse({"ok": True, "slide": str(slide.pk), "name": str(slide)}, status=201)
 
 
@@ -93,6 +97,7 @@ def slide_thumbnail(request, slide_id):
     slide = get_slide_for_user(request.user, slide_id)
     if not slide.thumbnail_path.exists():
         raise Http404("No thumbnail.")
+    record(request, "view_thumbnail", case=slide.part.case_id, obj=slide)
     response = FileResponse(open(slide.thumbnail_path, "rb"), content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=3600"
     return response
@@ -125,6 +130,7 @@ def dropbox_import(request):
     except (SlideRejected, dropbox.DropboxError) as exc:
         messages.error(request, str(exc))
     else:
+        record(request, "import_slide", case=part.case_id, obj=slide, source="dropbox")
         messages.success(request, f"Imported {slide} into {part.case}.")
     return redirect("dropbox_list")
 
@@ -134,6 +140,8 @@ def dropbox_import(request):
 def dropbox_import_matched(request):
     """Import every file whose name names an existing case and part."""
     imported, failed = dropbox.import_matched(user=request.user)
+    for slide in imported:
+        record(request, "import_slide", case=slide.part.case_id, obj=slide, source="dropbox-matched")
     if imported:
         messages.success(request, f"Imported {len(imported)} slide(s).")
     for name, reason in failed:
