@@ -31,7 +31,16 @@ def ensure_transformers_importable() -> None:
     torchvision as optional, so marking it absent is safe: image processors fall back to their PIL backend.
     A working torchvision is left alone.
     """
-    if "torchvision" in sys.modules:  # already imported (works) or already marked absent
+    if sys.modules.get("torchvision", False):  # already imported and working
+        return
+    try:  # preferred: make torchvision importable (defines the missing op schemas; see inference.encoders)
+        from inference.encoders import ensure_torchvision_importable
+
+        if ensure_torchvision_importable():
+            return
+    except ImportError:
+        pass
+    if "torchvision" in sys.modules:  # already marked absent
         return
     if importlib.util.find_spec("torchvision") is None:
         return
