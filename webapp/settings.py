@@ -56,6 +56,7 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
+    "webapp.middleware.DeniedAccessAuditMiddleware",  # refused access attempts go to the audit log
 ]
 
 ROOT_URLCONF = "webapp.urls"

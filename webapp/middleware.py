@@ -1,0 +1,105 @@
+"""Failed authorization attempts go to the audit log.
+
+A view refuses access in one of two ways (see `webapp.cases.access`): PermissionDenied (403, a user who
+may read but not write, or a role-restricted page) or Http404 for an object that exists but that the user
+may not see. Both are recorded as action "denied". A 404 for an object that does not exist is not an
+access attempt on anyone's data and is not recorded (it would only fill the log with typos and scanners).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from django.apps import apps
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+
+log = logging.getLogger(__name__)
+
+# URL keyword -> (model, path from that model to its case id). Other apps' resources go here too;
+# `tests/test_trust_access_matrix.py` fails when a URL keyword is not listed.
+RESOURCE_KWARGS: dict[str, tuple[str, str]] = {
+    "case_id": ("cases.Case", "pk"),
+    "part_id": ("cases.Part", "case_id"),
+    "slide_id": ("slides.Slide", "part__case_id"),
+    "user_id": ("accounts.User", ""),
+}
+
+
+def existing_resource(kwargs: dict) -> tuple[bool, int | None]:
+    """Whether any object named by the URL exists, and the case it belongs to (if any)."""
+    found, case_id = False, None
+    for name, value in kwargs.items():
+        spec = RESOURCE_KWARGS.get(name)
+        if spec is None:
+            continue
+        model = apps.get_model(spec[0])
+        try:
+            if isinstance(value, str) and model._meta.pk.get_internal_type() == "UUIDField":
+                value = uuid.UUID(value)
+            row = model._default_manager.filter(pk=value)
+            if spec[1]:
+                hit = row.values_list(spec[1], flat=True).first()
+                exists = hit is not None
+                case_id = case_id or hit
+            else:
+                exists = row.exists()
+        except (ValueError, TypeError):  # a malformed id names nothing
+            continue
+        found = found or exists
+    return found, case_id
+
+
+class DeniedAccessAuditMiddleware:
+    """Record 403s and 404s-for-existing-objects as audit events; never breaks the response."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 403 and not getattr(request, "_denied_recorded", False):
+            # A 403 that was not an exception from a view: CSRF failure, or a view returning 403 itself.
+            self._record(request, 403, "forbidden response")
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        if isinstance(exception, PermissionDenied):
+            self._record(request, 403, "permission denied")
+        elif isinstance(exception, Http404):
+            match = getattr(request, "resolver_match", None)
+            if match is not None and match.kwargs:
+                exists, case_id = existing_resource(match.kwargs)
+                if exists:
+                    self._record(request, 404, "hidden object", case_id=case_id)
+        return None  # Django's normal 403/404 handling continues
+
+    def _record(self, request: HttpRequest, status: int, reason: str, case_id: int | None = None) -> None:
+        from webapp.audit.log import record
+
+        request._denied_recorded = True
+        match = getattr(request, "resolver_match", None)
+        if case_id is None and match is not None and "case_id" in match.kwargs:
+            case_id = _int_or_none(match.kwargs["case_id"])
+        try:
+            record(request, "denied", case=case_id, status=status, reason=reason, method=request.method,
+                   view=match.view_name if match else "", path=_redacted_path(request.path),
+                   kwargs={k: str(v)[:64] for k, v in (match.kwargs if match else {}).items()})
+        except Exception as exc:  # noqa: BLE001 - the database may be down; the refusal itself must still go out
+            log.warning("could not record a denied access: %s", type(exc).__name__)
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+def _redacted_path(path: str) -> str:
+    # App URLs carry only integer ids and UUIDs; anything else in a refused path could be typed text.
+    return "/".join(seg if _SAFE_SEGMENT.match(seg) else "…" for seg in path.split("/"))[:300]
