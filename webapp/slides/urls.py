@@ -1,5 +1,6 @@
 from django.urls import path
 
+from . import viewer_views as vv
 from . import views
 
 urlpatterns = [
@@ -8,4 +9,21 @@ urlpatterns = [
     path("dropbox/", views.dropbox_list, name="dropbox_list"),
     path("dropbox/import/", views.dropbox_import, name="dropbox_import"),
     path("dropbox/import-matched/", views.dropbox_import_matched, name="dropbox_import_matched"),
+]
+
+# --- the viewer: pages, metadata, Deep Zoom, IIIF, overlays (webapp.slides.viewer_views) -------------
+urlpatterns += [
+    path("cases/<int:case_id>/viewer/", vv.case_viewer, name="case_viewer"),
+    path("slides/<uuid:slide_id>/deidentified/", vv.deidentified_viewer, name="slide_deidentified_viewer"),
+    path("slides/<uuid:slide_id>/viewer.json", vv.slide_meta, name="slide_viewer_meta"),
+    path("slides/<uuid:slide_id>/associated/<slug:name>.jpg", vv.associated_image, name="slide_associated"),
+    path("slides/<uuid:slide_id>/dzi/slide.dzi", vv.dzi_descriptor, name="slide_dzi"),
+    path("slides/<uuid:slide_id>/dzi/slide_files/<int:level>/<int:col>_<int:row>.<str:fmt>", vv.dzi_tile,
+         name="slide_dzi_tile"),
+    path("slides/<uuid:slide_id>/iiif", vv.iiif_base, name="slide_iiif_base"),
+    path("slides/<uuid:slide_id>/iiif/info.json", vv.iiif_info, name="slide_iiif_info"),
+    path("slides/<uuid:slide_id>/iiif/<str:region>/<str:size>/<str:rotation>/<str:quality_format>",
+         vv.iiif_image, name="slide_iiif_image"),
+    path("slides/<uuid:slide_id>/overlays/", vv.overlay_list, name="slide_overlays"),
+    path("slides/<uuid:slide_id>/overlays/<slug:name>.json", vv.overlay_data, name="slide_overlay"),
 ]

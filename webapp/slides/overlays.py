@@ -1,0 +1,118 @@
+"""Overlay layers drawn over a slide in the viewer: a registry of named providers.
+
+A provider takes a Slide and returns None (nothing for this slide) or a patch-grid heatmap:
+
+    {"patch_size": 256,                 # level-0 pixels, the side of each square patch
+     "coords": [[x, y], ...],           # level-0 top-left corner of each patch
+     "values": [0.12, ...],             # one float per patch (any range; the viewer colour-maps min..max)
+     "label": "Attention (model v3)"}
+
+The analysis pipeline registers "attention" from its AppConfig.ready():
+
+    from webapp.slides.overlays import register_overlay
+    register_overlay("attention", attention_for_slide)
+
+The views only ever call providers for slides the user may see.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable
+
+from .models import Slide
+
+log = logging.getLogger(__name__)
+
+OverlayProvider = Callable[[Slide], "dict | None"]
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+MAX_PATCHES = 2_000_000
+
+_providers: dict[str, OverlayProvider] = {}
+_lock = threading.Lock()
+
+
+class OverlayError(ValueError):
+    """A provider returned something that is not a valid overlay."""
+
+
+def register_overlay(name: str, provider: OverlayProvider) -> None:
+    """Register (or replace) the provider for overlay `name` (lowercase letters, digits, - and _)."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"overlay name {name!r} must match {NAME_PATTERN.pattern}")
+    if not callable(provider):
+        raise TypeError("provider must be callable")
+    with _lock:
+        _providers[name] = provider
+
+
+def unregister_overlay(name: str) -> None:
+    with _lock:
+        _providers.pop(name, None)
+
+
+def registered_names() -> list[str]:
+    with _lock:
+        return sorted(_providers)
+
+
+def validate(name: str, data: dict) -> dict:
+    """Check a provider's answer and return it normalised, with the value range for colour-mapping."""
+    if not isinstance(data, dict):
+        raise OverlayError(f"overlay {name!r}: provider returned {type(data).__name__}, not a dict")
+    try:
+        patch_size = float(data["patch_size"])
+        coords = [[float(x), float(y)] for x, y in data["coords"]]
+        values = [float(v) for v in data["values"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OverlayError(
+            f"overlay {name!r}: needs patch_size, coords [[x, y], ...] and values: {exc}"
+        ) from None
+    if not patch_size > 0 or not math.isfinite(patch_size):
+        raise OverlayError(f"overlay {name!r}: patch_size must be a positive number")
+    if len(coords) != len(values):
+        raise OverlayError(f"overlay {name!r}: {len(coords)} coords but {len(values)} values")
+    if len(values) > MAX_PATCHES:
+        raise OverlayError(f"overlay {name!r}: more than {MAX_PATCHES} patches")
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) != len(values) or not all(math.isfinite(c) for pair in coords for c in pair):
+        raise OverlayError(f"overlay {name!r}: coords and values must be finite numbers")
+    return {
+        "name": name,
+        "label": str(data.get("label") or name),
+        "patch_size": patch_size,
+        "coords": coords,
+        "values": values,
+        "min": min(values, default=0.0),
+        "max": max(values, default=0.0),
+    }
+
+
+def get_overlay(slide: Slide, name: str) -> dict | None:
+    """The validated overlay `name` for `slide`, or None when unregistered or the provider has none."""
+    with _lock:
+        provider = _providers.get(name)
+    if provider is None:
+        return None
+    data = provider(slide)
+    return None if data is None else validate(name, data)
+
+
+def available_overlays(slide: Slide) -> list[dict]:
+    """[{"name", "label"}] for every registered overlay that has data for `slide`.
+
+    A provider that fails is logged and left out, so one broken layer does not break the viewer.
+    """
+    result = []
+    for name in registered_names():
+        try:
+            data = get_overlay(slide, name)
+        except Exception:  # noqa: BLE001 - a provider is third-party code from the viewer's point of view
+            log.exception("overlay provider %r failed for slide %s", name, slide.pk)
+            continue
+        if data is not None:
+            result.append({"name": name, "label": data["label"], "patches": len(data["values"])})
+    return result

@@ -1,0 +1,250 @@
+"""Open slides and encoded tiles, cached in memory so a tile request costs one dictionary lookup when warm.
+
+Three caches, all per process and bounded:
+- `slides`: an LRU of open OpenSlide handles with their DeepZoomGenerator (opening a slide parses its
+  file structure, which takes milliseconds to seconds for some formats).
+- `DECODED`: one `openslide.OpenSlideCache` shared by every handle, so decoded source tiles are bounded
+  per process rather than per slide.
+- `encoded`: an LRU of encoded tile bytes (JPEG/PNG), keyed by slide and request, bounded in bytes.
+
+OpenSlide handles are thread-safe, so gunicorn's threads share them. An evicted handle is not closed here:
+a request may still be reading from it; the handle closes itself when the last reference goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import openslide
+from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
+
+# Deep Zoom parameters of openslide-python's examples/deepzoom: 254 + 2 x 1 overlap = 256-pixel requests.
+DZ_TILE_SIZE = 254
+DZ_OVERLAP = 1
+DZ_LIMIT_BOUNDS = True
+JPEG_QUALITY = int(os.environ.get("PATHALIGN_TILE_QUALITY", 75))
+# Bump when the rendering changes, so browsers drop tiles they hold under an old ETag.
+RENDER_VERSION = "1"
+TILE_FORMATS = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
+
+
+class TileNotFound(Exception):
+    """The tile address or level does not exist for this slide (404)."""
+
+
+class SlideUnreadable(Exception):
+    """OpenSlide could not open the slide or decode the requested pixels (a clean 404, never a 500)."""
+
+
+@dataclass(frozen=True)
+class OpenedSlide:
+    slide_id: str
+    path: str
+    osr: openslide.AbstractSlide
+    dz: DeepZoomGenerator
+    signature: str  # changes if the file is replaced, so ETags and cached bytes follow the file
+
+    def etag(self, key: str) -> str:
+        digest = hashlib.blake2b(f"{self.signature}|{RENDER_VERSION}|{key}".encode(), digest_size=12)
+        return f'"{digest.hexdigest()}"'
+
+
+def _file_signature(path: Path) -> str:
+    # Multi-file formats (MIRAX, DICOM) open through one file of a folder; its stat identifies the set.
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class SlideLRU:
+    """A thread-safe LRU of open slides, keyed by slide id."""
+
+    def __init__(self, capacity: int, cache: openslide.OpenSlideCache | None) -> None:
+        self.capacity = capacity
+        self._cache = cache
+        self._items: OrderedDict[str, OpenedSlide] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
+
+    def get(self, slide_id: str, path: str | Path) -> OpenedSlide:
+        key = str(slide_id)
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None and item.path == str(path):
+                self._items.move_to_end(key)
+                return item
+            opening = self._opening.setdefault(key, threading.Lock())
+        # Open outside the LRU lock (slow for some formats), once per slide even with concurrent requests.
+        with opening:
+            with self._lock:
+                item = self._items.get(key)
+                if item is not None and item.path == str(path):
+                    return item
+            try:
+                item = self._open(key, Path(path))
+            finally:
+                with self._lock:
+                    self._opening.pop(key, None)
+            with self._lock:
+                self._items[key] = item
+                self._items.move_to_end(key)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+            return item
+
+    def _open(self, slide_id: str, path: Path) -> OpenedSlide:
+        try:
+            signature = _file_signature(path)
+            osr = openslide.open_slide(str(path))
+            if self._cache is not None and isinstance(osr, openslide.OpenSlide):
+                osr.set_cache(self._cache)
+            dz = DeepZoomGenerator(
+                osr, tile_size=DZ_TILE_SIZE, overlap=DZ_OVERLAP, limit_bounds=DZ_LIMIT_BOUNDS
+            )
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideUnreadable(f"The slide file could not be opened: {exc}") from None
+        return OpenedSlide(slide_id, str(path), osr, dz, signature)
+
+    def discard(self, slide_id: str) -> None:
+        """Forget a handle: OpenSlide errors are sticky, so a handle that failed once must be reopened."""
+        with self._lock:
+            self._items.pop(str(slide_id), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class BytesLRU:
+    """A thread-safe LRU of encoded images, bounded by total bytes."""
+
+    def __init__(self, capacity_bytes: int, max_item_bytes: int | None = None) -> None:
+        self.capacity = capacity_bytes
+        self.max_item = max_item_bytes or max(1, capacity_bytes // 8)
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        if len(data) > self.max_item:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old)
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.capacity and self._items:
+                _, evicted = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _mb(name: str, default: int) -> int:
+    return int(os.environ.get(name, default)) * 1024**2
+
+
+# Per-process caches; sizes from the environment (MiB).
+DECODED = openslide.OpenSlideCache(_mb("PATHALIGN_OPENSLIDE_CACHE_MB", 256))
+slides = SlideLRU(int(os.environ.get("PATHALIGN_OPEN_SLIDES", 32)), DECODED)
+encoded = BytesLRU(_mb("PATHALIGN_TILE_CACHE_MB", 128), max_item_bytes=2 * 1024**2)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    """Encode a tile; JPEG at the openslide example's quality, PNG without optimisation (speed)."""
+    buffer = io.BytesIO()
+    if fmt in ("jpeg", "jpg"):
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    elif fmt == "png":
+        image.save(buffer, "PNG", compress_level=1)
+    else:
+        raise ValueError(f"unsupported format {fmt!r}")
+    return buffer.getvalue()
+
+
+def cached_render(opened: OpenedSlide, key: tuple, render: Callable[[], bytes]) -> bytes:
+    """Bytes for `key` from the encoded cache, or `render()` them (turning OpenSlide errors into
+    SlideUnreadable and dropping the now-broken handle)."""
+    full_key = (opened.slide_id, opened.signature, *key)
+    data = encoded.get(full_key)
+    if data is not None:
+        return data
+    try:
+        data = render()
+    except openslide.OpenSlideError as exc:
+        slides.discard(opened.slide_id)
+        raise SlideUnreadable(f"The slide's pixels could not be decoded: {exc}") from None
+    except OSError as exc:  # file vanished or unreadable on disk
+        slides.discard(opened.slide_id)
+        raise SlideUnreadable(f"The slide file could not be read: {exc}") from None
+    encoded.put(full_key, data)
+    return data
+
+
+def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> bytes:
+    """One Deep Zoom tile, encoded; TileNotFound for a level or address outside the pyramid."""
+    dz = opened.dz
+    if not 0 <= level < dz.level_count:
+        raise TileNotFound(f"Level {level} does not exist (0..{dz.level_count - 1}).")
+    cols, rows = dz.level_tiles[level]
+    if not (0 <= col < cols and 0 <= row < rows):
+        raise TileNotFound(f"Tile {col}_{row} is outside level {level} ({cols}x{rows} tiles).")
+    return cached_render(
+        opened, ("dz", level, col, row, fmt), lambda: encode(dz.get_tile(level, (col, row)), fmt)
+    )
+
+
+def bounds(osr: openslide.AbstractSlide) -> tuple[int, int, int, int]:
+    """The level-0 rectangle the Deep Zoom pyramid covers (limit_bounds): x, y, width, height."""
+    props = osr.properties
+    width, height = osr.dimensions
+    if not DZ_LIMIT_BOUNDS:
+        return 0, 0, width, height
+
+    def prop(name: str, default: int) -> int:
+        try:
+            return int(props.get(name, default))
+        except (TypeError, ValueError):
+            return default
+
+    return (
+        prop(openslide.PROPERTY_NAME_BOUNDS_X, 0),
+        prop(openslide.PROPERTY_NAME_BOUNDS_Y, 0),
+        prop(openslide.PROPERTY_NAME_BOUNDS_WIDTH, width),
+        prop(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, height),
+    )

@@ -1,0 +1,364 @@
+"""The slide viewer: pages, slide metadata, Deep Zoom and IIIF tiles, associated images and overlays.
+
+Pixel endpoints (tiles, IIIF, overlays) resolve access through `tile_access.resolve`, which is cached per
+session and slide: a warm tile request runs no database query. Pages and metadata check afresh.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import openslide
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotFound,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_safe
+
+from webapp.audit.log import record
+from webapp.cases.access import get_case_for_user
+
+from . import iiif, overlays, tile_access, tiles
+from .models import Slide
+
+CACHE_CONTROL = "private, max-age=86400"  # slide files never change under a slide id
+# Large IIIF renders (whole-slide overviews) are few at a time, so they cannot occupy every worker thread.
+_big_renders = threading.BoundedSemaphore(2)
+BIG_RENDER_PIXELS = 2048 * 2048
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _text(status: int, message: str) -> HttpResponse:
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+
+
+def _not_modified(request: HttpRequest, etag: str) -> bool:
+    header = request.headers.get("If-None-Match", "")
+    if not header:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def _cached_headers(response: HttpResponse, etag: str) -> HttpResponse:
+    response["ETag"] = etag
+    response["Cache-Control"] = CACHE_CONTROL
+    return response
+
+
+def _opened(grant: tile_access.SlideGrant) -> tiles.OpenedSlide:
+    return tiles.slides.get(grant.slide_id, grant.path)
+
+
+def _image(
+    request: HttpRequest, opened: tiles.OpenedSlide, key: str, content_type: str, make
+) -> HttpResponse:
+    """A cacheable image response: 304 when the browser holds it, else bytes from the encoded cache."""
+    etag = opened.etag(key)
+    if _not_modified(request, etag):
+        return _cached_headers(HttpResponse(status=304), etag)
+    data = make()
+    return _cached_headers(HttpResponse(data, content_type=content_type), etag)
+
+
+def _background(osr) -> tuple[int, int, int]:
+    value = osr.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR) or "ffffff"
+    try:
+        return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+    except ValueError:
+        return 255, 255, 255
+
+
+# --- pages ------------------------------------------------------------------------------------------
+def _slide_entry(slide: Slide) -> dict:
+    block = f"-{slide.block_label}" if slide.block_label else ""
+    return {
+        "id": str(slide.pk),
+        "title": f"{slide.part.label}{block} {slide.stain}",
+        "thumbnail": reverse("slide_thumbnail", args=[slide.pk]),
+        "width": slide.width,
+        "height": slide.height,
+    }
+
+
+def _uuid_param(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Http404("No such slide.") from None
+
+
+def viewer_context(
+    slides: list[Slide], slide_id: str | None, compare_id: str | None, *, deidentified: bool
+) -> dict:
+    """Context for `slides/_viewer.html`, for pages that embed the viewer (e.g. the report workspace)."""
+    entries = [_slide_entry(slide) for slide in slides]
+    return {
+        "viewer_slides": entries,
+        "viewer_slide": slide_id or (entries[0]["id"] if entries else ""),
+        "viewer_compare": compare_id or "",
+        "viewer_deidentified": deidentified,
+        "viewer_meta_url": reverse("slide_viewer_meta", args=[ZERO_UUID]),
+        "viewer_zero": ZERO_UUID,
+    }
+
+
+@require_safe
+def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
+    """The whole-page viewer for a case: `?slide=<uuid>&compare=<uuid>&deidentified=1`."""
+    if not request.user.is_authenticated:
+        from django.contrib.auth.views import redirect_to_login
+
+        return redirect_to_login(request.get_full_path())
+    case = get_case_for_user(request.user, case_id)
+    slides = list(
+        Slide.objects.filter(part__case=case)
+        .select_related("part")
+        .order_by("part__label", "block_label", "created_at")
+    )
+    ids = {str(slide.pk) for slide in slides}
+    slide_id = _uuid_param(request.GET.get("slide"))
+    compare_id = _uuid_param(request.GET.get("compare"))
+    if (slide_id and slide_id not in ids) or (compare_id and compare_id not in ids):
+        raise Http404("No such slide in this case.")
+    deidentified = request.GET.get("deidentified") == "1"
+    context = {"case": case, **viewer_context(slides, slide_id, compare_id, deidentified=deidentified)}
+    return render(request, "slides/case_viewer.html", context)
+
+
+@require_safe
+def deidentified_viewer(request: HttpRequest, slide_id) -> HttpResponse:
+    """One slide, with no case identifiers, label or macro: what an evaluation task embeds or links to."""
+    grant, slide = tile_access.resolve_slide(request, slide_id)
+    context = viewer_context([slide], grant.slide_id, None, deidentified=True)
+    context["viewer_slides"] = [{**context["viewer_slides"][0], "title": slide.stain}]
+    return render(request, "slides/deidentified_viewer.html", context)
+
+
+# --- metadata ---------------------------------------------------------------------------------------
+def _bounds(slide: Slide) -> dict:
+    props = slide.properties or {}
+
+    def prop(name: str, default: int) -> int:
+        try:
+            return int(props.get(name, default))
+        except (TypeError, ValueError):
+            return default
+
+    return (
+        {
+            "x": prop(openslide.PROPERTY_NAME_BOUNDS_X, 0),
+            "y": prop(openslide.PROPERTY_NAME_BOUNDS_Y, 0),
+            "width": prop(openslide.PROPERTY_NAME_BOUNDS_WIDTH, slide.width),
+            "height": prop(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, slide.height),
+        }
+        if tiles.DZ_LIMIT_BOUNDS
+        else {"x": 0, "y": 0, "width": slide.width, "height": slide.height}
+    )
+
+
+@require_safe
+def slide_meta(request: HttpRequest, slide_id) -> JsonResponse:
+    """What the viewer needs about one slide. `?deidentified=1` (or a de-identified grant) leaves out
+    everything that names the case, the file or the patient, and the label and macro images."""
+    grant, slide = tile_access.resolve_slide(request, slide_id)
+    deidentified = request.GET.get("deidentified") == "1" or not grant.full
+    sid = grant.slide_id
+    data = {
+        "id": sid,
+        "deidentified": deidentified,
+        "stain": slide.stain,
+        "vendor": slide.vendor,
+        "scanner": slide.scanner,
+        "width": slide.width,
+        "height": slide.height,
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "objective_power": slide.objective_power,
+        "levels": [
+            {"width": dims[0], "height": dims[1], "downsample": ds}
+            for dims, ds in zip(slide.level_dimensions, slide.level_downsamples, strict=False)
+        ],
+        "bounds": _bounds(slide),
+        "dzi": reverse("slide_dzi", args=[sid]),
+        "iiif": reverse("slide_iiif_info", args=[sid]),
+        "overlays": reverse("slide_overlays", args=[sid]),
+        "associated": [],
+    }
+    if not deidentified:
+        data["title"] = str(slide)
+        data["original_filename"] = slide.original_filename
+        if grant.associated:
+            data["associated"] = [
+                {"name": name, "url": reverse("slide_associated", args=[sid, name])}
+                for name in slide.associated_images
+                if name in ("label", "macro")
+            ]
+    response = JsonResponse(data)
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@require_safe
+def associated_image(request: HttpRequest, slide_id, name: str) -> HttpResponse:
+    """Label or macro image: lab admins and the assigned pathologist only; never through a de-identified
+    grant. Checked afresh on every request (rare, and these images carry identifiers)."""
+    grant, slide = tile_access.resolve_slide(request, slide_id)
+    if not grant.associated or name not in ("label", "macro") or name not in slide.associated_images:
+        raise Http404("No such image.")
+    try:
+        opened = _opened(grant)
+        data = tiles.cached_render(
+            opened,
+            ("associated", name),
+            lambda: tiles.encode(
+                iiif._flatten(opened.osr.associated_images[name].convert("RGBA"), _background(opened.osr)),
+                "jpeg",
+            ),
+        )
+    except (tiles.SlideUnreadable, KeyError):
+        return HttpResponseNotFound("The image could not be read.", content_type="text/plain")
+    record(request, "view_slide_associated_image", case=grant.case_id, obj=slide, image=name)
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# --- Deep Zoom --------------------------------------------------------------------------------------
+@require_safe
+def dzi_descriptor(request: HttpRequest, slide_id) -> HttpResponse:
+    grant = tile_access.resolve(request, slide_id)
+    try:
+        opened = _opened(grant)
+    except tiles.SlideUnreadable as exc:
+        return _text(404, str(exc))
+    response = HttpResponse(opened.dz.get_dzi("jpeg"), content_type="application/xml")
+    return _cached_headers(response, opened.etag("dzi"))
+
+
+@require_safe
+def dzi_tile(request: HttpRequest, slide_id, level: int, col: int, row: int, fmt: str) -> HttpResponse:
+    if fmt not in tiles.TILE_FORMATS:
+        return _text(400, f"Tile format {fmt!r} is not served; use jpeg or png.")
+    grant = tile_access.resolve(request, slide_id)
+    try:
+        opened = _opened(grant)
+        return _image(
+            request,
+            opened,
+            f"dz/{level}/{col}_{row}.{fmt}",
+            tiles.TILE_FORMATS[fmt],
+            lambda: tiles.dz_tile(opened, level, col, row, fmt),
+        )
+    except (tiles.TileNotFound, tiles.SlideUnreadable) as exc:
+        return _text(404, str(exc))
+
+
+# --- IIIF Image API 3.0 -----------------------------------------------------------------------------
+@require_safe
+def iiif_base(request: HttpRequest, slide_id) -> HttpResponse:
+    tile_access.resolve(request, slide_id)
+    response = HttpResponseRedirect(reverse("slide_iiif_info", args=[slide_id]))
+    response.status_code = 303  # the spec: the base URI redirects to info.json with 303 See Other
+    return response
+
+
+@require_safe
+def iiif_info(request: HttpRequest, slide_id) -> HttpResponse:
+    grant = tile_access.resolve(request, slide_id)
+    try:
+        opened = _opened(grant)
+    except tiles.SlideUnreadable as exc:
+        return _text(404, str(exc))
+    width, height = opened.osr.dimensions
+    base = request.build_absolute_uri(reverse("slide_iiif_base", args=[grant.slide_id]))
+    response = JsonResponse(iiif.info(base, width, height))
+    if "application/ld+json" in request.headers.get("Accept", ""):
+        response["Content-Type"] = f'application/ld+json;profile="{iiif.CONTEXT}"'
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_safe
+def iiif_image(
+    request: HttpRequest, slide_id, region: str, size: str, rotation: str, quality_format: str
+) -> HttpResponse:
+    grant = tile_access.resolve(request, slide_id)
+    try:
+        opened = _opened(grant)
+    except tiles.SlideUnreadable as exc:
+        return _text(404, str(exc))
+    width, height = opened.osr.dimensions
+    try:
+        parsed = iiif.parse_request(region, size, rotation, quality_format, width, height)
+    except iiif.IIIFError as exc:
+        return _text(exc.status, exc.message)
+    fmt = "jpeg" if parsed.format == "jpg" else "png"
+    content_type = "image/jpeg" if fmt == "jpeg" else "image/png"
+
+    def make() -> bytes:
+        return tiles.cached_render(opened, parsed.cache_key, render_bytes)
+
+    def render_bytes() -> bytes:
+        big = (
+            parsed.region[2] * parsed.region[3] > BIG_RENDER_PIXELS * 16
+            or parsed.size[0] * parsed.size[1] > BIG_RENDER_PIXELS
+        )
+        if big and not _big_renders.acquire(timeout=20):
+            raise iiif.IIIFError(503, "The server is busy rendering large images; try again shortly.")
+        try:
+            return tiles.encode(iiif.render(opened.osr, parsed, _background(opened.osr)), fmt)
+        finally:
+            if big:
+                _big_renders.release()
+
+    key = "iiif/" + "/".join(str(part) for part in parsed.cache_key)
+    try:
+        response = _image(request, opened, key, content_type, make)
+    except iiif.IIIFError as exc:
+        return _text(exc.status, exc.message)
+    except tiles.SlideUnreadable as exc:
+        return _text(404, str(exc))
+    response["Link"] = f'<{iiif.PROFILE_URI}>;rel="profile"'
+    return response
+
+
+# --- overlays ---------------------------------------------------------------------------------------
+def _overlay_slide(request: HttpRequest, slide_id) -> Slide:
+    grant = tile_access.resolve(request, slide_id)
+    return Slide.objects.select_related("part").get(pk=grant.slide_id)
+
+
+@require_safe
+def overlay_list(request: HttpRequest, slide_id) -> JsonResponse:
+    slide = _overlay_slide(request, slide_id)
+    items = [
+        {**item, "url": reverse("slide_overlay", args=[slide.pk, item["name"]])}
+        for item in overlays.available_overlays(slide)
+    ]
+    response = JsonResponse({"overlays": items})
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@require_safe
+def overlay_data(request: HttpRequest, slide_id, name: str) -> JsonResponse:
+    slide = _overlay_slide(request, slide_id)
+    try:
+        data = overlays.get_overlay(slide, name)
+    except overlays.OverlayError as exc:
+        return JsonResponse({"error": str(exc)}, status=500)
+    if data is None:
+        raise Http404("No such overlay for this slide.")
+    response = JsonResponse(data)
+    response["Cache-Control"] = "private, no-cache"
+    return response
