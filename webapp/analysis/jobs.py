@@ -6,7 +6,9 @@ returns a JSON-able result. Handlers must be idempotent: a job can run twice aft
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,16 +27,26 @@ Progress = Callable[[float, str], None]
 class Handler:
     fn: Callable[[Job, Progress], dict]
     queue: str
+    time_limit: int | None = None  # seconds; None: the global CELERY_TASK_TIME_LIMIT
 
 
 HANDLERS: dict[str, Handler] = {}
 
+# A running job whose heartbeat is older than this lost its worker (killed, host down). Every running job
+# beats every PULSE_SECONDS from a thread of its own, so this only has to exceed a few pulses.
+PULSE_SECONDS = float(os.environ.get("PATHALIGN_JOB_PULSE_SECONDS", 10))
+MAX_ATTEMPTS = 3
 
-def job_handler(kind: str, queue: str = "default"):
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=float(os.environ.get("PATHALIGN_STALE_JOB_SECONDS", 120)))
+
+
+def job_handler(kind: str, queue: str = "default", time_limit: int | None = None):
     """Register `fn` as the handler of jobs of `kind`, run on Celery queue `queue` ("gpu" for models)."""
 
     def register(fn):
-        HANDLERS[kind] = Handler(fn, queue)
+        HANDLERS[kind] = Handler(fn, queue, time_limit)
         return fn
 
     return register
@@ -59,14 +71,21 @@ def dispatch(job_id: int) -> bool:
     """Send a job to the broker. With the broker down the job stays queued; `requeue_stale` resends it."""
     from .tasks import run_job
 
-    job = Job.objects.only("queue").get(pk=job_id)
+    job = Job.objects.only("queue", "kind").get(pk=job_id)
+    handler = HANDLERS.get(job.kind)
+    limits = {}
+    if handler and handler.time_limit:
+        limits = {"time_limit": handler.time_limit, "soft_time_limit": max(1, handler.time_limit - 30)}
     try:
-        run_job.apply_async(args=[job_id], queue=job.queue, retry=False)
-        return True
+        run_job.apply_async(args=[job_id], queue=job.queue, retry=False, **limits)
     except Exception as exc:  # noqa: BLE001 - any broker error: keep the job queued, log, and go on
         log.warning("broker unreachable, job %s stays queued: %s", job_id, exc)
-        Job.objects.filter(pk=job_id).update(message="Waiting for the job queue to come back.")
+        Job.objects.filter(pk=job_id).update(
+            message="Waiting for the job queue to come back.", dispatched_at=None
+        )
         return False
+    Job.objects.filter(pk=job_id).update(dispatched_at=timezone.now())
+    return True
 
 
 def _progress_writer(job_id: int) -> Progress:
@@ -78,22 +97,61 @@ def _progress_writer(job_id: int) -> Progress:
     return progress
 
 
+class _Pulse:
+    """Keeps a running job's heartbeat fresh from a thread while the handler works (model loads, long
+    extraction steps report no progress). When the process dies the beats stop and the sweeper notices."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True, name=f"job-{job_id}-pulse")
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop.wait(PULSE_SECONDS):
+                try:
+                    Job.objects.filter(pk=self.job_id, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+                except Exception as exc:  # noqa: BLE001 - the database may be restarting; beat again later
+                    log.warning("job %s heartbeat failed: %s", self.job_id, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def __enter__(self) -> _Pulse:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def execute(job_id: int) -> Job:
-    """Run one job to completion in this process. Safe to call twice: finished jobs are left alone."""
+    """Run one job to completion in this process. Safe to call twice: finished jobs are left alone, and a
+    job another live worker is running (fresh heartbeat) is not started a second time."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
         if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
+            return job
+        if (
+            job.state == JobState.RUNNING
+            and job.heartbeat_at
+            and job.heartbeat_at > timezone.now() - stale_after()
+        ):
+            log.info("job %s is running elsewhere (%s); not starting it twice", job_id, job.worker)
             return job
         job.state = JobState.RUNNING
         job.attempts += 1
         job.started_at = timezone.now()
         job.heartbeat_at = job.started_at
-        job.worker = f"{socket.gethostname()}"
+        job.worker = f"{socket.gethostname()}:{os.getpid()}"
         job.error = ""
         job.save()
     handler = HANDLERS[job.kind]
     try:
-        result = handler.fn(job, _progress_writer(job.pk))
+        with _Pulse(job.pk):
+            result = handler.fn(job, _progress_writer(job.pk))
     except JobFailed as exc:
         _finish(job.pk, JobState.FAILED, error=str(exc))
         raise
@@ -123,31 +181,50 @@ def retry_job(job: Job) -> Job:
     return job
 
 
-def requeue_stale(running_after: timedelta = timedelta(minutes=10), queued_after: timedelta = timedelta(minutes=5)) -> int:
+def requeue_stale(
+    running_after: timedelta | None = None,
+    queued_after: timedelta | None = None,
+    resend_after: timedelta | None = None,
+) -> int:
     """The stale-job sweeper: jobs whose worker stopped sending heartbeats go back to the queue.
 
-    A running job with no heartbeat for `running_after` lost its worker (killed, host down): it is
-    queued again, or failed after 3 attempts. A job queued for longer than `queued_after` is resent,
-    which covers a broker that was down when the job was created. Returns how many were touched.
+    - A running job with no heartbeat for `running_after` (default PATHALIGN_STALE_JOB_SECONDS) lost its
+      worker (killed, host down; the embedded broker never redelivers an unacked message): it is queued
+      again, or failed after MAX_ATTEMPTS attempts.
+    - A queued job the broker never accepted (it was down), older than `queued_after` (default 30 s), is
+      sent again: this is how jobs created during a broker outage run once it is back.
+    - A queued job sent longer than `resend_after` ago (default 6 h, more than the Redis visibility timeout)
+      is sent again as a last resort. A duplicate message is harmless: `execute` skips finished and
+      live-running jobs.
+    Each job is claimed with a conditional UPDATE, so several workers may sweep at once.
+    Returns how many jobs were touched.
     """
     now = timezone.now()
+    running_after = stale_after() if running_after is None else running_after
+    queued_after = timedelta(seconds=30) if queued_after is None else queued_after
+    resend_after = timedelta(hours=6) if resend_after is None else resend_after
     touched = 0
     for job in Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=now - running_after):
-        if job.attempts >= 3:
-            _finish(job.pk, JobState.FAILED, error="The worker stopped responding three times; giving up.")
-        else:
-            Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-                state=JobState.QUEUED, message="Requeued after its worker stopped responding."
-            )
+        claim = Job.objects.filter(pk=job.pk, state=JobState.RUNNING, heartbeat_at=job.heartbeat_at)
+        if job.attempts >= MAX_ATTEMPTS:
+            if claim.update(state=JobState.FAILED, finished_at=now,
+                            error=f"The worker stopped responding {job.attempts} times; giving up."):
+                touched += 1
+        elif claim.update(state=JobState.QUEUED, heartbeat_at=now, dispatched_at=None,
+                          message="Requeued after its worker stopped responding."):
             dispatch(job.pk)
-        touched += 1
-    stale_queued = Job.objects.filter(state=JobState.QUEUED, created_at__lt=now - queued_after).filter(
-        models_q_no_recent_heartbeat(now - queued_after)
+            touched += 1
+    from django.db.models import Q
+
+    unsent = Q(dispatched_at__isnull=True, created_at__lt=now - queued_after) & models_q_no_recent_heartbeat(
+        now - queued_after
     )
-    for job in stale_queued:
-        Job.objects.filter(pk=job.pk).update(heartbeat_at=now)
-        dispatch(job.pk)
-        touched += 1
+    for job in Job.objects.filter(Q(state=JobState.QUEUED) & (unsent | Q(dispatched_at__lt=now - resend_after))):
+        claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, dispatched_at=job.dispatched_at,
+                                   heartbeat_at=job.heartbeat_at)
+        if claim.update(heartbeat_at=now):
+            dispatch(job.pk)
+            touched += 1
     return touched
 
 

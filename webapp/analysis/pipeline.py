@@ -1,0 +1,265 @@
+"""The analysis pipeline: model bundles, embedding slides into pgvector, and the jobs that do it.
+
+Plain functions that tests call directly; the job handlers at the bottom are what the Celery workers run.
+Results are written only at the end of a job, in one transaction (delete-and-insert under a row lock on
+the slide), so a slide's job run twice leaves one set of rows and a killed job leaves none.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
+from django.dispatch import receiver
+from django.utils import timezone
+
+from webapp.slides.models import Slide
+from webapp.slides.signals import slide_stored
+
+from . import runtime
+from .jobs import JobFailed, Progress, create_job, job_handler
+from .models import ACTIVE_STATES, EMBED_DIM, Job, ModelBundle, QueryEmbedding, SlideEmbedding
+
+log = logging.getLogger(__name__)
+ANALYZE = "analyze_slide"
+REEMBED = "reembed_archive"
+QUEUE_BATCH = 500
+
+
+class BundleInvalid(ValueError):
+    """The directory is not a bundle this app can use; the message says why, for the lab admin."""
+
+
+# --- bundles -----------------------------------------------------------------------------------------
+def inspect_bundle(path: str | os.PathLike) -> dict:
+    """Check that `path` holds a loadable PathAlign bundle we can store; return its description.
+
+    Loads it once (on the CPU) so a broken bundle is refused here, not later in every job.
+    """
+    from inference.bundle import read_bundle_config
+
+    directory = Path(path).expanduser()
+    if not directory.is_absolute():
+        raise BundleInvalid("Give the bundle's absolute path on the server.")
+    if not directory.is_dir():
+        raise BundleInvalid(f"{directory} is not a directory on the server.")
+    try:
+        config = read_bundle_config(directory)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BundleInvalid(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. invalid JSON: tell the admin, not a 500
+        raise BundleInvalid(f"bundle.json could not be read: {exc}") from None
+    embed = (config.get("dims") or {}).get("embed")
+    if embed != EMBED_DIM:
+        raise BundleInvalid(f"The bundle makes {embed}-d embeddings; this app stores {EMBED_DIM}-d vectors.")
+    try:
+        from inference.pathalign import PathAlign
+
+        model = PathAlign.load(directory, device="cpu")
+        spec, figures = model.spec, model.eval_figures
+    except Exception as exc:  # noqa: BLE001 - missing weights, wrong shapes, bad tokenizer ...
+        raise BundleInvalid(f"The bundle does not load: {type(exc).__name__}: {exc}") from None
+    return {
+        "path": str(directory.resolve()),
+        "name": str(spec["name"])[:100],
+        "version": str(spec["version"])[:40],
+        "variant": str(spec.get("variant") or "")[:4],
+        "encoder": spec.get("encoder") or {},
+        "dims": spec.get("dims") or {},
+        "eval_figures": figures or {},
+        "training": _training_summary(config.get("training") or {}),
+    }
+
+
+def _training_summary(training: dict) -> dict:
+    # The per-epoch history can be long; keep what the model page shows.
+    keep = ("slides", "splits", "train_diagnoses", "patches_per_slide", "feature_dim", "best_val_loss", "source")
+    return {key: training[key] for key in keep if key in training}
+
+
+def register_bundle(path: str | os.PathLike, user=None, activate: bool = False) -> ModelBundle:
+    """Validate and record a bundle directory; optionally make it the active one."""
+    info = inspect_bundle(path)
+    if ModelBundle.objects.filter(path=info["path"]).exists():
+        raise BundleInvalid(f"{info['path']} is already registered.")
+    if ModelBundle.objects.filter(name=info["name"], version=info["version"]).exists():
+        raise BundleInvalid(f"A bundle named {info['name']} {info['version']} is already registered.")
+    try:
+        with transaction.atomic():
+            bundle = ModelBundle.objects.create(registered_by=user, **info)
+    except IntegrityError:
+        raise BundleInvalid("That bundle was registered at the same moment by someone else.") from None
+    if activate:
+        activate_bundle(bundle)
+    return bundle
+
+
+def refresh_eval(bundle: ModelBundle) -> ModelBundle:
+    from inference.bundle import read_eval
+
+    bundle.eval_figures = read_eval(bundle.path)
+    bundle.save(update_fields=["eval_figures"])
+    return bundle
+
+
+def activate_bundle(bundle: ModelBundle) -> ModelBundle:
+    """Make `bundle` the one active bundle (the partial unique index allows no second)."""
+    with transaction.atomic():
+        ModelBundle.objects.filter(is_active=True).exclude(pk=bundle.pk).update(is_active=False)
+        ModelBundle.objects.filter(pk=bundle.pk).update(is_active=True)
+    bundle.refresh_from_db()
+    return bundle
+
+
+def coverage(bundle: ModelBundle) -> tuple[int, int]:
+    """(slides with an embedding by `bundle`, all slides)."""
+    return SlideEmbedding.objects.filter(bundle=bundle).count(), Slide.objects.count()
+
+
+def mark_complete_if_done(bundle: ModelBundle) -> bool:
+    """Record the moment every slide has an embedding from `bundle`; search may then switch to it."""
+    if bundle.archive_complete_at is not None:
+        return True
+    missing = Slide.objects.exclude(Exists(SlideEmbedding.objects.filter(slide=OuterRef("pk"), bundle=bundle)))
+    if missing.exists():
+        return False
+    ModelBundle.objects.filter(pk=bundle.pk, archive_complete_at__isnull=True).update(
+        archive_complete_at=timezone.now()
+    )
+    bundle.refresh_from_db()
+    return True
+
+
+# --- embedding one slide -----------------------------------------------------------------------------
+def pack_heatmap(coords: np.ndarray, attention: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, coords=np.asarray(coords, np.int32), attention=np.asarray(attention, np.float32))
+    return buffer.getvalue()
+
+
+def _pause(step: str) -> None:
+    """Test hook: PATHALIGN_TEST_STEP_SLEEP seconds between steps, so a test can kill a worker mid-job."""
+    seconds = float(os.environ.get("PATHALIGN_TEST_STEP_SLEEP", "0") or 0)
+    if seconds > 0:
+        log.info("test pause before %s (%.1fs)", step, seconds)
+        time.sleep(seconds)
+
+
+def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job | None = None) -> SlideEmbedding:
+    """Features (cached or extracted) -> Q-Former -> one SlideEmbedding + its query rows, written at once."""
+    started = time.perf_counter()
+    if not slide.path.exists():
+        raise JobFailed(f"The slide file is missing from the store ({slide.file_path}).")
+    progress(0.02, "Loading the model")
+    model = runtime.get_model(bundle)
+    _pause("features")
+    progress(0.05, "Tiling and encoding patches")
+    try:
+        features = runtime.slide_features(slide, bundle, progress=lambda f, m: progress(0.05 + 0.8 * f, m))
+    except (ValueError, OSError) as exc:  # unreadable slide, no MPP, no tissue ...
+        raise JobFailed(f"Could not extract patch features: {exc}") from None
+    if len(features) == 0:
+        raise JobFailed("No tissue was found on the slide, so there is nothing to embed.")
+    _pause("embed")
+    progress(0.88, f"Embedding {len(features)} patches")
+    embedding = model.embed(features)
+    _pause("write")
+    progress(0.95, "Saving the embeddings")
+    with transaction.atomic():
+        Slide.objects.select_for_update().filter(pk=slide.pk).first()  # one writer per slide at a time
+        row, _ = SlideEmbedding.objects.update_or_create(
+            slide=slide,
+            bundle=bundle,
+            defaults={
+                "embedding": embedding.slide.astype(np.float32),
+                "n_patches": len(features),
+                "patch_size": features.patch_size,
+                "heatmap": pack_heatmap(features.coords, embedding.attention),
+                "seconds": round(time.perf_counter() - started, 2),
+                "job": job,
+            },
+        )
+        QueryEmbedding.objects.filter(slide=slide, bundle=bundle).delete()
+        QueryEmbedding.objects.bulk_create(
+            QueryEmbedding(slide=slide, bundle=bundle, index=i, embedding=vector.astype(np.float16))
+            for i, vector in enumerate(embedding.queries)
+        )
+    mark_complete_if_done(bundle)
+    return row
+
+
+# --- queueing ----------------------------------------------------------------------------------------
+def queue_slide_analysis(slide: Slide, user=None, bundle: ModelBundle | None = None) -> Job | None:
+    """Queue the embedding job of `slide` (by the active bundle); None when no bundle is active yet."""
+    bundle = bundle or runtime.active_bundle()
+    if bundle is None:
+        log.info("slide %s not queued for analysis: no active model bundle", slide.pk)
+        return None
+    with transaction.atomic():
+        return create_job(ANALYZE, slide=slide, case=slide.part.case, user=user, params={"bundle": bundle.pk})
+
+
+@receiver(slide_stored, dispatch_uid="analysis_queue_new_slide")
+def on_slide_stored(sender, slide: Slide, user=None, **kwargs) -> None:
+    """Every new slide is queued for analysis on the gpu queue, without anyone asking."""
+    try:
+        queue_slide_analysis(slide, user=user)
+    except Exception:  # noqa: BLE001 - never break an upload because analysis could not be queued
+        log.exception("could not queue analysis of slide %s", slide.pk)
+
+
+def latest_job(slide: Slide) -> Job | None:
+    return Job.objects.filter(slide=slide, kind=ANALYZE).order_by("-created_at", "-pk").first()
+
+
+def queue_reembed(bundle: ModelBundle, user=None) -> Job:
+    """A background job that queues one embedding job per slide lacking `bundle`'s embedding."""
+    with transaction.atomic():
+        return create_job(REEMBED, user=user, params={"bundle": bundle.pk})
+
+
+# --- job handlers ------------------------------------------------------------------------------------
+def _bundle_of(job: Job) -> ModelBundle:
+    bundle_id = job.params.get("bundle")
+    bundle = ModelBundle.objects.filter(pk=bundle_id).first() if bundle_id else runtime.active_bundle()
+    if bundle is None:
+        raise JobFailed("No model bundle is active; a lab admin can register one under Models.")
+    return bundle
+
+
+@job_handler(ANALYZE, queue="gpu", time_limit=int(os.environ.get("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)))
+def analyze_slide_job(job: Job, progress: Progress) -> dict:
+    if job.slide_id is None:
+        raise JobFailed("The job names no slide.")
+    slide = Slide.objects.select_related("part__case").get(pk=job.slide_id)
+    bundle = _bundle_of(job)
+    row = embed_slide(slide, bundle, progress, job=job)
+    return {"bundle": bundle.pk, "bundle_name": str(bundle), "patches": row.n_patches, "seconds": row.seconds}
+
+
+@job_handler(REEMBED, queue="default")
+def reembed_archive_job(job: Job, progress: Progress) -> dict:
+    """Fan out: one short, idempotent job per slide, so several GPU workers share the archive and the old
+    bundle's rows keep serving search until the new bundle covers every slide."""
+    bundle = _bundle_of(job)
+    has_row = Exists(SlideEmbedding.objects.filter(slide=OuterRef("pk"), bundle=bundle))
+    pending = Exists(
+        Job.objects.filter(slide=OuterRef("pk"), kind=ANALYZE, state__in=ACTIVE_STATES, params__bundle=bundle.pk)
+    )
+    todo = list(Slide.objects.exclude(has_row).exclude(pending).values_list("pk", flat=True))
+    queued = 0
+    for start in range(0, len(todo), QUEUE_BATCH):
+        with transaction.atomic():
+            batch = Slide.objects.filter(pk__in=todo[start : start + QUEUE_BATCH]).select_related("part__case")
+            for slide in batch:
+                create_job(ANALYZE, slide=slide, case=slide.part.case,
+                           user=job.created_by, params={"bundle": bundle.pk, "reembed": job.pk})
+                queued += 1
+        progress(queued / max(len(todo), 1), f"Queued {queued} of {len(todo)} slides")
+    complete = mark_complete_if_done(bundle)
+    return {"bundle": bundle.pk, "queued": queued, "complete": complete}

@@ -1,0 +1,244 @@
+"""Analysis pages: per-slide job state (htmx), similarity search, model bundles (lab admins)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.http import require_POST
+
+from webapp.accounts.decorators import lab_admin_required
+from webapp.audit.log import record
+from webapp.slides.access import get_slide_for_user
+
+from . import pipeline, runtime, search, training
+from .jobs import retry_job
+from .models import Job, JobState, ModelBundle
+from .overlays import attention_for_slide
+
+
+def viewer_url(slide) -> str:
+    """The viewer for `slide` (the viewer app's URL when it exists, else its documented path)."""
+    try:
+        base = reverse("case_viewer", args=[slide.part.case_id])
+    except NoReverseMatch:
+        base = f"/cases/{slide.part.case_id}/viewer/"
+    return f"{base}?slide={slide.pk}"
+
+
+# --- per-slide job state -----------------------------------------------------------------------------
+def slide_job_context(slide, user) -> dict:
+    job = pipeline.latest_job(slide)
+    return {"slide": slide, "job": job, "can_manage": user.is_lab_admin,
+            "has_model": runtime.active_bundle() is not None}
+
+
+@login_required
+def slide_job_status(request: HttpRequest, slide_id) -> HttpResponse:
+    """The slide's analysis state, polled by htmx every 2 s while the job is queued or running."""
+    slide = get_slide_for_user(request.user, slide_id)
+    return render(request, "analysis/_slide_jobs.html", slide_job_context(slide, request.user))
+
+
+@lab_admin_required
+@require_POST
+def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        messages.info(request, "Only a failed job can be retried.")
+    else:
+        retry_job(job)
+        record(request, "job_retry", case=job.case_id, obj=job, kind=job.kind)
+    if job.slide_id and request.htmx:
+        return render(request, "analysis/_slide_jobs.html", slide_job_context(job.slide, request.user))
+    return redirect(request.POST.get("next") or "bundle_list")
+
+
+@lab_admin_required
+@require_POST
+def slide_analyze(request: HttpRequest, slide_id) -> HttpResponse:
+    """Queue a slide that has no job (e.g. it arrived before any model was active)."""
+    slide = get_slide_for_user(request.user, slide_id)
+    job = pipeline.queue_slide_analysis(slide, user=request.user)
+    if job is not None:
+        record(request, "job_queue", case=slide.part.case_id, obj=job, kind=job.kind)
+    return render(request, "analysis/_slide_jobs.html", slide_job_context(slide, request.user))
+
+
+@login_required
+def slide_attention(request: HttpRequest, slide_id) -> JsonResponse:
+    """The attention heatmap as overlay JSON (the viewer also serves it via webapp.slides.overlays)."""
+    slide = get_slide_for_user(request.user, slide_id)
+    data = attention_for_slide(slide)
+    if data is None:
+        raise Http404("This slide has no attention map yet.")
+    record(request, "view_attention", case=slide.part.case_id, obj=slide)
+    return JsonResponse(data)
+
+
+# --- search ------------------------------------------------------------------------------------------
+class SearchForm(forms.Form):
+    MODES = [("text", "Text → slides"), ("slides", "Slide → similar slides"),
+             ("reports", "Slide → signed-out reports of similar cases")]
+    mode = forms.ChoiceField(choices=MODES, required=False)
+    q = forms.CharField(required=False, max_length=500, label="Text")
+    slide = forms.UUIDField(required=False, widget=forms.HiddenInput)
+    site = forms.CharField(required=False, max_length=100, label="Organ / site")
+    stain = forms.CharField(required=False, max_length=60)
+    received_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    received_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    signed_out_only = forms.BooleanField(required=False, label="Signed-out cases only")
+    k = forms.IntegerField(required=False, min_value=1, max_value=search.MAX_K, initial=10, label="Results")
+
+    def filters(self) -> search.Filters:
+        data = self.cleaned_data
+        return search.Filters(site=data.get("site") or "", stain=data.get("stain") or "",
+                              received_from=data.get("received_from"), received_to=data.get("received_to"),
+                              signed_out_only=bool(data.get("signed_out_only")))
+
+
+@login_required
+def search_page(request: HttpRequest) -> HttpResponse:
+    if not (request.user.is_lab_admin or request.user.is_pathologist):
+        raise PermissionDenied
+    form = SearchForm(request.GET or None)
+    result, source = None, None
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        mode = data.get("mode") or ("text" if data.get("q") else "slides")
+        k = data.get("k") or 10
+        filters = form.filters()
+        if mode == "text" and data.get("q"):
+            result = search.text_search(request.user, data["q"], k, filters)
+        elif mode in ("slides", "reports") and data.get("slide"):
+            source = get_slide_for_user(request.user, data["slide"])
+            finder = search.similar_slides if mode == "slides" else search.similar_reports
+            result = finder(request.user, source, k, filters)
+        if result is not None:
+            record(request, "search", case=source.part.case_id if source else None, obj=source,
+                   query_kind=result.kind, hits=len(result.hits), filters=filters.describe(),
+                   bundle=str(result.bundle) if result.bundle else "",
+                   slides=[str(hit.slide.pk) for hit in result.hits])
+    hits = [{"hit": hit, "viewer": viewer_url(hit.slide)} for hit in (result.hits if result else [])]
+    template = "analysis/_search_results.html" if request.htmx else "analysis/search.html"
+    return render(request, template, {"form": form, "result": result, "hits": hits, "source": source,
+                                      "bundle": runtime.search_bundle()})
+
+
+# --- model bundles (lab admins) ----------------------------------------------------------------------
+class RegisterForm(forms.Form):
+    path = forms.CharField(max_length=500, label="Bundle directory on the server")
+    activate = forms.BooleanField(required=False, label="Make it the active model")
+
+
+class TrainForm(forms.Form):
+    name = forms.CharField(max_length=100, initial="pathalign-local")
+    version = forms.CharField(max_length=40)
+    epochs = forms.IntegerField(min_value=1, max_value=200, initial=20)
+
+
+def _bundle_rows() -> list[dict]:
+    from webapp.slides.models import Slide
+
+    total = Slide.objects.count()
+    rows = []
+    for bundle in ModelBundle.objects.all():
+        done = bundle.slide_embeddings.count()
+        rows.append({"bundle": bundle, "done": done, "total": total,
+                     "percent": round(100 * done / total) if total else 100})
+    return rows
+
+
+@lab_admin_required
+def bundle_list(request: HttpRequest) -> HttpResponse:
+    register = RegisterForm(request.POST or None)
+    if request.method == "POST" and register.is_valid():
+        try:
+            bundle = pipeline.register_bundle(register.cleaned_data["path"], user=request.user,
+                                              activate=register.cleaned_data["activate"])
+        except pipeline.BundleInvalid as exc:
+            register.add_error("path", str(exc))
+        else:
+            record(request, "model_register", obj=bundle, path=bundle.path, active=bundle.is_active)
+            messages.success(request, f"Registered {bundle}.")
+            return redirect("bundle_detail", bundle_id=bundle.pk)
+    version = dt.datetime.now().strftime("%Y.%m.%d-%H%M")
+    jobs = Job.objects.filter(kind__in=[pipeline.REEMBED, training.TRAIN]).order_by("-created_at")[:10]
+    return render(request, "analysis/bundle_list.html", {
+        "rows": _bundle_rows(), "register": register, "train": TrainForm(initial={"version": version}),
+        "jobs": jobs, "search_bundle": runtime.search_bundle(),
+    })
+
+
+@lab_admin_required
+def bundle_detail(request: HttpRequest, bundle_id: int) -> HttpResponse:
+    bundle = get_object_or_404(ModelBundle, pk=bundle_id)
+    done, total = pipeline.coverage(bundle)
+    active = runtime.active_bundle()
+    comparison = bundle.eval_figures.get("heldout_comparison")
+    return render(request, "analysis/bundle_detail.html", {
+        "bundle": bundle, "done": done, "total": total, "active": active, "comparison": comparison,
+        "figures": _flat_figures(bundle.eval_figures), "search_bundle": runtime.search_bundle(),
+        "jobs": Job.objects.filter(params__bundle=bundle.pk, kind=pipeline.REEMBED)[:5],
+    })
+
+
+def _flat_figures(figures: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """eval.json as (name, value) rows; nested sections become dotted names, long lists are skipped."""
+    rows = []
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(_flat_figures(value, name + "."))
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.3f}"))
+        elif isinstance(value, int | str | bool) or value is None:
+            rows.append((name, str(value)))
+    return rows[:200]
+
+
+@lab_admin_required
+@require_POST
+def bundle_activate(request: HttpRequest, bundle_id: int) -> HttpResponse:
+    bundle = get_object_or_404(ModelBundle, pk=bundle_id)
+    previous = runtime.active_bundle()
+    pipeline.activate_bundle(bundle)
+    record(request, "model_activate", obj=bundle, previous=str(previous) if previous else "")
+    messages.success(request, f"{bundle} is now the active model. New slides are embedded with it; "
+                              "re-embed the archive so search can switch to it.")
+    return redirect("bundle_detail", bundle_id=bundle.pk)
+
+
+@lab_admin_required
+@require_POST
+def bundle_reembed(request: HttpRequest, bundle_id: int) -> HttpResponse:
+    bundle = get_object_or_404(ModelBundle, pk=bundle_id)
+    job = pipeline.queue_reembed(bundle, user=request.user)
+    record(request, "model_reembed", obj=bundle, job=job.pk)
+    messages.success(request, f"Re-embedding the archive with {bundle} in the background.")
+    return redirect("bundle_detail", bundle_id=bundle.pk)
+
+
+@lab_admin_required
+@require_POST
+def bundle_train(request: HttpRequest) -> HttpResponse:
+    form = TrainForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a name, a version and a number of epochs.")
+        return redirect("bundle_list")
+    data = form.cleaned_data
+    job = training.queue_training(request.user, data["name"], data["version"], {"epochs": data["epochs"]})
+    record(request, "model_train", obj=job, name=data["name"], version=data["version"])
+    messages.success(request, "Training started in the background; its progress is below.")
+    return redirect("bundle_list")
+
+
+@lab_admin_required
+def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    return render(request, "analysis/_job_row.html", {"job": job})
