@@ -114,7 +114,8 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU-4 (sacrebleu, 13a tokenisation, lower-cased), in [0, 1]."""
     import sacrebleu
 
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score) / 100.0
+    score = sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score
+    return min(1.0, float(score) / 100.0)  # sacrebleu can overshoot 100 by float rounding
 
 
 class _NoWordNet:

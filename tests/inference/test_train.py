@@ -94,3 +94,30 @@ def test_diagnostic_text_keeps_what_the_slide_shows():
         "A. Colon, sigmoid, biopsy: Tubular adenoma. Negative for malignancy. Crowded glands."
     )
     assert diagnostic_text("no sections here") == "no sections here"
+
+
+def test_evaluate_end_to_end_on_a_tiny_bundle(tmp_path):
+    from inference.bundle import save_bundle
+    from inference.evaluate import evaluate, format_table
+    from inference.pathalign import PathAlign
+
+    examples = make_examples(n_per_class=5)
+    for i, e in enumerate(examples):  # a test split too
+        if e.split == "train" and i % 5 == 1:
+            e.record["split"] = "test"
+    model, tok, _ = train_stage1(examples, tiny_config(epochs=1), progress=False)
+    path = save_bundle(tmp_path / "b", model, tok, {"kind": "test"})
+    result = evaluate(PathAlign.load(path), examples, max_new_tokens=4, log=lambda m: None)
+    assert result["n_slides"] == 4
+    for key in (
+        "i2t_R@1",
+        "t2i_MVAcc@5",
+        "zero_shot_accuracy",
+        "linear_probe_accuracy",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "diagnosis_stated_rate",
+    ):
+        assert 0 <= result["pathalign"][key] <= 1 and 0 <= result["baseline"][key] <= 1, key
+    assert "zero_shot_accuracy" in format_table(result, {"zero_shot_accuracy": 0.85})
