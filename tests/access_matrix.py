@@ -1,0 +1,95 @@
+"""Who gets what, for every URL of the app: the expected HTTP status per role and method.
+
+`tests/test_trust_access_matrix.py` walks Django's URL resolver, so a new URL that is not listed here fails
+the suite. To add one: read its view, then add `"<url name>": {"GET": ..., "POST": ...}` below using the
+helpers (or a dict of role -> status). Path parameters are filled from the shared world (see PARAMS):
+a case assigned to `assigned` (dr_one) with part A and one slide; `other` (dr_two) has a case of their own.
+
+Roles: anonymous, admin (lab admin), assigned (pathologist of the case), other (another pathologist),
+evaluator, outsider (a pathologist with no cases). POST requests carry an empty form (CSRF is not enforced
+by the test client; `test_trust_audit` covers CSRF), so a permitted POST often answers 400 or re-renders.
+"""
+from __future__ import annotations
+
+ROLES = ("anonymous", "admin", "assigned", "other", "evaluator", "outsider")
+LOGIN = 302  # anonymous users are sent to the login page
+HIDDEN = 404  # the object exists but this user may not know it does (webapp.cases.access)
+
+
+def expect(anonymous: int = LOGIN, *, admin: int, assigned: int, other: int, evaluator: int,
+           outsider: int) -> dict[str, int]:
+    return {"anonymous": anonymous, "admin": admin, "assigned": assigned, "other": other,
+            "evaluator": evaluator, "outsider": outsider}
+
+
+def everyone(status: int) -> dict[str, int]:
+    """Public: the same answer for every role, anonymous included."""
+    return dict.fromkeys(ROLES, status)
+
+
+def any_user(status: int, anonymous: int = LOGIN) -> dict[str, int]:
+    return expect(anonymous, admin=status, assigned=status, other=status, evaluator=status, outsider=status)
+
+
+def admin_only(status: int, anonymous: int = LOGIN) -> dict[str, int]:
+    return expect(anonymous, admin=status, assigned=403, other=403, evaluator=403, outsider=403)
+
+
+def case_read(status: int, anonymous: int = LOGIN, admin: int | None = None) -> dict[str, int]:
+    """Case data: lab admins and the assigned pathologist; everyone else is told it does not exist."""
+    return expect(anonymous, admin=status if admin is None else admin, assigned=status, other=HIDDEN,
+                  evaluator=HIDDEN, outsider=HIDDEN)
+
+
+def case_write(status: int, anonymous: int = LOGIN) -> dict[str, int]:
+    """Accessioning changes: lab admins only; the assigned pathologist may read, so 403, others 404."""
+    return expect(anonymous, admin=status, assigned=403, other=HIDDEN, evaluator=HIDDEN, outsider=HIDDEN)
+
+
+# URL namespaces not walked, with the reason. The Django admin is Django's own, reachable by superusers
+# only (webapp.accounts.admin); test_cases_access checks that a lab admin is sent to its login.
+SKIPPED_NAMESPACES = {"admin": "Django's admin site: superusers only, tested in test_cases_access"}
+
+# Path parameters that name a resource are filled from the world fixture; URLs with other parameters
+# (tile coordinates, formats) give them in their entry's "kwargs".
+MATRIX: dict[str, dict] = {
+    # --- site and accounts
+    "healthz": {"GET": everyone(200)},
+    "login": {"GET": any_user(302, anonymous=200)},  # signed-in users are sent on to the app
+    "logout": {"GET": everyone(405), "POST": everyone(302)},
+    "password_change": {"GET": any_user(200)},
+    "password_change_done": {"GET": any_user(200)},
+    "user_list": {"GET": admin_only(200)},
+    "user_create": {"GET": admin_only(200), "POST": admin_only(200)},
+    "user_edit": {"GET": admin_only(200), "POST": admin_only(200)},
+    # --- cases
+    "home": {"GET": expect(admin=302, assigned=302, other=302, evaluator=200, outsider=302)},
+    "worklist": {"GET": any_user(200)},
+    "case_list": {"GET": any_user(200)},
+    "case_create": {"GET": admin_only(200), "POST": admin_only(200)},
+    "case_detail": {"GET": case_read(200)},
+    "case_edit": {"GET": case_write(200), "POST": case_write(200)},
+    "case_assign": {"GET": any_user(405), "POST": case_write(302)},
+    "part_create": {"GET": case_write(200), "POST": case_write(200)},
+    "part_edit": {"GET": case_write(200), "POST": case_write(200)},
+    # --- slides: upload, thumbnails, drop folder
+    "slide_upload": {"GET": any_user(405), "POST": case_write(400)},
+    "slide_thumbnail": {"GET": case_read(200)},
+    "dropbox_list": {"GET": admin_only(200)},
+    "dropbox_import": {"GET": admin_only(405), "POST": admin_only(302)},
+    "dropbox_import_matched": {"GET": admin_only(405), "POST": admin_only(302)},
+    # --- audit
+    "audit_log": {"GET": admin_only(200), "POST": admin_only(302)},
+    "audit_export_csv": {"GET": admin_only(200)},
+    "audit_export_json": {"GET": admin_only(200)},
+    "audit_case_access_lookup": {"GET": admin_only(200), "POST": admin_only(200)},
+    "audit_case_access": {"GET": admin_only(200)},
+}
+
+# URL keyword -> the value taken from the world fixture (tests/test_trust_access_matrix.py: World).
+PARAMS = {
+    "case_id": lambda world: world.case.pk,
+    "part_id": lambda world: world.part.pk,
+    "slide_id": lambda world: world.slide.pk,
+    "user_id": lambda world: world.cast.path2.pk,
+}
