@@ -1,0 +1,209 @@
+"""Building a study: choose parts, collect texts, hide their sources, assign raters, save ratings.
+
+Plain functions (no requests) so tests and the demo call them directly; views stay thin.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, QuerySet
+
+from webapp.cases.models import CaseStatus, Part
+from webapp.slides.models import Slide
+
+from . import sources
+from .models import ERROR_REQUIRED_MAX, Assignment, ErrorKind, Item, Rating, Study, StudyStatus
+
+
+class StudyError(Exception):
+    """A request the rules refuse, with a message for the lab admin."""
+
+
+@dataclass
+class Selection:
+    """Which parts a study covers. Every given filter applies (AND); an accession list narrows further.
+    Accession entries are "S26-00042" (all its parts) or "S26-00042-B" (one part)."""
+
+    site: str = ""
+    received_from: date | None = None
+    received_to: date | None = None
+    signed_out_only: bool = False
+    accessions: Sequence[str] = ()
+
+    def as_json(self) -> dict:
+        return {
+            "site": self.site,
+            "received_from": self.received_from.isoformat() if self.received_from else None,
+            "received_to": self.received_to.isoformat() if self.received_to else None,
+            "signed_out_only": self.signed_out_only,
+            "accessions": list(self.accessions),
+        }
+
+
+def parse_accessions(text: str) -> list[str]:
+    """Accession numbers from free text (commas, spaces or lines), upper-cased, duplicates removed."""
+    return list(dict.fromkeys(token.upper() for token in re.split(r"[\s,;]+", text or "") if token))
+
+
+def _split_accession(entry: str) -> tuple[str, str | None]:
+    """("S26-00042", None) for a whole case, ("S26-00042", "B") for one part."""
+    match = re.fullmatch(r"(.+\d)-([A-Z]{1,2})", entry)
+    return (match.group(1), match.group(2)) if match else (entry, None)
+
+
+def select_parts(selection: Selection) -> QuerySet[Part]:
+    parts = Part.objects.all()
+    if selection.site:
+        parts = parts.filter(Q(site__icontains=selection.site) | Q(procedure__icontains=selection.site))
+    if selection.received_from:
+        parts = parts.filter(case__received_date__gte=selection.received_from)
+    if selection.received_to:
+        parts = parts.filter(case__received_date__lte=selection.received_to)
+    if selection.signed_out_only:
+        parts = parts.filter(case__status__in=[CaseStatus.SIGNED_OUT, CaseStatus.AMENDED])
+    if selection.accessions:
+        wanted = Q(pk__in=[])
+        for entry in selection.accessions:
+            accession, label = _split_accession(entry)
+            wanted |= Q(case__accession_number=accession, **({"label": label} if label else {}))
+        parts = parts.filter(wanted)
+    return parts.order_by("case__accession_number", "label")
+
+
+def unknown_accessions(selection: Selection) -> list[str]:
+    """Entries of the accession list that name no case or part (so the form can say so)."""
+    missing = []
+    for entry in selection.accessions:
+        accession, label = _split_accession(entry)
+        found = Part.objects.filter(case__accession_number=accession, **({"label": label} if label else {}))
+        if not found.exists():
+            missing.append(entry)
+    return missing
+
+
+def assign_balanced(item_ids: Sequence[int], evaluator_ids: Sequence[int], per_item: int,
+                    rng: random.Random) -> dict[int, list[int]]:
+    """{evaluator id: [item ids]}: every item to `per_item` distinct evaluators, loads within one item of
+    each other. Greedy: each item goes to the least-loaded evaluators (ties broken at random). If all loads
+    are m or m+1 before an item, they are still within one after it, so the spread never exceeds one."""
+    if per_item < 1:
+        raise StudyError("Each item needs at least one rater.")
+    if per_item > len(set(evaluator_ids)):
+        raise StudyError(f"{per_item} raters per item needs at least {per_item} evaluators.")
+    evaluators = list(dict.fromkeys(evaluator_ids))
+    load = {evaluator: 0 for evaluator in evaluators}
+    queues: dict[int, list[int]] = {evaluator: [] for evaluator in evaluators}
+    for item in item_ids:
+        order = evaluators[:]
+        rng.shuffle(order)
+        chosen = sorted(order, key=lambda e: load[e])[:per_item]  # sort is stable: random among equals
+        for evaluator in chosen:
+            load[evaluator] += 1
+            queues[evaluator].append(item)
+    return queues
+
+
+def first_slide(part: Part) -> Slide | None:
+    return Slide.objects.filter(part=part).order_by("block_label", "created_at").first()
+
+
+def specimen_line(part: Part) -> str:
+    return ", ".join(bit for bit in (part.site, part.procedure) if bit)
+
+
+@transaction.atomic
+def build_study(
+    *, name: str, parts: QuerySet[Part] | Iterable[Part], source_keys: Sequence[str], evaluators: Sequence,
+    raters_per_item: int, seed: int, description: str = "", include_clinical_history: bool = False,
+    created_by=None, selection: dict | None = None, candidates: list[sources.Candidate] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Study:
+    """Create the study, its items (text snapshots, in a seeded random order so database ids follow no
+    source) and the assignments. `candidates` lets the demo pass texts that are not in the reports app."""
+    evaluators = list(dict.fromkeys(evaluators))
+    if not evaluators:
+        raise StudyError("Choose at least one evaluator.")
+    if any(not getattr(user, "is_evaluator", False) for user in evaluators):
+        raise StudyError("Only active users with the evaluator role can rate.")
+    if not 1 <= raters_per_item <= len(evaluators):
+        raise StudyError(f"Raters per item must be between 1 and the number of evaluators ({len(evaluators)}).")
+    if candidates is None:
+        part_qs = parts if isinstance(parts, QuerySet) else Part.objects.filter(pk__in=[p.pk for p in parts])
+        candidates = sources.collect(part_qs, source_keys)
+    if not candidates:
+        raise StudyError("No texts found for these parts and sources.")
+    labels = {**{key: sources.source_label(key) for key in source_keys}, **(labels or {})}
+    study = Study.objects.create(
+        name=name, description=description, raters_per_item=raters_per_item, seed=seed,
+        include_clinical_history=include_clinical_history, created_by=created_by, selection=selection or {},
+        sources=[{"key": key, "label": labels.get(key, key)} for key in dict.fromkeys(source_keys)],
+    )
+    study.evaluators.set(evaluators)
+    rng = random.Random(f"study:{seed}")  # noqa: S311 - reproducible shuffling, not security
+    candidates = list(candidates)
+    rng.shuffle(candidates)
+    slides: dict[int, Slide | None] = {}
+    items = []
+    for candidate in candidates:
+        part = candidate.part
+        if part.pk not in slides:
+            slides[part.pk] = first_slide(part)
+        items.append(Item(
+            study=study, case_id=part.case_id, part=part, slide=slides[part.pk],
+            text=sources.normalise_for_rating(candidate.text), source_key=candidate.source_key,
+            source_ref=candidate.ref, specimen=specimen_line(part),
+            clinical_history=part.case.clinical_history if include_clinical_history else "",
+        ))
+    items = Item.objects.bulk_create(items)
+    queues = assign_balanced([item.pk for item in items], [user.pk for user in evaluators], raters_per_item, rng)
+    assignments = []
+    for evaluator in evaluators:
+        queue = queues[evaluator.pk][:]
+        # Each evaluator's own order, from the study seed and who they are: reproducible, and unrelated to
+        # anyone else's order or to the sources.
+        random.Random(f"queue:{seed}:{evaluator.pk}").shuffle(queue)  # noqa: S311
+        assignments += [Assignment(study=study, item_id=item_id, evaluator=evaluator, position=position)
+                        for position, item_id in enumerate(queue, start=1)]
+    Assignment.objects.bulk_create(assignments)
+    return study
+
+
+# --- ratings -------------------------------------------------------------------------------------------
+def queue(study: Study, evaluator) -> QuerySet[Assignment]:
+    return study.assignments.filter(evaluator=evaluator).order_by("position")
+
+
+def progress(study: Study, evaluator) -> dict:
+    counts = queue(study, evaluator).aggregate(total=Count("id"), done=Count("rating"))
+    total, done = counts["total"], counts["done"]
+    return {"total": total, "done": done, "percent": round(100 * done / total) if total else 0}
+
+
+def next_unrated(study: Study, evaluator, after: int = 0) -> Assignment | None:
+    """The first unrated assignment after position `after`, wrapping round to the start."""
+    pending = queue(study, evaluator).filter(rating__isnull=True)
+    return pending.filter(position__gt=after).first() or pending.first()
+
+
+def save_rating(assignment: Assignment, score: int, error_kind: str = "", comment: str = "") -> Rating:
+    """Create or revise the evaluator's rating for this assignment (one per assignment, by constraint)."""
+    if assignment.study.status != StudyStatus.OPEN:
+        raise StudyError("This study is closed; ratings can no longer change.")
+    if score not in (1, 2, 3, 4, 5):
+        raise StudyError("Choose a rating from 1 to 5.")
+    if error_kind and error_kind not in ErrorKind.values:
+        raise StudyError("Unknown kind of error.")
+    if score <= ERROR_REQUIRED_MAX and not error_kind:
+        raise StudyError("For a rating of 3 or less, choose the kind of error.")
+    defaults = {"score": score, "error_kind": error_kind, "comment": comment.strip()}
+    try:
+        with transaction.atomic():
+            rating, _ = Rating.objects.update_or_create(assignment=assignment, defaults=defaults)
+    except IntegrityError:  # two tabs saving the first rating at once: the second one updates
+        rating, _ = Rating.objects.update_or_create(assignment=assignment, defaults=defaults)
+    return rating
