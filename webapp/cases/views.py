@@ -44,10 +44,10 @@ def case_list(request):
 
 @login_required
 def worklist(request):
-    """A pathologist's assigned cases; the reporting feature adds report and AI triage columns."""
-    cases = access.visible_cases(request.user).exclude(status=CaseStatus.SIGNED_OUT)
-    cases = cases.annotate(slide_count=Count("parts__slides")).order_by("received_date")
-    return render(request, "cases/worklist.html", {"cases": cases})
+    """A pathologist's assigned cases with analysis, report and AI triage state (see webapp/reports)."""
+    from webapp.reports.views import worklist_view
+
+    return worklist_view(request)
 
 
 @lab_admin_required

@@ -1,0 +1,79 @@
+"""A real but tiny PathAlign model for report tests: import the fixtures into a test module.
+
+    from tests.model_fixtures import tiny_bundle_dir, tiny_model, prime_features  # noqa: F401
+
+The bundle: a one-layer Q-Former (MiniLM's first layer) over a seeded random conv patch encoder (32-d
+features), 32 queries, 256-d embeddings; untrained, so its text is gibberish, but every code path (generate,
+embed, classify, embed_text) is the real one. Built once per test tag under the temp directory (about 2 s).
+Patch features are written straight into the runtime's feature cache (`prime_features`), so report tests
+do not depend on slide tiling and patch encoding, which the analysis tests cover.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_ENCODER = {"kind": "random", "seed": 0, "dim": 32, "input_size": 64}
+TINY_VERSION = "tiny-1"
+
+
+def build_tiny_bundle(out: Path, name: str = "tiny-report", seed: int = 0) -> Path:
+    import torch
+
+    from inference.bundle import save_bundle
+    from inference.qformer import QFormer
+
+    if (out / "bundle.json").exists():
+        return out
+    torch.manual_seed(seed)
+    model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=TINY_ENCODER["dim"], max_text_len=48)
+    staging = out.with_name(out.name + f".tmp{os.getpid()}")
+    save_bundle(staging, model, tokenizer, TINY_ENCODER, name=name, version=TINY_VERSION,
+                training={"slides": 0, "source": "untrained test bundle"})
+    staging.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir() -> Path:
+    tag = os.environ.get("PATHALIGN_TEST_TAG", "main")
+    return build_tiny_bundle(Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-reports" / "tiny-bundle")
+
+
+@pytest.fixture
+def tiny_model(db, tiny_bundle_dir, settings, tmp_path):
+    """The tiny bundle registered as the active ModelBundle; the feature cache under this test's VAR_DIR."""
+    from inference.bundle import read_bundle_config
+    from webapp.analysis import runtime
+    from webapp.analysis.models import ModelBundle
+
+    settings.VAR_DIR = tmp_path / "var"
+    runtime.forget_models()
+    config = read_bundle_config(tiny_bundle_dir)
+    bundle = ModelBundle.objects.create(
+        name=config["name"], version=config["version"], path=str(tiny_bundle_dir), variant=config["variant"],
+        encoder=config["encoder"], dims=config["dims"], is_active=True,
+    )
+    yield bundle
+    runtime.forget_models()
+
+
+def prime_features(slide, bundle, n: int = 48, seed: int = 0) -> Path:
+    """Write `n` patch features for `slide` into the runtime's cache, as extraction would have."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webapp.analysis.runtime import features_path
+
+    rng = np.random.default_rng(seed)
+    features = torch.from_numpy(rng.normal(size=(n, TINY_ENCODER["dim"])).astype(np.float32))
+    side = int(np.ceil(np.sqrt(n)))
+    coords = torch.tensor([[(i % side) * 256, (i // side) * 256] for i in range(n)], dtype=torch.int32)
+    path = features_path(slide, bundle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": features.half(), "coords": coords}, str(path), metadata={"patch_size": "256"})
+    return path

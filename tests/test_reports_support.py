@@ -1,0 +1,46 @@
+"""Helpers shared by the report tests (no tests here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from webapp.reports import services
+from webapp.reports.models import Classification, LabelSet, Report
+
+
+def add_slide(part, path: Path, user=None, block: str = "1"):
+    from webapp.slides.ingest import ingest_slide
+
+    return ingest_slide(path, part=part, original_filename=path.name, stain="H&E", block_label=block, user=user,
+                        move=False)
+
+
+def fake_slide(part, name: str = "x"):
+    """A Slide row without a file (for tests that never open it)."""
+    from webapp.slides.models import Slide
+
+    return Slide.objects.create(part=part, file_path=f"fake/{part.pk}-{name}.svs", width=1000, height=800)
+
+
+def drafted_report(case, user, text: str = "Tubular adenoma with low-grade dysplasia.") -> Report:
+    report = services.start_report(case, user)
+    for section in report.sections.all():
+        services.save_section(section, text, section.version, user)
+    return report
+
+
+def signed_report(case, user, text: str = "Tubular adenoma with low-grade dysplasia.") -> Report:
+    report = drafted_report(case, user, text)
+    return services.sign(report, user).report
+
+
+def triage_classification(report: Report, label: str = "Likely malignant", confidence: float = 0.8):
+    from webapp.reports.labelsets import ensure_default_label_sets
+
+    ensure_default_label_sets()
+    triage = LabelSet.objects.get(is_triage=True)
+    section = report.sections.first()
+    other = "Likely benign" if label == "Likely malignant" else "Likely malignant"
+    return Classification.objects.create(
+        section=section, label_set=triage, scores={label: confidence, other: 1 - confidence}, model_label=label,
+        model_confidence=confidence, bundle="tiny@1", alert=label == "Likely malignant",
+    )

@@ -1,0 +1,56 @@
+"""Default label sets built from the synthetic corpus's catalog (organ, diagnosis category, triage).
+
+Each label gets a small prompt ensemble: the model averages the prompts' text embeddings, which is steadier
+than any single phrasing (CLIP-style zero-shot prompt ensembles).
+"""
+from __future__ import annotations
+
+from django.db import transaction
+
+from .models import Label, LabelSet
+
+
+def default_label_sets() -> list[dict]:
+    from inference.synthetic.catalog import CATEGORIES, DIAGNOSES, ORGANS
+
+    organ = {
+        "name": "Organ", "description": "Which organ the tissue comes from.", "order": 0,
+        "labels": [{"name": o.display, "prompts": [f"{o.display.lower()} tissue", f"{o.display.lower()} biopsy",
+                                                   f"histology of the {o.display.lower()}"]}
+                   for o in ORGANS.values()],
+    }
+    category = {
+        "name": "Diagnosis category", "description": "The kind of diagnosis.", "order": 1,
+        "labels": [{"name": c.capitalize(),
+                    "prompts": [d.display for d in DIAGNOSES if d.category == c][:8] or [c]}
+                   for c in CATEGORIES],
+    }
+    malignant = [d.display for d in DIAGNOSES if d.category == "malignant"]
+    benign = [d.display for d in DIAGNOSES if d.category != "malignant"]
+    triage = {
+        "name": "Triage", "description": "Raises likely malignant cases in the worklist.", "order": 2,
+        "is_triage": True,
+        "labels": [
+            {"name": "Likely malignant", "alert": True, "prompts": ["invasive carcinoma", *malignant]},
+            {"name": "Likely benign", "prompts": ["benign tissue, negative for malignancy", *benign]},
+        ],
+    }
+    return [organ, category, triage]
+
+
+def ensure_default_label_sets() -> int:
+    """Create the default label sets that do not exist yet (by name); returns how many were created."""
+    created = 0
+    with transaction.atomic():
+        for spec in default_label_sets():
+            if LabelSet.objects.filter(name=spec["name"]).exists():
+                continue
+            label_set = LabelSet.objects.create(
+                name=spec["name"], description=spec["description"], order=spec["order"],
+                is_triage=spec.get("is_triage", False),
+            )
+            for order, label in enumerate(spec["labels"]):
+                Label.objects.create(label_set=label_set, name=label["name"], prompts=label["prompts"],
+                                     alert=label.get("alert", False), order=order)
+            created += 1
+    return created

@@ -1,0 +1,228 @@
+"""Domain rules for reports as plain functions: start, save (optimistic lock), decide, sign, follow up.
+
+Views stay thin and call these; tests call them directly. None of these check who is asking: the views
+resolve the case through `webapp.reports.access` first.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from rapidfuzz.distance import Levenshtein
+
+from webapp.cases.models import Case, CaseStatus
+
+from .models import (
+    Classification,
+    Decision,
+    Label,
+    Report,
+    ReportKind,
+    ReportLocked,
+    ReportSection,
+    ReportStatus,
+    ReportVersion,
+    VersionSource,
+)
+
+
+class StaleVersion(Exception):
+    """A save started from an older version than the one stored: somebody else saved in between."""
+
+    def __init__(self, section: ReportSection) -> None:
+        super().__init__(f"section {section.pk} is at version {section.version}")
+        self.section = section
+
+
+class ReportError(Exception):
+    """A request that the rules refuse, with a message for the user."""
+
+
+def part_heading(part) -> str:
+    bits = [part.site, part.procedure]
+    return f"{part.label}. " + ", ".join(b for b in bits if b)
+
+
+def open_report(case: Case) -> Report | None:
+    """The report in progress for the case (a draft, addendum or amendment), if any."""
+    return case.reports.filter(status=ReportStatus.DRAFT).first()
+
+
+def signed_reports(case: Case) -> QuerySet[Report]:
+    return case.reports.filter(status=ReportStatus.SIGNED).order_by("signed_at", "id")
+
+
+def start_report(case: Case, user) -> Report:
+    """The case's draft report, created with one empty section per part if there is none yet."""
+    with transaction.atomic():
+        Case.objects.select_for_update().get(pk=case.pk)  # serialise two first clicks
+        report = open_report(case)
+        if report is not None:
+            return report
+        if case.reports.filter(kind=ReportKind.PRIMARY, status=ReportStatus.SIGNED).exists():
+            raise ReportError("This case is signed out: add an addendum or an amendment instead.")
+        report = Report.objects.create(case=case, kind=ReportKind.PRIMARY, created_by=user)
+        for order, part in enumerate(case.parts.order_by("label")):
+            ReportSection.objects.create(report=report, part=part, heading=part_heading(part), order=order)
+        if case.status in (CaseStatus.ACCESSIONED, CaseStatus.ASSIGNED):
+            Case.objects.filter(pk=case.pk).update(status=CaseStatus.IN_REVIEW)
+    return report
+
+
+def save_section(
+    section: ReportSection, text: str, base_version: int, user, source: str = VersionSource.EDIT
+) -> ReportSection:
+    """Store a new text if `base_version` is still current; otherwise raise StaleVersion (nothing lost:
+    the caller keeps its text and shows the other one). Returns the section at its new version."""
+    with transaction.atomic():
+        current = ReportSection.objects.select_for_update().select_related("report").get(pk=section.pk)
+        if current.report.status == ReportStatus.SIGNED:
+            raise ReportLocked("this report is signed out")
+        if int(base_version) != current.version:
+            raise StaleVersion(current)
+        if text == current.text:
+            return current  # an autosave with no change: no new version
+        current.text = text
+        current.version += 1
+        current.updated_by = user
+        current.save()
+        ReportVersion.objects.create(section=current, number=current.version, text=text, source=source,
+                                     saved_by=user)
+    return current
+
+
+def restore_version(section: ReportSection, number: int, base_version: int, user) -> ReportSection:
+    """Undo: make an earlier version's text the current one (as a new version; history is never cut)."""
+    old = section.versions.get(number=number)
+    return save_section(section, old.text, base_version, user, source=VersionSource.RESTORE)
+
+
+def version_diff(section: ReportSection, number: int) -> str:
+    """An HTML table diffing version `number` against the one before it (empty text for the first)."""
+    version = section.versions.get(number=number)
+    previous = section.versions.filter(number__lt=number).order_by("-number").first()
+    before = previous.text if previous else ""
+    return difflib.HtmlDiff(wrapcolumn=70).make_table(
+        before.splitlines(), version.text.splitlines(),
+        fromdesc=f"v{previous.number}" if previous else "(empty)", todesc=f"v{number}",
+        context=True, numlines=2,
+    )
+
+
+def edit_distance(ai_text: str, final_text: str) -> float:
+    """Normalised Levenshtein distance (0 = the AI text was kept as is, 1 = entirely rewritten)."""
+    return float(Levenshtein.normalized_distance(ai_text or "", final_text or ""))
+
+
+def decide(classification: Classification, label: str, user) -> Classification:
+    """The pathologist confirms the model's label or overrides it with another label of the set."""
+    labels = {lab.name: lab for lab in Label.objects.filter(label_set_id=classification.label_set_id)}
+    if label not in labels:
+        raise ReportError(f"{label!r} is not a label of {classification.label_set}.")
+    classification.decided_label = label
+    classification.decision = Decision.CONFIRMED if label == classification.model_label else Decision.OVERRIDDEN
+    classification.decided_by = user
+    classification.decided_at = timezone.now()
+    classification.alert = labels[label].alert
+    classification.save()
+    return classification
+
+
+@dataclass
+class SignResult:
+    report: Report
+    case_status: str
+
+
+def sign(report: Report, user, versions: dict[int, int] | None = None) -> SignResult:
+    """Sign the report as it stands. `versions` ({section id: version}) is what the signer saw: if any
+    section moved on since, the signature is refused (StaleVersion) so nobody signs text they did not read.
+    The password check happens in the view (it needs the request for the audit trail)."""
+    with transaction.atomic():
+        locked = Report.objects.select_for_update().get(pk=report.pk)
+        if locked.status == ReportStatus.SIGNED:
+            raise ReportError("This report is already signed out.")
+        sections = list(locked.sections.select_for_update())
+        for section in sections:
+            if versions is not None and section.pk in versions and versions[section.pk] != section.version:
+                raise StaleVersion(section)
+        if not any(s.text.strip() for s in sections):
+            raise ReportError("The report is empty: write the diagnosis before signing out.")
+        locked.status = ReportStatus.SIGNED
+        locked.signed_by = user
+        locked.signed_at = timezone.now()
+        locked.content_hash = locked.compute_hash()
+        # Straight to the queryset: Report.save() refuses anything on a signed row, and this row is
+        # becoming signed in this very statement (the trigger sees OLD.status = 'draft' and lets it pass).
+        Report.objects.filter(pk=locked.pk, status=ReportStatus.DRAFT).update(
+            status=locked.status, signed_by=user, signed_at=locked.signed_at, content_hash=locked.content_hash,
+            updated_at=locked.signed_at,
+        )
+        case = Case.objects.select_for_update().get(pk=locked.case_id)
+        if locked.kind == ReportKind.AMENDMENT:
+            case.status = CaseStatus.AMENDED
+        elif locked.kind == ReportKind.PRIMARY:
+            case.status = CaseStatus.SIGNED_OUT
+        case.save(update_fields=["status", "updated_at"])
+        from .drafting import queue_text_embedding
+
+        transaction.on_commit(lambda: queue_text_embedding(locked.pk, user))
+    locked.refresh_from_db()
+    return SignResult(locked, case.status)
+
+
+def start_followup(case: Case, kind: str, user, reason: str = "") -> Report:
+    """After sign-out: an addendum (adds information; one free-text section) or an amendment (changes what
+    was reported; starts from the current reported text of each part and needs a reason)."""
+    if kind not in (ReportKind.ADDENDUM, ReportKind.AMENDMENT):
+        raise ReportError("Choose an addendum or an amendment.")
+    reason = (reason or "").strip()
+    if kind == ReportKind.AMENDMENT and not reason:
+        raise ReportError("An amendment needs a reason: say what changes and why.")
+    with transaction.atomic():
+        Case.objects.select_for_update().get(pk=case.pk)
+        if open_report(case) is not None:
+            raise ReportError("Finish or discard the report in progress first.")
+        last = signed_reports(case).last()
+        if last is None:
+            raise ReportError("Nothing is signed out yet: edit and sign the report instead.")
+        report = Report.objects.create(case=case, kind=kind, follows=last, reason=reason, created_by=user)
+        if kind == ReportKind.ADDENDUM:
+            ReportSection.objects.create(report=report, heading="Addendum", order=0)
+        else:
+            for order, (part, heading, text) in enumerate(current_text_by_part(case)):
+                section = ReportSection.objects.create(report=report, part=part, heading=heading, order=order,
+                                                       text=text, version=1, updated_by=user)
+                ReportVersion.objects.create(section=section, number=1, text=text, source=VersionSource.COPY,
+                                             saved_by=user)
+    return report
+
+
+def current_text_by_part(case: Case) -> list[tuple]:
+    """(part, heading, text) as currently reported: the latest signed primary report or amendment."""
+    latest = (
+        case.reports.filter(status=ReportStatus.SIGNED, kind__in=[ReportKind.PRIMARY, ReportKind.AMENDMENT])
+        .order_by("-signed_at", "-id").first()
+    )
+    if latest is None:
+        return []
+    return [(s.part, s.heading, s.text) for s in latest.sections.select_related("part")]
+
+
+def discard_draft(report: Report) -> None:
+    """Drop a follow-up that was started by mistake (never a signed report; the primary draft stays)."""
+    if report.status != ReportStatus.DRAFT or report.kind == ReportKind.PRIMARY:
+        raise ReportError("Only an unsigned addendum or amendment can be discarded.")
+    report.delete()
+
+
+def is_superseded(report: Report) -> bool:
+    """True when a later signed amendment replaces this report's text."""
+    if report.kind == ReportKind.ADDENDUM or not report.is_signed:
+        return False
+    return report.case.reports.filter(
+        kind=ReportKind.AMENDMENT, status=ReportStatus.SIGNED, signed_at__gt=report.signed_at
+    ).exists()
