@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
@@ -16,6 +17,8 @@ from .models import WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
+# Every worker sweeps for stale jobs (dead workers, broker outages) this often; see jobs.requeue_stale.
+SWEEP_SECONDS = float(os.environ.get("PATHALIGN_SWEEP_SECONDS", 60))
 _stop = threading.Event()
 
 
@@ -51,13 +54,28 @@ def _beat(hostname: str, queues: str) -> None:
     )
 
 
+def _sweep() -> None:
+    try:
+        touched = jobs.requeue_stale()
+        if touched:
+            log.info("stale-job sweeper requeued or failed %d job(s)", touched)
+    except Exception as exc:  # noqa: BLE001 - never let the sweeper kill the heartbeat thread
+        log.warning("stale-job sweep failed: %s", exc)
+
+
 def _heartbeat_loop(hostname: str, queues: str) -> None:
-    while not _stop.wait(HEARTBEAT_SECONDS):
+    next_sweep = time.monotonic()  # sweep at once: jobs left by a worker that died before this one started
+    while True:
         try:
             close_old_connections()
+            if time.monotonic() >= next_sweep:
+                _sweep()
+                next_sweep = time.monotonic() + SWEEP_SECONDS
             _beat(hostname, queues)
         except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again next beat
             log.warning("worker heartbeat failed: %s", exc)
+        if _stop.wait(min(HEARTBEAT_SECONDS, SWEEP_SECONDS)):
+            return
 
 
 @worker_ready.connect

@@ -1,0 +1,53 @@
+"""Demo seeding for the analysis app: the offline demo bundle, active, and every demo slide queued.
+
+`make run` calls `seed(context)` after the cases exist. The bundle is built on first start by
+`inference.demo.ensure_demo_bundle` (synthetic corpus -> features -> training -> eval; minutes on a few
+CPU cores, with progress printed) and reused afterwards. PATHALIGN_DEMO_BUNDLE points at another directory;
+PATHALIGN_SKIP_DEMO_MODEL=1 skips the model entirely (the app then shows slides as "not analysed").
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+
+def demo_bundle_dir() -> Path:
+    return Path(os.environ.get("PATHALIGN_DEMO_BUNDLE") or Path(settings.MODEL_BUNDLE_DIR) / "demo")
+
+
+def seed(context) -> None:
+    from webapp.slides.models import Slide
+
+    from . import pipeline
+    from .models import ModelBundle, SlideEmbedding
+
+    if os.environ.get("PATHALIGN_SKIP_DEMO_MODEL") == "1":
+        context.log("Demo model skipped (PATHALIGN_SKIP_DEMO_MODEL=1).")
+        return
+    path = demo_bundle_dir()
+    bundle = ModelBundle.objects.filter(path=str(path.resolve())).first()
+    if bundle is None:
+        from inference.demo import ensure_demo_bundle
+
+        context.log(f"Preparing the demo model bundle in {path} (built once; a few minutes on first start) ...")
+        ensure_demo_bundle(path, log=context.log)
+        try:
+            bundle = pipeline.register_bundle(path, user=context.users.get("labadmin"))
+        except pipeline.BundleInvalid as exc:
+            context.log(f"The demo bundle could not be registered: {exc}")
+            return
+        context.log(f"Registered model bundle {bundle}.")
+    if not ModelBundle.objects.filter(is_active=True).exists():
+        pipeline.activate_bundle(bundle)
+        context.log(f"{bundle} is the active model.")
+    embedded = set(SlideEmbedding.objects.filter(bundle=bundle).values_list("slide_id", flat=True))
+    queued = 0
+    for slide in Slide.objects.select_related("part__case"):
+        if slide.pk in embedded or pipeline.latest_job(slide) is not None:
+            continue
+        if pipeline.queue_slide_analysis(slide, bundle=bundle) is not None:
+            queued += 1
+    if queued:
+        context.log(f"Queued {queued} demo slide(s) for analysis on the gpu queue.")
