@@ -94,22 +94,27 @@ def load_features_file(path: str | os.PathLike) -> torch.Tensor:
 def load_examples(
     corpus: str | os.PathLike, features_dir: str | os.PathLike, seed: int = 0, text_fn: Any = diagnostic_text
 ) -> tuple[list[Example], dict[str, Any]]:
-    """Pair every manifest record with its cached features. Returns (examples, encoder spec)."""
-    from inference import features as feats
+    """Pair every manifest record with its cached features (``extract_corpus_features`` output).
 
-    cache = feats.load_corpus_features(features_dir)
-    records = _manifest(corpus)
+    Returns (examples, encoder spec). Records without features are skipped.
+    """
+    from inference.features import load_feature_index
+
+    features_dir = Path(features_dir)
+    root = features_dir.parent if features_dir.is_file() else features_dir
+    by_slide = {row["slide"]: row["features_path"] for row in load_feature_index(root)}
+    encoder = json.loads((root / "encoder.json").read_text()) if (root / "encoder.json").is_file() else {}
     examples = []
-    for rec in records:
-        key = rec.get("slide")
-        if key not in cache.items:
+    for rec in _manifest(corpus):
+        path = by_slide.get(rec.get("slide"))
+        if path is None:
             continue
         rec = dict(rec)
-        rec.setdefault("split", assign_split(str(key), seed))
-        examples.append(Example(cache.items[key], text_fn(rec["report"]), rec))
+        rec.setdefault("split", assign_split(str(rec["slide"]), seed))
+        examples.append(Example(load_features_file(path), text_fn(rec["report"]), rec))
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
-    return examples, dict(cache.encoder_spec)
+    return examples, dict(encoder.get("spec", {}))
 
 
 def _manifest(corpus: str | os.PathLike) -> list[dict[str, Any]]:
