@@ -103,3 +103,25 @@ _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 def _redacted_path(path: str) -> str:
     # App URLs carry only integer ids and UUIDs; anything else in a refused path could be typed text.
     return "/".join(seg if _SAFE_SEGMENT.match(seg) else "…" for seg in path.split("/"))[:300]
+
+
+# --- logging -----------------------------------------------------------------------------------------
+_QUERY = re.compile(r"(\?[^\s\"']*)")
+
+
+class RedactQueryStringFilter(logging.Filter):
+    """Drop query strings from log lines (request lines of runserver/gunicorn, Django's request warnings).
+
+    App URLs carry only integer ids and UUIDs in their paths, but a search form's GET parameters could hold an
+    accession number or a pseudonym; the path is enough to debug with.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = _QUERY.sub("?…", record.msg)
+        if record.args:
+            if isinstance(record.args, dict):
+                record.args = {k: _QUERY.sub("?…", v) if isinstance(v, str) else v for k, v in record.args.items()}
+            else:
+                record.args = tuple(_QUERY.sub("?…", a) if isinstance(a, str) else a for a in record.args)
+        return True
