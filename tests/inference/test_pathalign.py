@@ -114,3 +114,26 @@ def test_query_max_and_retrieve_by_hand():
 def test_slide_embedding_serialises(model):
     emb = model.embed(torch.randn(2, WIDTH))
     assert isinstance(emb, SlideEmbedding) and len(emb.to_dict()["queries"]) == 32
+
+
+def test_extract_then_embed_a_real_slide(tmp_path):
+    """With the data side: a synthetic slide -> tissue patches -> built-in encoder -> Q-Former."""
+    from inference.encoders import build_encoder
+    from inference.synthetic.corpus import plan_cases, render_case
+    from inference.synthetic.wsi import write_pyramidal_tiff
+
+    encoder = build_encoder({"kind": "builtin"})
+    torch.manual_seed(0)
+    qformer, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=encoder.dim, num_query_tokens=4)
+    model = PathAlign.load(save_bundle(tmp_path / "b", qformer, tok, encoder.spec))
+    assert model.encoder.dim == encoder.dim and model.encoder.spec == encoder.spec
+    rgb = render_case(plan_cases(1, seed=0)[0], size=(672, 672), mpp=1.0)
+    slide = write_pyramidal_tiff(tmp_path / "s.svs", rgb, mpp=1.0, min_level_size=4096)
+    seen = []
+    features = model.extract(slide, progress=lambda done, total: seen.append((done, total)))
+    assert (
+        features.features.shape[1] == encoder.dim and len(features.coords) == features.features.shape[0] > 0
+    )
+    emb = model.embed(features)
+    assert emb.attention.shape == (features.features.shape[0],)
+    assert emb.attention.sum() == pytest.approx(1, abs=1e-5)
