@@ -468,10 +468,13 @@
   };
 
   Viewer.prototype.addOverlay = function (name) {
+    const pane = this.panes.main;
     this.overlayVisible = true;
-    this.panes.main.overlay.visible = true;
+    pane.overlay.visible = true;
+    pane.overlay.pending = name; // the checkbox shows "on" while the layer loads
     this.syncOverlayControls();
-    return this.panes.main.addOverlay(name).then((data) => { this.syncOverlayControls(); return data; });
+    const done = () => { if (pane.overlay.pending === name) pane.overlay.pending = null; this.syncOverlayControls(); };
+    return pane.addOverlay(name).then((data) => { done(); return data; }, (err) => { done(); throw err; });
   };
 
   Viewer.prototype.removeOverlay = function () {
@@ -600,7 +603,7 @@
     const toggle = this.root.querySelector("[data-role=overlay-toggle]");
     const opacity = this.root.querySelector("[data-role=overlay-opacity]");
     const o = this.panes.main.overlay;
-    if (toggle) toggle.checked = !!o.item && o.visible;
+    if (toggle) toggle.checked = !!(o.item || o.pending) && o.visible;
     if (opacity) opacity.value = String(Math.round(this.overlayOpacity * 100));
   };
 
