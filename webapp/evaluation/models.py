@@ -113,12 +113,12 @@ class ErrorKind(models.TextChoices):
 
 # The anchors raters see. 4 and 5 both mean "no clinically significant error" (PathAlign's threshold).
 SCORE_ANCHORS = {
-    5: "Accurate: no clinically significant error or omission. Could be signed out as it stands.",
+    5: "Accurate: no clinically significant error or omission. Could be reported as it stands.",
     4: "Accurate: no clinically significant error; minor wording, style or trivial omissions only.",
     3: "Partly accurate: the main diagnosis is right but there is a clinically significant error or "
        "omission (e.g. a missed finding, wrong grade).",
     2: "Mostly inaccurate: the main diagnosis is wrong or seriously incomplete, or several significant errors.",
-    1: "Wrong or unusable: unrelated to the slide, or misleading enough to cause harm if signed.",
+    1: "Wrong or unusable: unrelated to the slide, or misleading enough to cause harm if reported.",
 }
 ACCEPTABLE_MIN = 4  # a rating of 4 or 5 counts as accurate
 ERROR_REQUIRED_MAX = 3  # ratings of 3 or less must name the kind of error

@@ -1,7 +1,7 @@
 """Where candidate texts come from: the one place this app reads the reports app.
 
 A source key names a kind of text, never a case:
-- "signed": the text pathologists signed out for the part (the control), as currently reported
+- "signed_report": the text pathologists signed out for the part (the control), as currently reported
   (a later signed amendment replaces the primary report's text);
 - "ai:<method>:<bundle>": the latest AI draft of that method and model bundle for the part, unchanged.
 Keys and labels are shown to lab admins only; raters never see them.
@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 
 from webapp.cases.models import Part
 
-SIGNED = "signed"
+SIGNED = "signed_report"
 SIGNED_LABEL = "Signed-out report (control)"
 
 

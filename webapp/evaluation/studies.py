@@ -145,7 +145,10 @@ def build_study(
     )
     study.evaluators.set(evaluators)
     rng = random.Random(f"study:{seed}")  # noqa: S311 - reproducible shuffling, not security
-    candidates = list(candidates)
+    # A canonical order first, so the same parts, sources, raters and seed give the same study whatever
+    # order they were passed in (and on another database, with other ids).
+    candidates = sorted(candidates, key=lambda c: (c.part.case.accession_number, c.part.label, c.source_key))
+    evaluators = sorted(evaluators, key=lambda user: user.username)
     rng.shuffle(candidates)
     slides: dict[int, Slide | None] = {}
     items = []
@@ -166,7 +169,7 @@ def build_study(
         queue = queues[evaluator.pk][:]
         # Each evaluator's own order, from the study seed and who they are: reproducible, and unrelated to
         # anyone else's order or to the sources.
-        random.Random(f"queue:{seed}:{evaluator.pk}").shuffle(queue)  # noqa: S311
+        random.Random(f"queue:{seed}:{evaluator.username}").shuffle(queue)  # noqa: S311
         assignments += [Assignment(study=study, item_id=item_id, evaluator=evaluator, position=position)
                         for position, item_id in enumerate(queue, start=1)]
     Assignment.objects.bulk_create(assignments)
