@@ -19,3 +19,15 @@ def num(value: float | None, digits: int = 2) -> str:
 @register.filter
 def get(mapping: dict, key):
     return mapping.get(key) if mapping else None
+
+
+@register.simple_tag
+def rater_studies(user) -> list[dict]:
+    """For the home page: the open studies this evaluator rates in, with their progress."""
+    from webapp.evaluation.models import Study, StudyStatus
+    from webapp.evaluation.studies import progress
+
+    if not getattr(user, "is_evaluator", False):
+        return []
+    studies = Study.objects.filter(assignments__evaluator=user, status=StudyStatus.OPEN).distinct()
+    return [{"study": study, "progress": progress(study, user)} for study in studies]
