@@ -127,3 +127,24 @@ def test_lora_on_a_llama_style_model(tmp_path):
     assert again.generate(q, num_beams=1, max_new_tokens=5) == bridge.generate(
         q, num_beams=1, max_new_tokens=5
     )
+
+
+def test_stage2_training_and_llm_drafts_through_the_api(lm_dir, tmp_path):
+    from inference.bundle import BRIDGE_DIR, save_bundle
+    from inference.pathalign import PathAlign
+    from inference.qformer import QFormer
+    from inference.train import BridgeTrainConfig, Example, train_stage2
+
+    torch.manual_seed(0)
+    qformer, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=12, num_query_tokens=4)
+    examples = [Example(torch.randn(5, 12), REPORTS[i % 4], {"split": "train"}) for i in range(8)]
+    bridge, history = train_stage2(
+        qformer, examples, lm_dir, BridgeTrainConfig(epochs=3, batch_size=4, lr=3e-2), progress=False
+    )
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < losses[0]
+    path = save_bundle(tmp_path / "b", qformer, tok, {"kind": "test"}, bridge=bridge)
+    assert (path / BRIDGE_DIR / "bridge.safetensors").exists()
+    model = PathAlign.load(path, lm_dir=str(lm_dir))
+    draft = model.generate(torch.randn(5, 12), backend="llm", num_beams=2, max_new_tokens=6)
+    assert isinstance(draft, str)
