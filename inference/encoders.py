@@ -148,17 +148,35 @@ class HETextureEncoder(PatchEncoder):
 
     # -- helpers on [B, C, H, W]
     def _blur(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        k = getattr(self, f"g{int(sigma * 10)}")
-        c, pad = x.shape[1], len(k) // 2
-        # channels_last: oneDNN's depthwise convolution is ~50x faster on CPU in that layout.
-        x = F.pad(x, (pad, pad, pad, pad), mode="replicate").contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c).contiguous()
+        return self._depthwise(x, getattr(self, f"g{int(sigma * 10)}"), separable=True)
 
     def _conv3(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate").contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, k.expand(c, 1, 3, 3), groups=c).contiguous()
+        return self._depthwise(x, k.view(3, 3), separable=False)
+
+    @staticmethod
+    def _depthwise(x: torch.Tensor, k: torch.Tensor, separable: bool) -> torch.Tensor:
+        """Same filter on every channel of every image, replicate padding. Batch and channels are folded
+        into one grouped convolution in channels_last layout: oneDNN's fast depthwise path on CPU (10-50x
+        faster than one-channel or channels-first convolutions here)."""
+        b, c, hh, ww = x.shape
+        n = b * c
+        pad = k.shape[-1] // 2
+        y = F.pad(x.reshape(1, n, hh, ww), (pad, pad, pad, pad), mode="replicate")
+        y = y.contiguous(memory_format=torch.channels_last)
+        if separable:
+            y = F.conv2d(y, k.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
+            y = F.conv2d(y, k.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+        else:
+            y = F.conv2d(y, k.view(1, 1, *k.shape).expand(n, 1, *k.shape), groups=n)
+        return y.contiguous().reshape(b, c, hh, ww)
+
+    @staticmethod
+    def _max3(x: torch.Tensor) -> torch.Tensor:
+        """3x3 max filter (max_pool2d is slow on CPU; a row max_pool1d and shifted maxima are not)."""
+        b, c, hh, ww = x.shape
+        m = F.max_pool1d(x.reshape(-1, 1, ww), 3, 1, 1).reshape(b, c, hh, ww)
+        p = F.pad(m, (0, 0, 1, 1), value=float("-inf"))
+        return torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
 
     @staticmethod
     def _mean(x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +190,7 @@ class HETextureEncoder(PatchEncoder):
         """Stats of one scale-normalised LoG map [B, 1, h, w]: blob response (bright and dark), share of
         strong responses, and peak density (blobs per 1000 input px, x sigma so scales are comparable)."""
         L = L.contiguous()
-        peaks = (L == F.max_pool2d(L, 3, 1, 1)) & (L > tp)
+        peaks = (L == self._max3(L)) & (L > tp)
         scale = (self.input_size / L.shape[-1]) ** 2
         dens = peaks.flatten(1).float().mean(1) / scale * 1e3 * sigma
         return [self._mean(F.relu(L)) * 4, self._mean(F.relu(-L)) * 4, self._soft_frac(L, t1, 0.03),
@@ -196,22 +214,25 @@ class HETextureEncoder(PatchEncoder):
 
         # Colour: means, multi-scale spread, exceedance fractions, soft histograms (on a stride-2 subsample).
         feats += list(base.flatten(2).mean(2).unbind(1))
-        for p in pyr:
+        for i, p in enumerate(pyr):  # level 0 on a stride-2 subsample: same spread, a quarter of the work
+            p = p[..., ::2, ::2] if i == 0 else p
             feats += list((p.flatten(2).std(2) * 2).unbind(1))
         hs, es = h[..., ::2, ::2].contiguous(), e[..., ::2, ::2].contiguous()
         feats += [self._soft_frac(hs, t, 0.05) for t in (0.3, 0.6, 0.9, 1.2)]
         feats += [self._soft_frac(es, t, 0.05) for t in (0.2, 0.4, 0.6)]
+        hs, es = hs[..., ::2, ::2].contiguous(), es[..., ::2, ::2].contiguous()  # histograms: 56 x 56 samples
         feats += list((self._soft_hist(hs, -0.1, 2.0, 12).mean(2) * 4).unbind(1))
         feats += list((self._soft_hist(es, -0.1, 1.2, 12).mean(2) * 4).unbind(1))
         hj, ej = self._soft_hist(hs, -0.1, 2.0, 6), self._soft_hist(es, -0.1, 1.2, 6)
         feats += list((torch.bmm(hj, ej.transpose(1, 2)).flatten(1) / hj.shape[2] * 6).unbind(1))
 
-        # Scale space: scale-normalised -LoG of H, E and white at sigma = 2^octave * (1, 1.5).
+        # Scale space: scale-normalised -LoG of H, E and white at sigma = 2^octave * (1, 1.5). Only the
+        # nuclear channel is worth full resolution; the rest starts at octave 1 (4x cheaper).
         logs: list[tuple[float, torch.Tensor]] = []
         blurred: dict[int, torch.Tensor] = {}
         for o, p in enumerate(pyr):
             for s in self.LEVEL_SIGMAS:
-                g = self._blur(p[:, :4], s)
+                g = self._blur(p[:, :1] if o == 0 else p[:, :4], s)
                 if s == 1.0:
                     blurred[o] = g
                 logs.append((s * 2**o, -self._conv3(g[:, :3], self.lap) * s * s))
@@ -232,13 +253,13 @@ class HETextureEncoder(PatchEncoder):
         feats.append((best <= 0.25).float().flatten(1).mean(1))
 
         # Texture and orientation: gradients of H, E, gray at three scales; structure-tensor coherence.
-        for o in (0, 1, 2):
+        for o in (1, 2, 3):
             g = blurred[o][:, [0, 1, 3]]
             gx, gy = self._conv3(g, self.sobel[0:1]), self._conv3(g, self.sobel[1:2])
             mag = torch.sqrt(gx * gx + gy * gy + 1e-8) * 2**o * 10
             feats += list(mag.flatten(2).mean(2).unbind(1)) + list(mag.flatten(2).std(2).unbind(1))
-            if o < 2:
-                for k in (4, 8):
+            if o < 3:
+                for k in (8, 16):
                     jxx, jyy, jxy = (F.avg_pool2d(t, k // 2**o) for t in (gx * gx, gy * gy, gx * gy))
                     tr = jxx + jyy
                     coh = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2 + 1e-12) / (tr + 1e-6)
@@ -246,9 +267,10 @@ class HETextureEncoder(PatchEncoder):
                     feats += list(((coh * tr).flatten(2).sum(2) / (tr.flatten(2).sum(2) + 1e-6)).unbind(1))
 
         # Architecture: share of windows that are clear, nuclear-dense or eosin-dense, at 4 window sizes.
-        nuc = torch.sigmoid((h - 0.6) / 0.08)
-        eos = torch.sigmoid((e - 0.45) / 0.06)
-        masks = F.avg_pool2d(torch.cat([white, nuc, eos], 1), 2)  # 112 px
+        p1 = pyr[1]  # 112 px
+        nuc = torch.sigmoid((p1[:, 0:1] - 0.6) / 0.08)
+        eos = torch.sigmoid((p1[:, 1:2] - 0.45) / 0.06)
+        masks = torch.cat([p1[:, 2:3], nuc, eos], 1)
         for k in (2, 4, 8, 16):
             p = F.avg_pool2d(masks, k, stride=max(1, k // 2)) if k > 1 else masks
             for c, t in enumerate((0.85, 0.5, 0.7)):
@@ -263,7 +285,7 @@ class HETextureEncoder(PatchEncoder):
             feats += [(hblob * ring).flatten(1).sum(1) / area * 4, (p2[:, 1:2] * ring).flatten(1).sum(1) / area * 2,
                       self._mean(ring) * 2]
         # Heterogeneity over a 4 x 4 grid.
-        grid = F.adaptive_avg_pool2d(torch.cat([h, e, white, nuc], 1), 4).flatten(2)  # [B, 4, 16]
+        grid = F.adaptive_avg_pool2d(torch.cat([p1[:, :3], nuc], 1), 4).flatten(2)  # [B, 4, 16]
         feats += list((grid.std(2) * 3).unbind(1)) + list(grid.amin(2).unbind(1)) + list(grid.amax(2).unbind(1))
         return torch.stack(feats, 1)
 

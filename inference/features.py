@@ -1,0 +1,248 @@
+"""Slide -> patch features: tiling, parallel patch reading and batched encoding; corpus feature caches.
+
+API (stable):
+
+- `SlideFeatures`: features float32 Tensor [N, D], coords int64 ndarray [N, 2] (level-0 x, y of each patch's
+  top-left corner), patch_size_level0, patch_size, target_mpp, slide_mpp, dimensions (level-0 width, height),
+  encoder_spec, n_candidates (tissue patches before the cap) and timings (read_seconds: reading time summed
+  over threads; read_wait_seconds: time the encoder waited for patches; encode_seconds; wall_seconds).
+  `.save(path)` / `SlideFeatures.load(path)` use safetensors with JSON metadata.
+- `extract_slide_features(slide, encoder, patch_size=224, target_mpp=1.0, max_patches=None, batch_size=64,
+   workers=4, fallback_mpp=None, progress=None) -> SlideFeatures`.
+- `extract_corpus_features(manifest_path, encoder, out_dir, max_patches=256, workers=4, ...) -> Path`: one
+  `<case_id>_<part>.safetensors` per manifest record plus `index.jsonl` (one line per slide: slide,
+  features file, n_patches, split, diagnosis, case_id) and `encoder.json` (the encoder spec and dim).
+  Slides whose cache file already holds features from the same encoder and tiling are skipped.
+- `load_feature_index(out_dir) -> list[dict]` (each with an absolute `features_path`).
+
+Reading runs on a thread pool with one OpenSlide handle per thread (OpenSlide releases the GIL while it
+decodes), keeping a window of patches in flight so the encoder is never starved.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from .encoders import PatchEncoder
+from .slides import PatchGrid, open_slide, patch_grid, read_patch
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SlideFeatures:
+    features: torch.Tensor  # float32 [N, D]
+    coords: np.ndarray  # int64 [N, 2], level-0 (x, y) of each patch's top-left corner
+    patch_size_level0: int
+    patch_size: int
+    target_mpp: float
+    slide_mpp: float
+    dimensions: tuple[int, int]  # level-0 (width, height)
+    encoder_spec: dict = field(default_factory=dict)
+    n_candidates: int = 0
+    read_seconds: float = 0.0
+    read_wait_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def meta(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("patch_size_level0", "patch_size", "target_mpp", "slide_mpp",
+                                              "encoder_spec", "n_candidates", "read_seconds",
+                                              "read_wait_seconds", "encode_seconds", "wall_seconds")} | {
+            "dimensions": list(self.dimensions)}
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = self.meta() | ({"extra": extra} if extra else {})
+        tmp = path.with_suffix(".tmp")
+        save_file({"features": self.features.contiguous().float(),
+                   "coords": torch.from_numpy(np.ascontiguousarray(self.coords, dtype=np.int64))},
+                  str(tmp), metadata={"slide_features": json.dumps(meta)})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SlideFeatures:
+        tensors = load_file(str(path))
+        meta = _read_meta(path)
+        meta.pop("extra", None)
+        meta["dimensions"] = tuple(meta["dimensions"])
+        return cls(features=tensors["features"], coords=tensors["coords"].numpy(), **meta)
+
+
+def _read_meta(path: str | Path) -> dict[str, Any]:
+    with safe_open(str(path), "pt") as fh:
+        return json.loads((fh.metadata() or {})["slide_features"])
+
+
+class _ThreadSlides:
+    """One OpenSlide handle per reading thread (handles are not shared across threads)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.local = threading.local()
+        self.handles = []
+        self.lock = threading.Lock()
+
+    def get(self):
+        h = getattr(self.local, "slide", None)
+        if h is None:
+            h = open_slide(self.path)
+            self.local.slide = h
+            with self.lock:
+                self.handles.append(h)
+        return h
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.close()
+        self.handles.clear()
+
+
+def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_size: int = 64, workers: int = 4,
+                progress: Progress | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Read the grid's patches on `workers` threads and encode them in batches; returns (features, timings)."""
+    n = len(grid)
+    timings = {"read_seconds": 0.0, "read_wait_seconds": 0.0, "encode_seconds": 0.0}
+    if n == 0:
+        return torch.zeros(0, encoder.dim), timings
+    slides = _ThreadSlides(str(path))
+    read_lock = threading.Lock()
+
+    def read_one(i: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        img = read_patch(slides.get(), grid, *grid.coords[i])
+        dt = time.perf_counter() - t0
+        with read_lock:
+            timings["read_seconds"] += dt
+        return img
+
+    window = max(2 * batch_size, 4 * max(1, workers))  # patches in flight: enough to cover one encode step
+    outs: list[torch.Tensor] = []
+    done = 0
+    try:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="patch-read") as pool:
+            pending: deque = deque()
+            nxt = 0
+            while nxt < n and len(pending) < window:
+                pending.append(pool.submit(read_one, nxt))
+                nxt += 1
+            batch: list[np.ndarray] = []
+            while pending:
+                t0 = time.perf_counter()
+                batch.append(pending.popleft().result())
+                timings["read_wait_seconds"] += time.perf_counter() - t0
+                while nxt < n and len(pending) < window:
+                    pending.append(pool.submit(read_one, nxt))
+                    nxt += 1
+                if len(batch) == batch_size or not pending:
+                    t0 = time.perf_counter()
+                    outs.append(encoder.encode(np.stack(batch), batch_size=batch_size))
+                    timings["encode_seconds"] += time.perf_counter() - t0
+                    done += len(batch)
+                    batch = []
+                    if progress:
+                        progress(done, n)
+    finally:
+        slides.close()
+    return torch.cat(outs).float(), timings
+
+
+def extract_slide_features(slide_path: str | Path, encoder: PatchEncoder, patch_size: int = 224,
+                           target_mpp: float = 1.0, max_patches: int | None = None, batch_size: int = 64,
+                           workers: int = 4, fallback_mpp: float | None = None, min_tissue: float = 0.4,
+                           progress: Progress | None = None) -> SlideFeatures:
+    """Tissue mask -> patch grid at target_mpp -> parallel reads -> batched encoding."""
+    t_start = time.perf_counter()
+    slide = open_slide(slide_path)
+    try:
+        grid = patch_grid(slide, patch_size=patch_size, target_mpp=target_mpp, max_patches=max_patches,
+                          min_tissue=min_tissue, fallback_mpp=fallback_mpp)
+    finally:
+        slide.close()
+    feats, timings = encode_grid(slide_path, grid, encoder, batch_size, workers, progress)
+    return SlideFeatures(features=feats, coords=grid.coords.copy(), patch_size_level0=grid.patch_size_level0,
+                         patch_size=grid.patch_size, target_mpp=grid.target_mpp, slide_mpp=grid.slide_mpp,
+                         dimensions=grid.dimensions, encoder_spec=dict(encoder.spec),
+                         n_candidates=grid.n_candidates, wall_seconds=time.perf_counter() - t_start, **timings)
+
+
+def _feature_name(rec: dict) -> str:
+    if "case_id" in rec:
+        return f"{rec['case_id']}_{rec.get('part', 'A')}.safetensors"
+    return Path(rec["slide"]).stem + ".safetensors"
+
+
+def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, out_dir: str | Path,
+                            max_patches: int | None = 256, workers: int = 4, batch_size: int = 64,
+                            patch_size: int = 224, target_mpp: float = 1.0, fallback_mpp: float | None = None,
+                            overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Features for every slide of a corpus manifest, cached as safetensors; returns out_dir/index.jsonl."""
+    from .synthetic.corpus import load_manifest  # local import: the corpus module is data-side only
+
+    records = load_manifest(manifest_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim}, indent=2))
+    want = {"encoder_spec": json.loads(json.dumps(encoder.spec)), "patch_size": patch_size,
+            "target_mpp": target_mpp, "max_patches": max_patches}
+    index = []
+    for i, rec in enumerate(records):
+        path = out / _feature_name(rec)
+        fresh = False
+        if path.exists() and not overwrite:
+            try:
+                meta = _read_meta(path)
+                fresh = (meta["encoder_spec"] == want["encoder_spec"] and meta["patch_size"] == patch_size
+                         and meta["target_mpp"] == target_mpp
+                         and meta.get("extra", {}).get("max_patches") == max_patches)
+            except (OSError, KeyError, ValueError):
+                fresh = False
+        if not fresh:
+            sf = extract_slide_features(rec["slide_path"], encoder, patch_size, target_mpp, max_patches,
+                                        batch_size, workers, fallback_mpp)
+            sf.save(path, extra={"max_patches": max_patches, "slide": rec["slide"]})
+            n = len(sf)
+        else:
+            with safe_open(str(path), "pt") as fh:
+                n = fh.get_slice("features").get_shape()[0]
+        index.append({"slide": rec["slide"], "features": path.name, "n_patches": int(n),
+                      "split": rec.get("split"), "diagnosis": rec.get("diagnosis"), "case_id": rec.get("case_id"),
+                      "part": rec.get("part")})
+        if progress:
+            progress(i + 1, len(records))
+    idx = out / "index.jsonl"
+    with open(idx, "w") as fh:
+        for row in index:
+            fh.write(json.dumps(row) + "\n")
+    return idx
+
+
+def load_feature_index(out_dir: str | Path) -> list[dict]:
+    """Rows of a corpus feature cache's index.jsonl, each with an absolute `features_path`."""
+    out = Path(out_dir)
+    if out.is_file():
+        out = out.parent
+    rows = []
+    with open(out / "index.jsonl") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                row["features_path"] = str((out / row["features"]).resolve())
+                rows.append(row)
+    return rows
