@@ -434,13 +434,12 @@ class QFormer(nn.Module):
         q = self.config.num_query_tokens
         dec = self.decoder_inputs(input_ids)
         joint = self.encode_joint(patches, patch_mask, dec, attention_mask, "unilm")
-        logits = self.lm_head(joint[:, q:-1])  # predicts tokens 1..T-1 from tokens 0..T-2; [B, T-1, V]
-        labels = input_ids[:, 1:].masked_fill(~attention_mask[:, 1:].bool(), -100)
+        hidden = joint[:, q:-1]  # position t predicts token t+1; [B, T-1, H]
+        real = attention_mask[:, 1:].bool()
+        # The vocabulary projection dominates the cost on CPU: apply it to real (non-padding) positions only.
+        logits = self.lm_head(hidden[real])  # [R, V]
         return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.config.label_smoothing,
+            logits.float(), input_ids[:, 1:][real], label_smoothing=self.config.label_smoothing
         )
 
     # ---- generation (Q-Former decoder)
