@@ -894,10 +894,12 @@ RECIPES = {"colon": _colon, "stomach": _stomach, "prostate": _prostate, "breast"
            "skin": _skin}
 
 
-def render_tissue(look: Look, height: int, width: int, mpp: float, rng: np.random.Generator) -> np.ndarray:
-    """Render one field of tissue for `look` as an (height, width, 3) uint8 RGB image."""
+def render_tissue(look: Look, height: int, width: int, mpp: float, rng: np.random.Generator,
+                  full: bool = False) -> np.ndarray:
+    """Render one field of tissue for `look` as an (height, width, 3) uint8 RGB image; `full`: tissue
+    everywhere (no glass), for tiling into larger slides."""
     c = Canvas(height, width, mpp, rng)
-    c.tissue = tissue_mask(c, look.procedure)
+    c.tissue = np.ones((height, width), bool) if full else tissue_mask(c, look.procedure)
     RECIPES[look.organ](c, look, c.tissue)
     c.render_nuclei()
     # Staining varies between labs and batches: scale H and E a little per slide.

@@ -98,7 +98,7 @@ def write_large_synthetic_slide(path: str | Path, width: int, height: int, seed:
              Look("prostate_benign", "prostate", -1, 0.0, {}, "excision")]
     atlas = []
     for i, look in enumerate(looks):
-        img = render_tissue(look, chunk, chunk, mpp, np.random.default_rng([seed, 99, i]))
+        img = render_tissue(look, chunk, chunk, mpp, np.random.default_rng([seed, 99, i]), full=True)
         atlas.append(img)
     # Slide-wide tissue field at 1/64 resolution: a few large blobs.
     f = 64
