@@ -52,6 +52,8 @@ def tiny_model(db, tiny_bundle_dir, settings, tmp_path):
     from webapp.analysis.models import ModelBundle
 
     settings.VAR_DIR = tmp_path / "var"
+    settings.PATHALIGN_DRAFT_BEAMS = 1  # an untrained model never stops by itself: keep its drafts short
+    settings.PATHALIGN_DRAFT_MAX_TOKENS = 24
     runtime.forget_models()
     config = read_bundle_config(tiny_bundle_dir)
     bundle = ModelBundle.objects.create(

@@ -170,19 +170,27 @@ def top_patches(feature_set: Any, attention: np.ndarray, k: int = 5) -> list[dic
             for i in order]
 
 
+def generation_options() -> dict:
+    """Beam search settings; PATHALIGN_DRAFT_BEAMS / PATHALIGN_DRAFT_MAX_TOKENS (settings or environment)."""
+    def value(name: str, default: int) -> int:
+        return int(getattr(settings, name, None) or os.environ.get(name, default))
+
+    return {"num_beams": value("PATHALIGN_DRAFT_BEAMS", 3), "max_new_tokens": value("PATHALIGN_DRAFT_MAX_TOKENS", 160)}
+
+
 # --- the jobs ------------------------------------------------------------------------------------------
 def _generate(model: Any, method: str, features: Any, feature_sets: list, slides: list, embedding: Any,
               key: str, case_id: int, context: dict) -> tuple[str, list[dict]]:
     evidence = similar_reports(model, embedding, key, exclude_case=case_id)
     if method == DraftMethod.QFORMER:
-        return model.generate(features, num_beams=3), evidence
+        return model.generate(features, **generation_options()), evidence
     if method == DraftMethod.RETRIEVAL:
         if not evidence:
             raise JobFailed("No signed-out reports are embedded with this model yet: choose another method.")
         return evidence[0]["text"], evidence
     if method == DraftMethod.LLM:
         if model.bundle.config.get("has_bridge"):
-            return model.generate(features, backend="llm"), evidence
+            return model.generate(features, backend="llm", **generation_options()), evidence
         if multimodal_dir():
             from inference.multimodal import MultimodalReporter
 
@@ -270,7 +278,7 @@ def store_classification(section: ReportSection, label_set: LabelSet, probs: dic
     row = existing or Classification(section=section, label_set=label_set)
     row.scores = {k: round(float(v), 5) for k, v in probs.items()}
     row.model_label = model_label
-    row.model_confidence = float(probs[model_label])
+    row.model_confidence = round(float(probs[model_label]), 5)
     row.bundle = key
     row.job_id = job_id
     if row.decided_label:
