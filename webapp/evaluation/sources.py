@@ -133,11 +133,11 @@ def draft_signed_pairs(parts: QuerySet[Part]) -> dict[str, list[tuple[str, str]]
 
 
 # --- what raters see ---------------------------------------------------------------------------------
-_HISTORY = re.compile(r"^\s*(clinical\s+)?history\s*:.*?(?=^\s*[A-Z][A-Za-z ]{2,40}:\s*$|\Z)",
-                      re.IGNORECASE | re.MULTILINE | re.DOTALL)
+# A section heading at the start of a line: "History:", "CLINICAL DATA:", "Clinical information: 61F, ...".
+_HEADING = re.compile(r"^([A-Za-z][A-Za-z ]{1,40}):[ \t]*(.*)$")
+HISTORY_HEADINGS = {"history", "clinical history", "clinical information", "clinical data", "clinical details",
+                    "clinical notes", "indication", "indications"}
 _SIGNATURE = re.compile(r"^\s*(electronically\s+)?signed(\s+out)?\s+by\b.*$", re.IGNORECASE | re.MULTILINE)
-
-
 _ACCESSION = re.compile(r"\b[A-Z]{1,3}\d{2}-\d{5}\b")
 
 
@@ -148,9 +148,13 @@ def normalise_for_rating(text: str) -> str:
     lines."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SIGNATURE.sub("", text)
-    text = _HISTORY.sub("", text)
-    text = _ACCESSION.sub("[accession]", text)
-    lines = [line.rstrip() for line in text.split("\n")]
-    text = "\n".join(lines)
+    kept, skipping = [], False
+    for line in text.split("\n"):
+        heading = _HEADING.match(line)
+        if heading:
+            skipping = heading.group(1).strip().lower() in HISTORY_HEADINGS
+        if not skipping:
+            kept.append(line.rstrip())
+    text = _ACCESSION.sub("[accession]", "\n".join(kept))
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
