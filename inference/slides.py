@@ -102,8 +102,9 @@ def tissue_mask_from_rgb(rgb: np.ndarray, min_object_frac: float = 0.0005, closi
     od = -np.log((x + 1.0) / 256.0).sum(-1)
     thr = min(max(_otsu(sat), 0.04), 0.08)
     mask = (sat > thr) & (od > 0.3) & ~((mx < 40) & (sat < 0.2))
-    if closing:
-        mask = ndimage.binary_closing(mask, iterations=closing, border_value=0)
+    if closing:  # pad with edge values so tissue touching the image border is not eroded away
+        padded = np.pad(mask, closing + 1, mode="edge")
+        mask = ndimage.binary_closing(padded, iterations=closing)[closing + 1:-closing - 1, closing + 1:-closing - 1]
     mask = ndimage.binary_fill_holes(mask)
     mask = ndimage.binary_opening(mask, iterations=1)
     lab, n = ndimage.label(mask)

@@ -1,0 +1,17 @@
+"""Fixtures for the data side of inference/: one small synthetic corpus per test session."""
+from __future__ import annotations
+
+import pytest
+
+from inference.synthetic.corpus import DIAGNOSES, generate_corpus, load_manifest
+
+SMALL_SIZE = 1536  # level-0 px at 0.5 mpp: ~3 x 3 patches of 224 px at 1 mpp
+PER_DIAGNOSIS = 3
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """3 slides per diagnosis (48), 1536 px at 0.5 mpp; returns (manifest path, records)."""
+    out = tmp_path_factory.mktemp("corpus")
+    manifest = generate_corpus(out, n_cases=PER_DIAGNOSIS * len(DIAGNOSES), seed=3, size=SMALL_SIZE, workers=1)
+    return manifest, load_manifest(manifest)
