@@ -51,6 +51,12 @@ def test_draft_edit_classify_sign_amend(cast, case_factory, good_slide, bundle, 
     assert ai_text and ai_text == section.ai_drafts.get().text
     assert page.get_by_text("Similar signed-out cases").count() == 0  # none signed yet
     assert page.locator(".classification").count() == 3
+    # The evidence on the slide: the draft made the slide's embedding, and the viewer shows its attention.
+    page.wait_for_selector("[data-role=overlay-select] option[value=attention]", state="attached")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('[data-pa-viewer]').pathAlignViewer;"
+        " const s = v && v.overlayState(); return s && s.name === 'attention' && s.loaded; }"
+    )
 
     # Edit in place: autosave after a pause in typing.
     textarea.fill("")

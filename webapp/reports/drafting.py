@@ -209,6 +209,23 @@ def _generate(model: Any, method: str, features: Any, feature_sets: list, slides
     raise JobFailed(f"Unknown drafting method {method!r}.")
 
 
+def ensure_slide_embeddings(slides: list, bundle: Any) -> None:
+    """The viewer's attention heatmap comes from the slide's embedding row (webapp.analysis): make it now
+    if the slide's own analysis job has not run yet (features are cached, so this is cheap)."""
+    try:
+        from webapp.analysis import pipeline
+        from webapp.analysis.models import SlideEmbedding
+    except ImportError:
+        return
+    for slide in slides:
+        if SlideEmbedding.objects.filter(slide=slide, bundle=bundle).exists() or not slide.path.exists():
+            continue
+        try:
+            pipeline.embed_slide(slide, bundle, lambda fraction, message: None)
+        except JobFailed as exc:  # the draft does not need it; the heatmap is just missing
+            log.warning("no attention heatmap for slide %s: %s", slide.pk, exc)
+
+
 def draft_report(report: Report, method: str, user, job_id: int | None, progress: Progress) -> dict:
     """Fill each part's section with an AI draft and classify it. Idempotent per job (a retried job finds
     its AIDraft rows and does not write twice)."""
@@ -238,6 +255,7 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
             progress((_i + 0.8 * fraction) / len(sections), f"Part {_label}: {message}")
 
         feature_sets = [runtime.slide_features(s, bundle, progress=sub) for s in slides]
+        ensure_slide_embeddings(slides, bundle)
         features = torch.cat([fs.features for fs in feature_sets])  # a part = all its slides' patches
         progress((index + 0.8) / len(sections), f"Part {section.part.label}: drafting")
         started = time.perf_counter()
