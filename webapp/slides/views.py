@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from django.conf import settings
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 
 def _error(message: str, status: int) -> JsonResponse:
     return JsonResponse({"ok": False, "error": message}, status=status)
+
+
+_SERVER_PATH = re.compile(r"(?<![\w.])(?:/[^\s/:;,'\"]+){2,}")  # an absolute path of 2+ parts
+
+
+def public_reason(exc: Exception) -> str:
+    """A refusal for the user: OpenSlide/libtiff messages name the file's path on the server; drop it."""
+    return _SERVER_PATH.sub("(file)", str(exc))
 
 
 @csrf_exempt  # the handler must be installed before CSRF reads the body; csrf_protect runs inside
@@ -73,7 +82,7 @@ def _slide_upload(request, case_id: int, part_id: int):
         )
     except SlideRejected as exc:
         record(request, "reject_slide", case=part.case_id, obj=part, reason=str(exc)[:300])
-        return _error(f"{name}: {exc}", 400)
+        return _error(f"{name}: {public_reason(exc)}", 400)
     finally:
         Path(temporary).unlink(missing_ok=True)
         upload.close()
@@ -128,7 +137,7 @@ def dropbox_import(request):
     except Part.DoesNotExist:
         messages.error(request, "That part does not exist.")
     except (SlideRejected, dropbox.DropboxError) as exc:
-        messages.error(request, str(exc))
+        messages.error(request, public_reason(exc))
     else:
         record(request, "import_slide", case=part.case_id, obj=slide, source="dropbox")
         messages.success(request, f"Imported {slide} into {part.case}.")
@@ -145,7 +154,7 @@ def dropbox_import_matched(request):
     if imported:
         messages.success(request, f"Imported {len(imported)} slide(s).")
     for name, reason in failed:
-        messages.error(request, f"{name}: {reason}")
+        messages.error(request, f"{name}: {public_reason(Exception(reason))}")
     if not imported and not failed:
         messages.info(request, "No file in the drop folder names an existing case and part.")
     return redirect("dropbox_list")

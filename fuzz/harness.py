@@ -1,0 +1,50 @@
+"""What the fuzz target and the corpus replay share: run `inspect_slide` on bytes, classify the outcome.
+
+The slide-acceptance contract: for any bytes, `inspect_slide` returns metadata or raises `SlideRejected`;
+it never raises anything else, never crashes the process and never hangs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django() -> None:
+    """Django settings without a database: inspect_slide touches no table, so nothing connects."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    os.environ.setdefault("DATABASE_URL", "postgresql://fuzz@127.0.0.1:9/fuzz")  # never connected to
+    os.environ.setdefault("PATHALIGN_VAR_DIR", str(Path(tempfile.gettempdir()) / "pathalign-fuzz"))
+    import django
+
+    django.setup()
+
+
+def limit_memory(gigabytes: float = 4.0) -> None:
+    """Cap the address space, so a file that declares a huge image fails to allocate instead of eating the host."""
+    import resource
+
+    limit = int(gigabytes * 1024**3)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def check_bytes(data: bytes, suffix: str = ".svs") -> str:
+    """'accepted' or 'rejected: <reason>'; any other exception propagates (that is a finding)."""
+    from webapp.slides.ingest import SlideRejected, inspect_slide
+
+    handle = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        try:
+            _, slide = inspect_slide(Path(handle.name))
+        except SlideRejected as exc:
+            return f"rejected: {exc}"
+        slide.close()
+        return "accepted"
+    finally:
+        os.unlink(handle.name)
