@@ -215,11 +215,6 @@ def test_abandoned_upload_leaves_nothing_and_server_survives(live_server, cast, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in webapp/slides/uploads.py: Django's new_file() overwrites handler.content_length with the part's "
-    "length (None from browsers), so `None > 2 * limit` raises TypeError inside CSRF's request.POST read: "
-    "a 500 instead of 413 for every oversized browser upload. Fix: keep the request length in another "
-    "attribute (e.g. self.request_length); then remove this marker."))
 def test_oversized_upload_is_cut_off_early(live_server, cast, case_factory, client_for, settings):
     settings.SLIDE_UPLOAD_MAX_BYTES = 1_000_000
     case = case_factory()

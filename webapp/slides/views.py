@@ -1,6 +1,7 @@
 """Slide upload, drop-folder import and thumbnails."""
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from pathlib import Path
@@ -8,8 +9,9 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
@@ -43,7 +45,23 @@ def public_reason(exc: Exception) -> str:
 @login_required
 def slide_upload(request, case_id: int, part_id: int):
     request.upload_handlers = [SizeLimitedUploadHandler(request)]
+    if request.method == "POST":
+        # Read the body here, where a failure (over the limit, disk full, a broken body) gets a clear answer
+        # below; csrf_protect would otherwise read it first and let any such error become a 500.
+        try:
+            request.POST, request.FILES  # noqa: B018 - evaluated for the parse
+        except Exception as exc:  # noqa: BLE001
+            request.upload_error = exc
+            request._post, request._files = QueryDict(), MultiValueDict()  # as Django does on a parse error
     return _slide_upload(request, case_id, part_id)
+
+
+DISK_FULL = ("The server has run out of storage space, so the slide was not stored. Nothing was saved; "
+             "please try again later and tell the lab administrator.")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @csrf_protect
@@ -51,14 +69,19 @@ def slide_upload(request, case_id: int, part_id: int):
 def _slide_upload(request, case_id: int, part_id: int):
     part = case_access.get_part_for_user(request.user, case_id, part_id, edit=True)
     limit_gb = settings.SLIDE_UPLOAD_MAX_BYTES / 1024**3
-    try:
-        upload = request.FILES.get("file")
-        unreadable = False
-    except Exception:  # noqa: BLE001 - a malformed or interrupted multipart body
-        upload, unreadable = None, True
+    failure = getattr(request, "upload_error", None)
+    upload = None
+    if failure is None:
+        try:
+            upload = request.FILES.get("file")
+        except Exception as exc:  # noqa: BLE001 - a malformed or interrupted multipart body
+            failure = exc
     if getattr(request, "upload_too_large", False):
         return _error(f"The file is larger than the upload limit of {limit_gb:g} GB.", 413)
-    if unreadable:
+    if failure is not None and _disk_full(failure):
+        log.error("upload refused: no space left in the upload area (%s)", settings.FILE_UPLOAD_TEMP_DIR)
+        return _error(DISK_FULL, 507)
+    if failure is not None:
         return _error("The upload could not be read; please try again.", 400)
     if upload is None:
         return _error("No file was sent.", 400)
@@ -74,17 +97,23 @@ def _slide_upload(request, case_id: int, part_id: int):
             400,
         )
     temporary = Path(upload.temporary_file_path()) if hasattr(upload, "temporary_file_path") else None
-    if temporary is None:  # small files stay in memory: write them to the upload area first
-        temporary = _spool(upload)
     try:
+        if temporary is None:  # small files stay in memory: write them to the upload area first
+            temporary = _spool(upload)
         slide = ingest_slide(
             temporary, part=part, original_filename=name, user=request.user, **form.cleaned_data, move=True
         )
     except SlideRejected as exc:
         record(request, "reject_slide", case=part.case_id, obj=part, reason=str(exc)[:300])
         return _error(f"{name}: {public_reason(exc)}", 400)
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        log.error("upload refused: no space left in the slide store (%s)", settings.SLIDE_STORE_DIR)
+        return _error(DISK_FULL, 507)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         upload.close()
     record(request, "upload_slide", case=part.case_id, obj=slide, after={"stain": slide.stain,
            "block_label": slide.block_label, "file_size": slide.file_size})
@@ -95,9 +124,13 @@ def _spool(upload) -> Path:
     import tempfile
 
     handle = tempfile.NamedTemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR, delete=False, suffix=".upload")
-    with handle:
-        for chunk in upload.chunks():
-            handle.write(chunk)
+    try:
+        with handle:
+            for chunk in upload.chunks():
+                handle.write(chunk)
+    except BaseException:  # a full disk: leave no partial file behind
+        Path(handle.name).unlink(missing_ok=True)
+        raise
     return Path(handle.name)
 
 
