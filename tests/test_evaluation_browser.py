@@ -63,3 +63,15 @@ def test_evaluator_rates_with_the_keyboard_and_resumes(cast, study, page_for):
                for a in studies.queue(study, cast.evaluator).filter(rating__isnull=False).select_related("rating")}
     assert ratings == {1: (4, ""), 2: (2, "missed_finding")}
     assert Rating.objects.count() == 2
+
+
+def test_admin_sees_a_live_preview_of_the_selection(cast, case_factory, page_for):
+    case_factory(accession_number="S26-00201", status="signed_out")
+    case_factory(accession_number="S26-00202")
+    page = page_for(cast.admin)
+    page.goto("/evaluation/studies/new/")
+    expect(page.locator("#ev-preview")).to_contain_text("1 part in 1 case")  # signed-out only by default
+    page.uncheck("input[name=signed_out_only]")
+    expect(page.locator("#ev-preview")).to_contain_text("2 parts in 2 cases")
+    page.fill("input[name=site]", "stomach")
+    expect(page.locator("#ev-preview")).to_contain_text("0 parts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets
 
 from django import forms
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 
 from webapp.accounts.models import Role, User
 
@@ -36,8 +37,10 @@ class StudyForm(forms.Form):
         self.fields["sources"].choices = [
             (option.key, f"{option.label} ({option.parts} parts)") for option in sources.available_sources()
         ]
-        self.fields["evaluators"].queryset = User.objects.filter(role=Role.EVALUATOR, is_active=True).order_by(
-            "username"
+        # Accounts with an unusable password (the demo's simulated rater) cannot rate: not offered.
+        self.fields["evaluators"].queryset = (
+            User.objects.filter(role=Role.EVALUATOR, is_active=True).exclude(password__startswith=UNUSABLE_PASSWORD_PREFIX)
+            .order_by("username")
         )
 
     def selection(self) -> Selection:

@@ -122,17 +122,20 @@ def full_results(study: Study) -> dict:
 
 
 # --- charts: geometry for server-side SVG (no chart library, nothing to run in the browser) -----------
+# Each source's label sits on its own line above its bar, so long source names never clip.
 CHART_WIDTH = 520
-LABEL_WIDTH = 200
+LEFT = 8
+ROW = 46
 
 
 def distribution_chart(per_source: list[dict]) -> dict:
     """One 100% stacked bar per source, a segment per score 1-5."""
-    bar_width = CHART_WIDTH - LABEL_WIDTH - 10
+    bar_width = CHART_WIDTH - 2 * LEFT
     rows = []
     for index, source in enumerate(per_source):
         total = sum(source["distribution"].values())
-        x, segments = LABEL_WIDTH, []
+        y = 6 + index * ROW
+        x, segments = LEFT, []
         for score in stats.SCORES:
             count = source["distribution"][score]
             width = bar_width * count / total if total else 0
@@ -141,18 +144,19 @@ def distribution_chart(per_source: list[dict]) -> dict:
                                  "score": score, "count": count, "text_x": round(x + width / 2, 1),
                                  "show_text": width >= 18})
             x += width
-        rows.append({"y": 10 + index * 34, "label": source["label"], "total": total, "segments": segments})
-    return {"width": CHART_WIDTH, "height": 30 + len(rows) * 34, "rows": rows,
-            "legend": [{"score": s, "colour": c, "x": LABEL_WIDTH + (s - 1) * 62} for s, c in SCORE_COLOURS.items()],
-            "legend_y": 16 + len(rows) * 34}
+        rows.append({"label_y": y + 12, "y": y + 18, "label": source["label"], "total": total, "segments": segments})
+    legend_y = 12 + len(rows) * ROW
+    return {"width": CHART_WIDTH, "height": legend_y + 18, "rows": rows, "left": LEFT, "legend_y": legend_y,
+            "legend": [{"score": s, "colour": c, "x": LEFT + (s - 1) * 62} for s, c in SCORE_COLOURS.items()]}
 
 
 def error_chart(per_source: list[dict]) -> dict:
     """Grouped horizontal bars: for each kind of error, one bar per source (counts)."""
     palette = ["#6b2c8f", "#c2417d", "#2b6cb0", "#2f855a", "#b7791f", "#4a5568"]
+    label_width = 150
     kinds = list(ERROR_LABELS)
     peak = max([max(source["errors"].values(), default=0) for source in per_source] + [1])
-    bar_width = CHART_WIDTH - LABEL_WIDTH - 40
+    bar_width = CHART_WIDTH - label_width - 40
     step = 12 * max(len(per_source), 1) + 10
     groups = []
     for index, kind in enumerate(kinds):
@@ -165,23 +169,26 @@ def error_chart(per_source: list[dict]) -> dict:
     legend = [{"label": source["label"], "colour": palette[i % len(palette)], "y": 6 + len(kinds) * step + i * 16}
               for i, source in enumerate(per_source)]
     return {"width": CHART_WIDTH, "height": 10 + len(kinds) * step + len(per_source) * 16, "groups": groups,
-            "legend": legend, "x0": LABEL_WIDTH, "any": any(source["errors"] for source in per_source)}
+            "legend": legend, "x0": label_width, "any": any(source["errors"] for source in per_source)}
 
 
 def interval_chart(per_source: list[dict], key: str = "items") -> dict:
     """Share rated 4-5 per source as a point with its 95% Wilson interval on a 0-100% axis."""
-    span = CHART_WIDTH - LABEL_WIDTH - 20
+    span = CHART_WIDTH - 2 * LEFT - 20
+    x0 = LEFT + 10
     rows = []
     for index, source in enumerate(per_source):
         figure = source[key]
-        row = {"y": 14 + index * 26, "label": source["label"], "n": figure["n"]}
+        y = 6 + index * ROW
+        row = {"label_y": y + 12, "y": y + 28, "label": source["label"], "n": figure["n"]}
         if figure["share"] is not None:
-            row.update(x=round(LABEL_WIDTH + span * figure["share"], 1), low=round(LABEL_WIDTH + span * figure["low"], 1),
-                       high=round(LABEL_WIDTH + span * figure["high"], 1))
+            row.update(x=round(x0 + span * figure["share"], 1), low=round(x0 + span * figure["low"], 1),
+                       high=round(x0 + span * figure["high"], 1), share=figure["share"])
         rows.append(row)
-    ticks = [{"x": round(LABEL_WIDTH + span * t / 100, 1), "label": f"{t}%"} for t in (0, 25, 50, 75, 100)]
-    return {"width": CHART_WIDTH, "height": 34 + len(rows) * 26, "rows": rows, "ticks": ticks,
-            "axis_y": 8 + len(rows) * 26}
+    axis_y = 10 + len(rows) * ROW
+    ticks = [{"x": round(x0 + span * t / 100, 1), "label": f"{t}%"} for t in (0, 25, 50, 75, 100)]
+    return {"width": CHART_WIDTH, "height": axis_y + 20, "rows": rows, "ticks": ticks, "axis_y": axis_y,
+            "left": LEFT}
 
 
 # --- CSV ------------------------------------------------------------------------------------------------
