@@ -13,7 +13,7 @@ import uuid
 
 from django.apps import apps
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,40 @@ _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 def _redacted_path(path: str) -> str:
     # App URLs carry only integer ids and UUIDs; anything else in a refused path could be typed text.
     return "/".join(seg if _SAFE_SEGMENT.match(seg) else "…" for seg in path.split("/"))[:300]
+
+
+# --- database outages ------------------------------------------------------------------------------------
+class DatabaseUnavailableMiddleware:
+    """A request whose database connection died (server restarted, connection killed, failover) gets a 503
+    with Retry-After instead of a 500 and a traceback. Django closes the broken connection when the request
+    ends (it saw the error), and CONN_HEALTH_CHECKS makes the next request open a fresh one, so the app
+    recovers by itself as soon as the database is back.
+
+    Rendered without templates or sessions: those could need the database that just went away.
+    """
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from django.db import InterfaceError, OperationalError
+
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        log.error("database unavailable during a request: %s", type(exception).__name__)
+        message = "The database is unavailable for a moment; please try again."
+        accept = request.headers.get("Accept", "")
+        if "json" in accept or request.path.endswith(".json") or request.headers.get("HX-Request"):
+            response: HttpResponse = JsonResponse({"ok": False, "error": message}, status=503)
+        else:
+            response = HttpResponse(
+                f"<!doctype html><title>Try again</title><h1>Please try again</h1><p>{message}</p>",
+                status=503, content_type="text/html; charset=utf-8")
+        response["Retry-After"] = "5"
+        return response
 
 
 # --- logging -----------------------------------------------------------------------------------------

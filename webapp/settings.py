@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
     "webapp.middleware.DeniedAccessAuditMiddleware",  # refused access attempts go to the audit log
+    "webapp.middleware.DatabaseUnavailableMiddleware",  # a lost database connection: 503, not a traceback
 ]
 
 ROOT_URLCONF = "webapp.urls"

@@ -1,6 +1,7 @@
 """Slide upload, drop-folder import and thumbnails."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -53,6 +54,10 @@ def slide_upload(request, case_id: int, part_id: int):
         except Exception as exc:  # noqa: BLE001
             request.upload_error = exc
             request._post, request._files = QueryDict(), MultiValueDict()  # as Django does on a parse error
+            for handler in request.upload_handlers:  # close (so delete) a half-written temporary file now
+                with contextlib.suppress(Exception):
+                    if getattr(handler, "file", None) is not None:
+                        handler.file.close()
     return _slide_upload(request, case_id, part_id)
 
 
