@@ -111,6 +111,7 @@ def test_rater_pages_access(cast, world, client_for, django_user_model):
 @pytest.mark.parametrize("name,args", [
     ("evaluation_results", []), ("evaluation_results_live", []), ("evaluation_export", ["json"]),
     ("evaluation_export", ["ratings.csv"]), ("evaluation_export", ["summary.csv"]),
+    ("evaluation_export", ["agreement.csv"]),
 ])
 def test_results_and_exports_for_lab_admins_only(cast, world, client_for, name, args):
     url = reverse(name, args=[world["study"].pk, *args])
@@ -180,6 +181,8 @@ def test_results_exports_and_closing(cast, world, client_for):
     assert "'=HYPERLINK(1)" in ratings_csv  # a comment cannot run as a spreadsheet formula
     summary_csv = client.get(reverse("evaluation_export", args=[study.pk, "summary.csv"])).content.decode()
     assert len(summary_csv.strip().splitlines()) == 3
+    agreement_csv = client.get(reverse("evaluation_export", args=[study.pk, "agreement.csv"])).content.decode()
+    assert "krippendorff_alpha_ordinal" in agreement_csv and "fleiss_kappa" in agreement_csv
     assert client.get(reverse("evaluation_export", args=[study.pk, "xml"])).status_code == 404
     # Closing freezes ratings.
     client.post(reverse("evaluation_study_status", args=[study.pk]))

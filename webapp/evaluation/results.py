@@ -249,3 +249,22 @@ def live_counts(study: Study) -> dict:
     """For the study list: items, ratings collected and asked for."""
     counts = Assignment.objects.filter(study=study).aggregate(total=Count("id"), done=Count("rating"))
     return {"items": study.items.count(), "done": counts["done"], "total": counts["total"]}
+
+
+def agreement_csv(study: Study) -> str:
+    """Inter-rater agreement: one row per statistic (pairs of raters, Fleiss, Krippendorff)."""
+    agreement = stats.agreement(rating_rows(study))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["statistic", "raters", "items", "value"])
+    for pair in agreement["pairs"]:
+        raters = " & ".join(pair["raters"])
+        for name in ("kappa", "kappa_quadratic", "kappa_acceptable", "exact_agreement"):
+            writer.writerow([f"cohen_{name}" if name != "exact_agreement" else name, raters, pair["n"], pair[name]])
+    fleiss = agreement["fleiss"]
+    writer.writerow(["fleiss_kappa", f"{fleiss['raters_per_item']} per item", fleiss["n"], fleiss["kappa"]])
+    writer.writerow(["fleiss_kappa_acceptable", f"{fleiss['raters_per_item']} per item", fleiss["n"],
+                     fleiss["kappa_acceptable"]])
+    writer.writerow(["krippendorff_alpha_ordinal", " & ".join(agreement["raters"]), agreement["items"],
+                     agreement["krippendorff_ordinal"]])
+    return out.getvalue()

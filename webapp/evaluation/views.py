@@ -145,7 +145,7 @@ def study_status(request: HttpRequest, study_id: int) -> HttpResponse:
 @lab_admin_required
 @require_safe
 def export(request: HttpRequest, study_id: int, what: str) -> HttpResponse:
-    """JSON (everything) or CSV (ratings, or the per-source summary). They name sources: lab admins only."""
+    """JSON (everything) or CSV (ratings, per-source summary, agreement). They name sources: lab admins only."""
     study = get_object_or_404(Study, pk=study_id)
     record(request, "evaluation_export", obj=study, format=what)
     filename = f"study-{study.pk}"
@@ -155,8 +155,10 @@ def export(request: HttpRequest, study_id: int, what: str) -> HttpResponse:
         response = HttpResponse(json.dumps(data, indent=2, default=str), content_type="application/json")
         response["Content-Disposition"] = f'attachment; filename="{filename}.json"'
         return response
-    if what in ("ratings.csv", "summary.csv"):
-        body = results.ratings_csv(study) if what == "ratings.csv" else results.summary_csv(study)
+    writers = {"ratings.csv": results.ratings_csv, "summary.csv": results.summary_csv,
+               "agreement.csv": results.agreement_csv}
+    if what in writers:
+        body = writers[what](study)
         response = HttpResponse(body, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{filename}-{what}"'
         return response
