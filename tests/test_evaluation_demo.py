@@ -41,3 +41,25 @@ def test_demo_study_seeded_once_with_charts(cast, case_factory, client_for):
     # The rater continues where the demo left off.
     resume = client_for(cast.evaluator).get(reverse("evaluation_continue", args=[study.pk]))
     assert resume["Location"].endswith("/rate/6/")
+
+
+def test_demo_switches_to_real_drafts_when_they_exist(cast, case_factory):
+    from webapp.reports.models import AIDraft, Report, ReportSection
+    from webapp.reports.services import sign
+
+    cases = []
+    for index in range(3):
+        case = case_factory(assigned_to=cast.path1)
+        report = Report.objects.create(case=case, created_by=cast.path1)
+        section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Tubular adenoma {index}.")
+        AIDraft.objects.create(section=section, method="qformer", bundle="demo@1", text=f"Tubular adenoma, {index}.",
+                               job_id=index)
+        sign(report, cast.path1)
+        cases.append(case)
+    context = DemoContext(users={"eval_kim": cast.evaluator}, cases=cases, manifest=[], log=lambda *_: None)
+    demo.seed(context)
+    demo.seed(context)
+    study = Study.objects.get()
+    assert study.name == demo.REAL_NAME
+    assert set(study.source_labels()) == {"signed_report", "ai:qformer:demo@1"}
+    assert Rating.objects.filter(assignment__study=study).count() == 9  # eval_sim 6, eval_kim half of 6

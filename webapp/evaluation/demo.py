@@ -117,19 +117,23 @@ def _simulated_score(kind: str | None, text: str, reference: str, rng: random.Ra
 
 @transaction.atomic
 def seed(context) -> None:
-    if Study.objects.filter(name__in=[REAL_NAME, STANDIN_NAME]).exists():
+    if Study.objects.filter(name=REAL_NAME).exists():
         return
     evaluator = context.users.get("eval_kim")
     if evaluator is None or not context.cases:
         return
-    raters = [evaluator, simulated_rater(context)]
     from webapp.cases.models import Part
 
     parts = Part.objects.filter(case__in=context.cases)
     options = {option.key: option.parts for option in sources.available_sources(parts)}
     ai_keys = [key for key, count in options.items() if key.startswith("ai:") and count >= 3]
+    real = bool(ai_keys) and options.get(sources.SIGNED, 0) >= 3
+    # Real drafts win as soon as they exist (a later `make run` adds that study next to the stand-in one).
+    if not real and Study.objects.filter(name=STANDIN_NAME).exists():
+        return
+    raters = [evaluator, simulated_rater(context)]
     kinds: dict[tuple[int, str], str] = {}
-    if ai_keys and options.get(sources.SIGNED, 0) >= 3:
+    if real:
         name, keys, candidates, labels = REAL_NAME, [sources.SIGNED, *ai_keys], None, None
         description = ("AI drafts of the demo model next to the reports pathologists signed. Ratings are "
                        "simulated from each draft's distance to the signed text, for the demo only.")
