@@ -1,0 +1,265 @@
+"""Similarity-search benchmark: pgvector HNSW latency and recall@10 against an exact scan, in one run.
+
+    .venv/bin/python bench/search.py [--rows 1000000] [--queries 200] [--ef 40,100,200] [--keep]
+
+1. A separate database (`bench_search` on the embedded server, or on DATABASE_URL's server) gets --rows
+   synthetic 256-d unit vectors, clustered like slide embeddings (cluster sizes follow a Zipf law, each
+   point a noisy copy of its centre), loaded with binary COPY built in numpy; each row carries a `site`
+   (one of 20, independent of the cluster: the hard case for a filter).
+2. The HNSW index (m=16, ef_construction=64, vector_cosine_ops, as in the app) is built with a large
+   maintenance_work_mem and parallel maintenance workers; the build time is printed.
+3. --queries fresh points from the same distribution: latency p50/p95 of `ORDER BY embedding <=> q
+   LIMIT 10` over the index, for each hnsw.ef_search; recall@10 against the exact top 10 (numpy over the
+   same float32 rows; a few queries are also run as an exact scan in PostgreSQL, which must agree).
+4. The same with a filter (site = s, 5% of rows) with iterative scans (hnsw.iterative_scan = relaxed_order)
+   and without (the pre-0.8 behaviour: a filtered index scan can return fewer than 10 rows).
+5. halfvec: recall of a halfvec HNSW index (halfvec_cosine_ops, what the 32 query rows per slide use) on the
+   first --halfvec-rows rows, against the exact float32 answer, and of exact fp16 ranking alone.
+Targets: recall@10 >= 0.95 and p95 < 20 ms (printed with each figure).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DIM = 256
+SITES = 20
+TARGET_RECALL, TARGET_P95_MS = 0.95, 20.0
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+# --- data --------------------------------------------------------------------------------------------
+def clustered(rows: int, seed: int, clusters: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors [rows, DIM] float32 unit, cluster id per row, centres). Zipf-sized clusters, cos ~0.85."""
+    rng = np.random.default_rng(seed)
+    clusters = clusters or max(50, rows // 500)
+    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    weights /= weights.sum()
+    labels = rng.choice(clusters, size=rows, p=weights)
+    out = np.empty((rows, DIM), np.float32)
+    for start in range(0, rows, 200_000):  # bounded memory for the noise
+        part = labels[start : start + 200_000]
+        noise = rng.standard_normal((len(part), DIM)).astype(np.float32) * (0.6 / np.sqrt(DIM))
+        block = centres[part] + noise
+        out[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out, labels, centres
+
+
+def queries_like(centres: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    clusters = len(centres)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    picks = rng.choice(clusters, size=n, p=weights / weights.sum())
+    q = centres[picks] + rng.standard_normal((n, DIM)).astype(np.float32) * (0.6 / np.sqrt(DIM))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def copy_binary(vectors: np.ndarray, sites: np.ndarray, half: bool = False, first_id: int = 0) -> bytes:
+    """A COPY BINARY stream of (id int4, site int4, embedding vector|halfvec) built without a Python loop."""
+    n = len(vectors)
+    value = ">f2" if half else ">f4"
+    row = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i4"), ("site_len", ">i4"), ("site", ">i4"),
+                    ("vec_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("values", value, (DIM,))])
+    data = np.zeros(n, row)
+    data["fields"], data["id_len"], data["site_len"] = 3, 4, 4
+    data["id"], data["site"] = np.arange(first_id, first_id + n), sites
+    data["vec_len"] = 4 + DIM * (2 if half else 4)
+    data["dim"] = DIM
+    data["values"] = vectors.astype(np.float16 if half else np.float32)
+    return b"PGCOPY\n\xff\r\n\0" + b"\0" * 8 + data.tobytes() + b"\xff\xff"
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10, mask: np.ndarray | None = None) -> list:
+    out = []
+    for q in queries:
+        scores = vectors @ q
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argpartition(-scores, k)[:k]
+        out.append(set(top[np.argsort(-scores[top])].tolist()))
+    return out
+
+
+# --- database ----------------------------------------------------------------------------------------
+def connect(database: str):
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from webapp.embedded_db import database_url_for, embedded_database_url, ensure_database
+
+    base = os.environ.get("DATABASE_URL") or embedded_database_url("postgres")
+    url = ensure_database(base, database) if not os.environ.get("DATABASE_URL") else ensure_database(
+        database_url_for(base, "postgres"), database)
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    register_vector(conn)
+    return conn
+
+
+def load(conn, table: str, vectors: np.ndarray, sites: np.ndarray, half: bool = False) -> float:
+    kind = "halfvec" if half else "vector"
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute(f"CREATE TABLE {table} (id int4 PRIMARY KEY, site int4 NOT NULL, embedding {kind}({DIM}) NOT NULL)")
+    started = time.perf_counter()
+    with conn.cursor() as cursor:
+        for start in range(0, len(vectors), 100_000):
+            chunk = copy_binary(vectors[start : start + 100_000], sites[start : start + 100_000], half, start)
+            with cursor.copy(f"COPY {table} (id, site, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.write(chunk)
+    conn.execute(f"VACUUM ANALYZE {table}")
+    return time.perf_counter() - started
+
+
+def build_index(conn, table: str, half: bool, workers: int, memory: str) -> float:
+    ops = "halfvec_cosine_ops" if half else "vector_cosine_ops"
+    conn.execute(f"SET maintenance_work_mem = '{memory}'")
+    conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
+    started = time.perf_counter()
+    conn.execute(f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {ops}) WITH (m = 16, ef_construction = 64)")
+    return time.perf_counter() - started
+
+
+def timed_search(conn, table: str, queries: np.ndarray, ef: int, iterative: str, site: int | None = None,
+                 half: bool = False) -> tuple[list[float], list[set]]:
+    from pgvector import HalfVector
+
+    where = "WHERE site = %s" if site is not None else ""
+    sql = f"SELECT id FROM {table} {where} ORDER BY embedding <=> %s LIMIT 10"  # noqa: S608 - our constants
+    latencies, found = [], []
+    with conn.transaction():
+        conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
+        conn.execute(f"SET LOCAL hnsw.iterative_scan = {iterative}")
+        for q in queries:
+            value = HalfVector(q) if half else q
+            params = [site, value] if site is not None else [value]
+            started = time.perf_counter()
+            rows = conn.execute(sql, params, prepare=True).fetchall()
+            latencies.append((time.perf_counter() - started) * 1000)
+            found.append({r[0] for r in rows})
+    return latencies, found
+
+
+def recall(found: list[set], truth: list[set]) -> float:
+    return float(np.mean([len(f & t) / max(len(t), 1) for f, t in zip(found, truth, strict=True)]))
+
+
+def verdict(value: float, target: float, lower_is_better: bool = False) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    return "ok" if ok else "MISSES TARGET"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--ef", default="40,100,200", help="hnsw.ef_search values to measure")
+    ap.add_argument("--halfvec-rows", type=int, default=100_000)
+    ap.add_argument("--database", default="bench_search")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--memory", default="4GB", help="maintenance_work_mem for the index build")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the tables (default: drop them at the end)")
+    args = ap.parse_args(argv)
+    efs = [int(x) for x in args.ef.split(",")]
+    conn = connect(args.database)
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+    log(f"PostgreSQL {conn.info.server_version}, pgvector {version}, {os.cpu_count()} CPU(s); "
+        f"rows={args.rows:,} dim={DIM} queries={args.queries}")
+
+    t0 = time.perf_counter()
+    vectors, _, centres = clustered(args.rows, args.seed)
+    sites = np.random.default_rng(args.seed + 7).integers(0, SITES, size=args.rows).astype(np.int32)
+    queries = queries_like(centres, args.queries, args.seed)
+    log(f"generated {args.rows:,} clustered vectors ({len(centres)} clusters) in {time.perf_counter() - t0:.1f} s")
+    seconds = load(conn, "bench_items", vectors, sites)
+    log(f"loaded with binary COPY in {seconds:.1f} s")
+    seconds = build_index(conn, "bench_items", False, args.workers, args.memory)
+    size = conn.execute("SELECT pg_size_pretty(pg_relation_size('bench_items_hnsw'))").fetchone()[0]
+    log(f"HNSW index built in {seconds:.1f} s ({size}; m=16, ef_construction=64, "
+        f"{args.workers} parallel maintenance worker(s), maintenance_work_mem={args.memory})")
+
+    truth = exact_top(vectors, queries)
+    # Cross-check the numpy ground truth with PostgreSQL's own exact scan on a few queries.
+    exact_ms = []
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        for i, q in enumerate(queries[:3]):
+            started = time.perf_counter()
+            rows = conn.execute("SELECT id FROM bench_items ORDER BY embedding <=> %s LIMIT 10", [q]).fetchall()
+            exact_ms.append((time.perf_counter() - started) * 1000)
+            assert {r[0] for r in rows} == truth[i], "PostgreSQL's exact scan disagrees with numpy"
+    log(f"exact scan in PostgreSQL: {statistics.median(exact_ms):.0f} ms per query (agrees with numpy)")
+
+    log("\nunfiltered, top 10:")
+    log(f"  {'ef_search':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
+    timed_search(conn, "bench_items", queries[:20], efs[0], "off")  # warm the cache
+    for ef in efs:
+        latencies, found = timed_search(conn, "bench_items", queries, ef, "off")
+        r, p95 = recall(found, truth), percentile(latencies, 95)
+        log(f"  {ef:>9} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}   "
+            f"recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}")
+
+    site_of_query = np.arange(len(queries)) % SITES
+    filtered_truth = []
+    for site in range(SITES):
+        idx = np.nonzero(site_of_query == site)[0]
+        if len(idx):
+            tops = exact_top(vectors, queries[idx], mask=sites == site)
+            filtered_truth.extend(zip(idx.tolist(), tops, strict=True))
+    filtered_truth = [t for _, t in sorted(filtered_truth, key=lambda p: p[0])]
+    log(f"\nfiltered (site = s, {100 / SITES:.0f}% of rows), top 10:")
+    log(f"  {'ef_search':>9} {'iterative':>14} {'rows back':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
+    for ef in efs:
+        for mode in ("off", "relaxed_order"):
+            latencies, found = [], []
+            for site in range(SITES):
+                idx = np.nonzero(site_of_query == site)[0]
+                lat, got = timed_search(conn, "bench_items", queries[idx], ef, mode, site=site)
+                latencies += lat
+                found += list(zip(idx.tolist(), got, strict=True))
+            found = [f for _, f in sorted(found, key=lambda p: p[0])]
+            back = np.mean([len(f) for f in found])
+            r, p95 = recall(found, filtered_truth), percentile(latencies, 95)
+            log(f"  {ef:>9} {mode:>14} {back:>9.1f} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}"
+                + (f"   recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}"
+                   if mode != "off" else ""))
+
+    if args.halfvec_rows:
+        n = min(args.halfvec_rows, args.rows)
+        sub = vectors[:n]
+        load(conn, "bench_half", sub, sites[:n], half=True)
+        seconds = build_index(conn, "bench_half", True, args.workers, args.memory)
+        sub_truth = exact_top(sub, queries)
+        fp16_truth = exact_top(sub.astype(np.float16).astype(np.float32), queries)
+        log(f"\nhalfvec on the first {n:,} rows (index built in {seconds:.1f} s): "
+            f"exact fp16 ranking recall@10 vs fp32 = {recall(fp16_truth, sub_truth):.3f}")
+        for ef in efs:
+            latencies, found = timed_search(conn, "bench_half", queries, ef, "off", half=True)
+            log(f"  ef_search {ef:>4}: halfvec HNSW recall@10 vs exact fp32 = {recall(found, sub_truth):.3f}, "
+                f"p50 {percentile(latencies, 50):.2f} ms, p95 {percentile(latencies, 95):.2f} ms")
+    if not args.keep:
+        conn.execute("DROP TABLE IF EXISTS bench_items, bench_half")
+    log(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
