@@ -59,6 +59,14 @@ def test_evaluator_rates_with_the_keyboard_and_resumes(cast, study, page_for):
     expect(page).to_have_url(re.compile(rf"/evaluation/studies/{study.pk}/rate/3/$"))
     expect(page.get_by_role("complementary", name="Keyboard shortcuts")).to_contain_text("save and next")
 
+    # Keys typed in the slide viewer belong to the viewer (5 = 40x there); on the text they rate again.
+    page.locator("[data-pa-viewer] .pa-osd").first.click()
+    page.keyboard.press("5")
+    expect(page.locator("input[name=score][value='5']")).not_to_be_checked()
+    page.get_by_test_id("text").click()
+    page.keyboard.press("5")
+    expect(page.locator("input[name=score][value='5']")).to_be_checked()
+
     ratings = {a.position: (a.rating.score, a.rating.error_kind)
                for a in studies.queue(study, cast.evaluator).filter(rating__isnull=False).select_related("rating")}
     assert ratings == {1: (4, ""), 2: (2, "missed_finding")}

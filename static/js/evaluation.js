@@ -1,6 +1,6 @@
 // Rating page keys: 1-5 rate, D M H G O pick the kind of error, C comment, N or Enter save and go on,
 // B back, Esc leaves the comment box. Keys typed inside the slide viewer belong to the viewer (its own
-// 1-5 set the magnification; it stops those events), so only keys it does not use reach this handler.
+// 1-5 set the magnification, WASD pan), except N, which saves from anywhere.
 (function () {
   "use strict";
   const form = document.getElementById("ev-rating-form");
@@ -54,7 +54,8 @@
       if (event.key === "Escape") target.blur();
       return;
     }
-    if (target.closest("[data-pa-viewer]") && "12345".includes(event.key)) return;
+    // Inside the viewer its own keys (1-5 magnification, WASD pan, m ruler, ...) win; only n saves from there.
+    if (target.closest("[data-pa-viewer]") && event.key.toLowerCase() !== "n") return;
     const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     if ("12345".includes(key) && key.length === 1) {
       const radio = form.querySelector(`input[name=score][value="${key}"]`);
