@@ -374,7 +374,7 @@ def train_stage1(
             opt.step()
             step += 1
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
         record = {
             "epoch": epoch + 1,
