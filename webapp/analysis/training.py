@@ -70,7 +70,11 @@ def train_bundle_job(job: Job, progress: Progress) -> dict:
 
     name = str(job.params.get("name") or "pathalign-local")[:100]
     version = str(job.params.get("version") or timezone.now().strftime("%Y%m%d-%H%M"))[:40]
-    if ModelBundle.objects.filter(name=name, version=version).exists():
+    existing = ModelBundle.objects.filter(name=name, version=version).first()
+    if existing is not None:
+        if existing.training.get("source", "").endswith(f"(job {job.pk})"):  # a retry after registration
+            return {"bundle": existing.pk, "bundle_name": str(existing),
+                    "comparison": existing.eval_figures.get("heldout_comparison", {})}
         raise JobFailed(f"A bundle named {name} {version} already exists; choose another version.")
     base = runtime.active_bundle()
     if base is None:

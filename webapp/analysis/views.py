@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from webapp.accounts.decorators import lab_admin_required
@@ -56,7 +57,10 @@ def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
         record(request, "job_retry", case=job.case_id, obj=job, kind=job.kind)
     if job.slide_id and request.htmx:
         return render(request, "analysis/_slide_jobs.html", slide_job_context(job.slide, request.user))
-    return redirect(request.POST.get("next") or "bundle_list")
+    target = request.POST.get("next") or ""
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=False):
+        target = reverse("bundle_list")
+    return redirect(target)
 
 
 @lab_admin_required
