@@ -197,7 +197,8 @@ def patch_grid(slide: openslide.OpenSlide, patch_size: int = 224, target_mpp: fl
                fallback_mpp: float | None = None) -> PatchGrid:
     """Non-overlapping patches of `patch_size` px at `target_mpp` covering tissue.
 
-    A patch is kept when at least `min_tissue` of it is tissue; if more than `max_patches` remain, an even
+    A patch is kept when at least `min_tissue` of it is tissue (or, if no cell reaches that, the cells
+    with at least half the best cell's tissue, so a slide with tissue never yields an empty grid); if more than `max_patches` remain, an even
     spatial subset is kept (see `even_sample`). The grid is centred on the slide.
     """
     mpp = slide_mpp(slide, fallback_mpp)
@@ -229,7 +230,9 @@ def patch_grid(slide: openslide.OpenSlide, patch_size: int = 224, target_mpp: fl
     my0, my1 = mpos(y0, m.shape[0]), mpos(y0 + ps0, m.shape[0])
     area = np.maximum((mx1 - mx0) * (my1 - my0), 1)
     frac = (sat[my1, mx1] - sat[my0, mx1] - sat[my1, mx0] + sat[my0, mx0]) / area
-    keep = np.nonzero(frac >= min_tissue)[0]
+    # Small fragments may fill no cell to min_tissue: then take the fullest cells rather than none.
+    thr = min_tissue if frac.max(initial=0) >= min_tissue else max(0.05, 0.5 * frac.max(initial=0))
+    keep = np.nonzero(frac >= thr)[0]
     n_candidates = len(keep)
     if max_patches is not None and len(keep) > max_patches:
         keep = keep[even_sample(np.stack([col[keep], row[keep]], 1), max_patches)]
