@@ -11,6 +11,7 @@ import time
 import uuid
 
 import openslide
+from django.contrib.auth.views import redirect_to_login
 from django.http import (
     Http404,
     HttpRequest,
@@ -121,8 +122,6 @@ def viewer_context(
 def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
     """The whole-page viewer for a case: `?slide=<uuid>&compare=<uuid>&deidentified=1`."""
     if not request.user.is_authenticated:
-        from django.contrib.auth.views import redirect_to_login
-
         return redirect_to_login(request.get_full_path())
     case = get_case_for_user(request.user, case_id)
     slides = list(
@@ -143,6 +142,8 @@ def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_safe
 def deidentified_viewer(request: HttpRequest, slide_id) -> HttpResponse:
     """One slide, with no case identifiers, label or macro: what an evaluation task embeds or links to."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
     grant, slide = tile_access.resolve_slide(request, slide_id)
     context = viewer_context([slide], grant.slide_id, None, deidentified=True)
     context["viewer_slides"] = [{**context["viewer_slides"][0], "title": slide.stain}]
