@@ -495,7 +495,7 @@ def train_stage2(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + float(loss.detach()), n + 1
             bar.set_postfix(loss=f"{total / n:.3f}")
         history["epochs"].append({"epoch": epoch + 1, "train_loss": total / max(n, 1)})
     return bridge, history
