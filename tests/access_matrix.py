@@ -84,6 +84,71 @@ MATRIX: dict[str, dict] = {
     "audit_export_json": {"GET": admin_only(200)},
     "audit_case_access_lookup": {"GET": admin_only(200), "POST": admin_only(200)},
     "audit_case_access": {"GET": admin_only(200)},
+    # --- viewer (webapp.slides.viewer_views): pixels need the case (or an evaluation grant in the session);
+    # anonymous requests for pixels get 404 rather than a login redirect (an image tag cannot follow one).
+    "case_viewer": {"GET": case_read(200), "POST": everyone(405)},
+    "slide_deidentified_viewer": {"GET": case_read(200), "POST": everyone(405)},
+    "slide_viewer_meta": {"GET": case_read(200, anonymous=404), "POST": everyone(405)},
+    "slide_associated": {"GET": case_read(200, anonymous=404), "POST": everyone(405),
+                         "kwargs": {"name": "label"}},
+    "slide_dzi": {"GET": case_read(200, anonymous=404), "POST": everyone(405)},
+    "slide_dzi_tile": {"GET": case_read(200, anonymous=404), "POST": everyone(405),
+                       "kwargs": {"level": 0, "col": 0, "row": 0, "fmt": "jpeg"}},
+    "slide_iiif_base": {"GET": case_read(303, anonymous=404), "POST": everyone(405)},
+    "slide_iiif_info": {"GET": case_read(200, anonymous=404), "POST": everyone(405)},
+    "slide_iiif_image": {"GET": case_read(200, anonymous=404), "POST": everyone(405),
+                         "kwargs": {"region": "full", "size": "max", "rotation": "0",
+                                    "quality_format": "default.jpg"}},
+    "slide_overlays": {"GET": case_read(200, anonymous=404), "POST": everyone(405)},
+    # No overlay is computed in the world, so even permitted users get 404 here (UNVERIFIED: permitted path).
+    "slide_overlay": {"GET": everyone(404), "POST": everyone(405), "kwargs": {"name": "attention"}},
+    # --- analysis: jobs and models are the lab admins'; search is for pathologists and admins
+    "analysis_search": {"GET": any_user(200) | {"evaluator": 403}, "POST": any_user(200) | {"evaluator": 403}},
+    "slide_job_status": {"GET": case_read(200), "POST": case_read(200)},
+    "slide_analyze": {"GET": admin_only(405), "POST": admin_only(200)},
+    # No attention map is computed in the world: 404 for everyone signed in (UNVERIFIED: permitted path).
+    "slide_attention": {"GET": any_user(404), "POST": any_user(404)},
+    "job_status": {"GET": admin_only(200), "POST": admin_only(200)},
+    "job_retry": {"GET": admin_only(405), "POST": admin_only(302)},
+    "bundle_list": {"GET": admin_only(200), "POST": admin_only(200)},
+    "bundle_detail": {"GET": admin_only(200), "POST": admin_only(200)},
+    "bundle_activate": {"GET": admin_only(405), "POST": admin_only(302)},
+    "bundle_reembed": {"GET": admin_only(405), "POST": admin_only(302)},
+    "bundle_train": {"GET": admin_only(405), "POST": admin_only(302)},
+    # --- reports: lab admins read, only the assigned pathologist writes (admins 403), others 404
+    "report_workspace": {"GET": case_read(200), "POST": any_user(405)},
+    "report_print": {"GET": case_read(200), "POST": any_user(405)},
+    "report_pdf": {"GET": case_read(200), "POST": any_user(405)},
+    "report_section_history": {"GET": case_read(200), "POST": any_user(405)},
+    "report_draft_status": {"GET": case_read(200), "POST": any_user(405)},
+    "report_fhir": {"GET": case_read(200), "POST": any_user(405),
+                    "kwargs": {"report_id": lambda world: world.signed_report.pk}},
+    "report_start": {"GET": any_user(405), "POST": case_read(302, admin=403)},
+    "report_draft": {"GET": any_user(405), "POST": case_read(400, admin=403)},  # no method chosen
+    "report_followup": {"GET": any_user(405), "POST": case_read(302, admin=403)},
+    "report_section_save": {"GET": any_user(405), "POST": case_read(400, admin=403)},  # no version sent
+    "report_section_restore": {"GET": any_user(405), "POST": case_read(302, admin=403)},
+    "report_classification_decide": {"GET": any_user(405), "POST": case_read(400, admin=403)},
+    "report_sign": {"GET": any_user(405), "POST": case_read(403, admin=403)},  # no password: refused
+    "report_discard": {"GET": any_user(405), "POST": case_read(302, admin=403)},
+    "labelset_list": {"GET": admin_only(200), "POST": admin_only(200)},
+    "labelset_create": {"GET": admin_only(200), "POST": admin_only(200)},
+    "labelset_edit": {"GET": admin_only(200), "POST": admin_only(200)},
+    # --- evaluation: lab admins run studies and see results (they name sources); evaluators rate, blinded
+    "evaluation_studies": {"GET": expect(admin=200, assigned=403, other=403, evaluator=200, outsider=403),
+                           "POST": expect(admin=405, assigned=403, other=403, evaluator=405, outsider=403)},
+    "evaluation_study_create": {"GET": admin_only(200), "POST": admin_only(200)},
+    "evaluation_study_preview": {"GET": admin_only(200), "POST": admin_only(405)},
+    "evaluation_results": {"GET": admin_only(200), "POST": admin_only(405)},
+    "evaluation_results_live": {"GET": admin_only(200), "POST": admin_only(405)},
+    "evaluation_study_status": {"GET": admin_only(405), "POST": admin_only(302)},
+    "evaluation_export": {"GET": admin_only(200), "POST": admin_only(405), "kwargs": {"what": "json"}},
+    "evaluation_queue": {"GET": expect(admin=403, assigned=403, other=403, evaluator=200, outsider=403),
+                         "POST": expect(admin=403, assigned=403, other=403, evaluator=405, outsider=403)},
+    "evaluation_continue": {"GET": expect(admin=403, assigned=403, other=403, evaluator=302, outsider=403),
+                            "POST": expect(admin=403, assigned=403, other=403, evaluator=405, outsider=403)},
+    "evaluation_rate": {"GET": expect(admin=403, assigned=403, other=403, evaluator=200, outsider=403),
+                        "POST": expect(admin=403, assigned=403, other=403, evaluator=400, outsider=403)},
 }
 
 # URL keyword -> the value taken from the world fixture (tests/test_trust_access_matrix.py: World).
@@ -92,4 +157,13 @@ PARAMS = {
     "part_id": lambda world: world.part.pk,
     "slide_id": lambda world: world.slide.pk,
     "user_id": lambda world: world.cast.path2.pk,
+    "report_id": lambda world: world.report.pk,
+    "section_id": lambda world: world.section.pk,
+    "number": lambda world: 1,  # the section's first saved version
+    "classification_id": lambda world: world.classification.pk,
+    "labelset_id": lambda world: world.labelset.pk,
+    "job_id": lambda world: world.job.pk,
+    "bundle_id": lambda world: world.bundle.pk,
+    "study_id": lambda world: world.study.pk,
+    "position": lambda world: 1,
 }

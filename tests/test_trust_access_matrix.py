@@ -13,7 +13,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from tests.access_matrix import MATRIX, PARAMS, ROLES, SKIPPED_NAMESPACES
-from webapp.middleware import RESOURCE_KWARGS
+from webapp.middleware import PLAIN_KWARGS, RESOURCE_KWARGS
 
 
 def walk(patterns=None, namespace: str = "") -> list[tuple[str, URLPattern]]:
@@ -48,7 +48,8 @@ def test_matrix_lists_every_url_and_nothing_else():
     stale = [name for name in MATRIX if name not in NAMES]
     assert not missing, (
         f"URL(s) {missing} are not in tests/access_matrix.py. Read the view and add the expected status "
-        f"for every role ({', '.join(ROLES)}) and method, e.g. \"{missing[0]}\": {{\"GET\": case_read(200)}}.")
+        f"for every role ({', '.join(ROLES)}) and method, e.g. \"{missing[0]}\": {{\"GET\": case_read(200)}}; "
+        "test_access_matrix shows what each answers today.")
     assert not stale, f"tests/access_matrix.py lists URL(s) that no longer exist: {stale}"
 
 
@@ -58,6 +59,8 @@ def test_resource_parameters_are_known_to_the_denial_log():
     for name, pattern in ALL:
         extra = set(MATRIX.get(name, {}).get("kwargs", {}))
         for param in url_params(pattern) - extra:
+            if param in PLAIN_KWARGS and param in PARAMS:
+                continue
             if param not in RESOURCE_KWARGS or param not in PARAMS:
                 unknown.setdefault(param, []).append(name)
     assert not unknown, (
@@ -72,17 +75,48 @@ class World:
     part: object
     slide: object
     other_case: object
+    report: object = None
+    section: object = None
+    classification: object = None
+    labelset: object = None
+    job: object = None
+    bundle: object = None
+    study: object = None
+    signed_report: object = None
 
 
 @pytest.fixture
 def world(cast, case_factory, good_slide) -> World:
+    """dr_one's case with part A, a slide, a draft report (one saved version, one classification), a job
+    and a model bundle; a rating study assigned to the evaluator (on cases of its own)."""
+    from tests.test_evaluation_studies import make_study
+    from webapp.analysis.models import Job, ModelBundle
+    from webapp.reports import services
+    from webapp.reports.models import Classification, Label, LabelSet
     from webapp.slides.ingest import ingest_slide
 
     case = case_factory(assigned_to=cast.path1)
     other_case = case_factory(assigned_to=cast.path2)
     part = case.parts.get()
     slide = ingest_slide(good_slide, part=part, original_filename="good.svs", user=cast.admin, move=False)
-    return World(cast=cast, case=case, part=part, slide=slide, other_case=other_case)
+    world = World(cast=cast, case=case, part=part, slide=slide, other_case=other_case)
+    world.report = services.start_report(case, cast.path1)
+    world.section = world.report.sections.get()
+    services.save_section(world.section, "Tubular adenoma.", world.section.version, cast.path1)
+    world.labelset = LabelSet.objects.create(name="Matrix organ")
+    Label.objects.create(label_set=world.labelset, name="colon")
+    world.classification = Classification.objects.create(
+        section=world.section, label_set=world.labelset, scores={"colon": 0.9}, model_label="colon",
+        model_confidence=0.9, bundle="demo")
+    world.job = Job.objects.create(kind="draft_report", slide=slide, case=case, created_by=cast.admin)
+    world.bundle = ModelBundle.objects.create(name="matrix", version="1", path="/nonexistent/matrix-bundle")
+    world.study = make_study(case_factory, [cast.evaluator], parts=1, per_item=1)
+    signed_case = case_factory(assigned_to=cast.path1)
+    world.signed_report = services.start_report(signed_case, cast.path1)
+    section = world.signed_report.sections.get()
+    services.save_section(section, "Benign colonic mucosa.", section.version, cast.path1)
+    services.sign(world.signed_report, cast.path1)
+    return world
 
 
 def _user(world: World, role: str):
@@ -92,31 +126,66 @@ def _user(world: World, role: str):
 
 def _url(world: World, name: str) -> str:
     pattern = next(p for n, p in ALL if n == name)
-    fixed = MATRIX[name].get("kwargs", {})
-    kwargs = {param: fixed[param] if param in fixed else PARAMS[param](world) for param in url_params(pattern)}
+    fixed = MATRIX.get(name, {}).get("kwargs", {})
+    kwargs = {param: (fixed[param](world) if callable(fixed[param]) else fixed[param]) if param in fixed
+              else PARAMS[param](world) for param in url_params(pattern)}
     return reverse(name, kwargs=kwargs)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_access(name, world, client_for):
-    if name not in MATRIX:
-        pytest.fail(f"{name} is not in tests/access_matrix.py: add its expected status per role")
-    url = _url(world, name)
-    entry = MATRIX[name]
-    assert "GET" in entry, f"{name}: give at least the GET outcome (405 if the view refuses GET)"
-    wrong = []
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        if method not in entry:
+def _request(client, method: str, url: str):
+    """One request in a savepoint that is rolled back; the client keeps its session cookie (a logout or a
+    rotated session would otherwise change who the next request is)."""
+    from django.conf import settings
+
+    cookies = {key: morsel.value for key, morsel in client.cookies.items()}
+    with transaction.atomic():
+        response = getattr(client, method.lower())(url)
+        transaction.set_rollback(True)
+    client.cookies.clear()
+    for key, value in cookies.items():
+        client.cookies[key] = value
+    assert settings.SESSION_COOKIE_NAME in client.cookies or not cookies
+    return response
+
+
+def _observe(url: str, clients: dict) -> dict:
+    return {method: {role: _request(clients[role], method, url).status_code for role in ROLES}
+            for method in ("GET", "POST")}
+
+
+def test_access_matrix(world):
+    """Every URL x every role x its methods, against one world (built once: this is ~1000 requests).
+
+    Each request runs in a savepoint that is rolled back, so a POST by one role changes nothing for the next.
+    """
+    from django.test import Client
+
+    clients = {}
+    for role in ROLES:
+        clients[role] = Client()
+        if _user(world, role) is not None:
+            clients[role].force_login(_user(world, role))
+    problems, unlisted = [], []
+    for name in NAMES:
+        pattern = next(p for n, p in ALL if n == name)
+        if name not in MATRIX:
+            missing = [p for p in url_params(pattern) if p not in PARAMS]
+            seen = "" if missing else f" (today: {_observe(_url(world, name), clients)})"
+            unlisted.append(name + seen)
             continue
-        for role in ROLES:
-            expected = entry[method][role]
-            with transaction.atomic():
-                response = getattr(client_for(_user(world, role)), method.lower())(url)
-                transaction.set_rollback(True)
-            status = response.status_code
-            if status != expected:
-                wrong.append(f"{method} as {role}: {status}, expected {expected}")
-            elif role == "anonymous" and status == 302 and expected == 302 and name not in ("logout",):
-                if "/login/" not in response["Location"]:
-                    wrong.append(f"{method} as anonymous: redirected to {response['Location']}, not the login")
-    assert not wrong, f"{name} ({url}):\n  " + "\n  ".join(wrong)
+        url, entry = _url(world, name), MATRIX[name]
+        if "GET" not in entry:
+            problems.append(f"{name}: give at least the GET outcome (405 if the view refuses GET)")
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            for role, expected in entry.get(method, {}).items():
+                response = _request(clients[role], method, url)
+                if response.status_code != expected:
+                    problems.append(f"{name} {method} {url} as {role}: {response.status_code}, expected {expected}")
+                elif role == "anonymous" and expected == 302 and name != "logout" \
+                        and "/login/" not in response["Location"]:
+                    problems.append(f"{name} {method} as anonymous: redirected to {response['Location']}")
+    assert not unlisted, (
+        "URL(s) missing from tests/access_matrix.py; read each view and add the expected status per role and "
+        "method (the statuses seen today are shown: check them against the view's intent before copying):\n  "
+        + "\n  ".join(unlisted))
+    assert not problems, "Access control differs from tests/access_matrix.py:\n  " + "\n  ".join(problems)

@@ -24,7 +24,17 @@ RESOURCE_KWARGS: dict[str, tuple[str, str]] = {
     "part_id": ("cases.Part", "case_id"),
     "slide_id": ("slides.Slide", "part__case_id"),
     "user_id": ("accounts.User", ""),
+    "report_id": ("reports.Report", "case_id"),
+    "section_id": ("reports.ReportSection", "report__case_id"),
+    "classification_id": ("reports.Classification", "section__report__case_id"),
+    "labelset_id": ("reports.LabelSet", ""),
+    "job_id": ("analysis.Job", "case_id"),
+    "bundle_id": ("analysis.ModelBundle", ""),
+    "study_id": ("evaluation.Study", ""),
 }
+# URL keywords that name no resource of their own (positions, versions, formats, tile coordinates).
+PLAIN_KWARGS = {"number", "position", "what", "name", "level", "col", "row", "fmt", "region", "size", "rotation",
+                "quality_format"}
 
 
 def existing_resource(kwargs: dict) -> tuple[bool, int | None]:
