@@ -3,9 +3,10 @@
     .venv/bin/python bench/search.py [--rows 1000000] [--queries 200] [--ef 40,100,200] [--keep]
 
 1. A separate database (`bench_search` on the embedded server, or on DATABASE_URL's server) gets --rows
-   synthetic 256-d unit vectors, clustered like slide embeddings (cluster sizes follow a Zipf law, each
-   point a noisy copy of its centre), loaded with binary COPY built in numpy; each row carries a `site`
-   (one of 20, independent of the cluster: the hard case for a filter).
+   synthetic 256-d unit vectors, clustered like slide embeddings (Zipf-sized clusters; inside a cluster the
+   points spread over an --intrinsic-dimensional subspace, or isotropically with 0, the worst case), loaded
+   with binary COPY built in numpy; each row carries a `site` (one of 20, independent of the cluster: the
+   hard case for a filter).
 2. The HNSW index (m=16, ef_construction=64, vector_cosine_ops, as in the app) is built with a large
    maintenance_work_mem and parallel maintenance workers; the build time is printed.
 3. --queries fresh points from the same distribution: latency p50/p95 of `ORDER BY embedding <=> q
@@ -45,31 +46,48 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --- data --------------------------------------------------------------------------------------------
-def clustered(rows: int, seed: int, clusters: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors [rows, DIM] float32 unit, cluster id per row, centres). Zipf-sized clusters, cos ~0.85."""
-    rng = np.random.default_rng(seed)
-    clusters = clusters or max(50, rows // 500)
-    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    weights /= weights.sum()
-    labels = rng.choice(clusters, size=rows, p=weights)
+def clustered(rows: int, seed: int, intrinsic: int = 16, clusters: int | None = None
+              ) -> tuple[np.ndarray, Sampler]:
+    """(vectors [rows, DIM] float32 unit, a sampler of fresh points from the same distribution).
+
+    Zipf-sized clusters; inside a cluster a point is its centre plus a spread along a random subspace of
+    `intrinsic` dimensions and a little isotropic noise (cosine to the centre ~0.85). Embeddings of a trained
+    model have a low intrinsic dimension; `intrinsic=0` spreads points isotropically over all 256
+    dimensions instead: the worst case for any nearest-neighbour index (near-ties within every cluster).
+    """
+    sampler = Sampler(seed, rows, intrinsic, clusters)
     out = np.empty((rows, DIM), np.float32)
-    for start in range(0, rows, 200_000):  # bounded memory for the noise
-        part = labels[start : start + 200_000]
-        noise = rng.standard_normal((len(part), DIM)).astype(np.float32) * (0.6 / np.sqrt(DIM))
-        block = centres[part] + noise
-        out[start : start + len(part)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out, labels, centres
+    for start in range(0, rows, 100_000):  # bounded memory
+        out[start : start + 100_000] = sampler.draw(min(100_000, rows - start))
+    return out, sampler
 
 
-def queries_like(centres: np.ndarray, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed + 1)
-    clusters = len(centres)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    picks = rng.choice(clusters, size=n, p=weights / weights.sum())
-    q = centres[picks] + rng.standard_normal((n, DIM)).astype(np.float32) * (0.6 / np.sqrt(DIM))
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+class Sampler:
+    def __init__(self, seed: int, rows: int, intrinsic: int, clusters: int | None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.n = clusters or max(50, rows // 500)
+        centres = self.rng.standard_normal((self.n, DIM)).astype(np.float32)
+        self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        weights = 1.0 / np.arange(1, self.n + 1) ** 0.8
+        self.weights = weights / weights.sum()
+        self.intrinsic = intrinsic
+        if intrinsic:
+            # One random basis per cluster: [clusters, intrinsic, DIM].
+            basis = self.rng.standard_normal((self.n, intrinsic, DIM)).astype(np.float32)
+            self.basis = basis / np.linalg.norm(basis, axis=2, keepdims=True)
+
+    def draw(self, count: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = rng or self.rng
+        labels = rng.choice(self.n, size=count, p=self.weights)
+        if self.intrinsic:
+            z = rng.standard_normal((count, self.intrinsic)).astype(np.float32) * (0.55 / np.sqrt(self.intrinsic))
+            spread = np.einsum("ni,nid->nd", z, self.basis[labels])
+            noise = rng.standard_normal((count, DIM)).astype(np.float32) * (0.1 / np.sqrt(DIM))
+            block = self.centres[labels] + spread + noise
+        else:
+            noise = rng.standard_normal((count, DIM)).astype(np.float32) * (0.6 / np.sqrt(DIM))
+            block = self.centres[labels] + noise
+        return (block / np.linalg.norm(block, axis=1, keepdims=True)).astype(np.float32)
 
 
 def copy_binary(vectors: np.ndarray, sites: np.ndarray, half: bool = False, first_id: int = 0) -> bytes:
@@ -170,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--ef", default="40,100,200", help="hnsw.ef_search values to measure")
+    ap.add_argument("--ef", default="40,100,200,400", help="hnsw.ef_search values to measure")
+    ap.add_argument("--intrinsic", type=int, default=16,
+                    help="dimensions of the spread inside a cluster (0: isotropic, the worst case)")
     ap.add_argument("--halfvec-rows", type=int, default=100_000)
     ap.add_argument("--database", default="bench_search")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -185,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         f"rows={args.rows:,} dim={DIM} queries={args.queries}")
 
     t0 = time.perf_counter()
-    vectors, _, centres = clustered(args.rows, args.seed)
+    vectors, sampler = clustered(args.rows, args.seed, args.intrinsic)
     sites = np.random.default_rng(args.seed + 7).integers(0, SITES, size=args.rows).astype(np.int32)
-    queries = queries_like(centres, args.queries, args.seed)
-    log(f"generated {args.rows:,} clustered vectors ({len(centres)} clusters) in {time.perf_counter() - t0:.1f} s")
+    queries = sampler.draw(args.queries, np.random.default_rng(args.seed + 1))
+    shape = f"intrinsic dimension {args.intrinsic}" if args.intrinsic else "isotropic within clusters"
+    log(f"generated {args.rows:,} clustered vectors ({sampler.n} clusters, {shape}) "
+        f"in {time.perf_counter() - t0:.1f} s")
     seconds = load(conn, "bench_items", vectors, sites)
     log(f"loaded with binary COPY in {seconds:.1f} s")
     seconds = build_index(conn, "bench_items", False, args.workers, args.memory)
