@@ -2,7 +2,8 @@
 
     .venv/bin/python fuzz/make_corpus.py            # rewrites fuzz/corpus/ (deterministic, a few hundred KB)
 
-Every file is small and named after what is wrong with it. The seeds are tiny valid slides (an Aperio SVS,
+Every file is small and named after what is wrong with it. Files named `found-*` are inputs the fuzzer
+found (copied in by hand from crash-* files) and are kept when the corpus is rewritten. The seeds are tiny valid slides (an Aperio SVS,
 a generic tiled TIFF, a BigTIFF); the rest are those seeds damaged in the ways real files arrive damaged
 (interrupted copies, bit rot, wrong files) or hostile (huge declared sizes, IFD loops, absurd counts).
 """
@@ -193,7 +194,8 @@ def main() -> None:
 
     CORPUS.mkdir(parents=True, exist_ok=True)
     for old in CORPUS.iterdir():
-        old.unlink()
+        if not old.name.startswith("found-"):  # inputs the fuzzer found are kept (regression cases)
+            old.unlink()
     with tempfile.TemporaryDirectory() as work:
         seed_files = seeds(Path(work))
     files = {**seed_files, **handmade(), **damaged(seed_files), **wrong_files(), "ifd-loop-two.tif": _two_ifd_loop()}
