@@ -143,3 +143,20 @@ def test_training_from_signed_out_pairs_registers_an_inactive_bundle_with_a_comp
     page = client_for_admin.get(f"/models/{bundle.pk}/").content.decode()
     assert "Held-out comparison" in page
     assert done.result["examples"] == 10 and done.progress == 1.0
+
+
+# --- demo seeding ------------------------------------------------------------------------------------
+def test_demo_seed_registers_activates_and_queues(db, cast, case_factory, small_slides, tiny_bundle_dir,
+                                                  monkeypatch, no_broker):
+    from webapp.analysis import demo
+    from webapp.demo import DemoContext
+
+    monkeypatch.setenv("PATHALIGN_DEMO_BUNDLE", str(tiny_bundle_dir))
+    slide = support.ingest(small_slides[0], case_factory().parts.get())
+    context = DemoContext(users={"labadmin": cast.admin}, log=lambda message: None)
+    demo.seed(context)
+    bundle = ModelBundle.objects.get(is_active=True)
+    assert bundle.path == str(tiny_bundle_dir.resolve())
+    assert Job.objects.get(kind=pipeline.ANALYZE).slide_id == slide.pk
+    demo.seed(context)  # idempotent
+    assert ModelBundle.objects.count() == 1 and Job.objects.count() == 1

@@ -90,7 +90,9 @@ def test_iterative_scan_settings_apply_inside_the_search_transaction(db):
 
 def test_query_rows_use_the_hnsw_index(archive):
     with search.hnsw_scan(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
+        # The table is tiny, so tell the planner to prefer what it would pick at scale: the ordered index scan.
+        for switch in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            cursor.execute(f"SET LOCAL {switch} = off")
         vector = "[" + ",".join(["0.0625"] * 256) + "]"
         cursor.execute(
             "EXPLAIN SELECT slide_id FROM analysis_queryembedding WHERE bundle_id = %s "

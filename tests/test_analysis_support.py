@@ -21,7 +21,16 @@ TINY_VERSION = "tiny-1"
 
 
 def _root() -> Path:
-    return Path(tempfile.gettempdir()) / f"pathalign-test-{os.environ.get('PATHALIGN_TEST_TAG', 'main')}-analysis"
+    # Keyed by the bundle-format code too: a change in the model library rebuilds the cached bundle.
+    import hashlib
+
+    import inference.bundle
+    import inference.qformer
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (inference.bundle, inference.qformer))
+    digest = hashlib.sha256(code).hexdigest()[:12]
+    tag = os.environ.get("PATHALIGN_TEST_TAG", "main")
+    return Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-analysis" / digest
 
 
 def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
@@ -36,6 +45,7 @@ def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     encoder = build_encoder(TINY_ENCODER)
     model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=encoder.dim, max_text_len=32)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     save_bundle(staging, model, tokenizer, encoder.spec, name=name, version=TINY_VERSION,
                 training={"slides": 0, "source": "untrained test bundle"})

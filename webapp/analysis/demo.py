@@ -29,10 +29,11 @@ def seed(context) -> None:
     path = demo_bundle_dir()
     bundle = ModelBundle.objects.filter(path=str(path.resolve())).first()
     if bundle is None:
-        from inference.demo import ensure_demo_bundle
+        if not os.environ.get("PATHALIGN_DEMO_BUNDLE"):  # a directory named explicitly is used as it is
+            from inference.demo import ensure_demo_bundle
 
-        context.log(f"Preparing the demo model bundle in {path} (built once; a few minutes on first start) ...")
-        ensure_demo_bundle(path, log=context.log)
+            context.log(f"Preparing the demo model bundle in {path} (built once; minutes on first start) ...")
+            ensure_demo_bundle(path, log=context.log)
         try:
             bundle = pipeline.register_bundle(path, user=context.users.get("labadmin"))
         except pipeline.BundleInvalid as exc:
