@@ -7,6 +7,7 @@ access attempt on anyone's data and is not recorded (it would only fill the log 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -71,7 +72,11 @@ class DeniedAccessAuditMiddleware:
         response = self.get_response(request)
         if response.status_code == 403 and not getattr(request, "_denied_recorded", False):
             # A 403 that was not an exception from a view: CSRF failure, or a view returning 403 itself.
-            self._record(request, 403, "forbidden response")
+            match = getattr(request, "resolver_match", None)
+            case_id = None
+            with contextlib.suppress(Exception):  # best effort: the refusal goes out whatever happens here
+                case_id = existing_resource(match.kwargs)[1] if match is not None and match.kwargs else None
+            self._record(request, 403, "forbidden response", case_id=case_id)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
@@ -80,7 +85,10 @@ class DeniedAccessAuditMiddleware:
         elif isinstance(exception, Http404):
             match = getattr(request, "resolver_match", None)
             if match is not None and match.kwargs:
-                exists, case_id = existing_resource(match.kwargs)
+                try:
+                    exists, case_id = existing_resource(match.kwargs)
+                except Exception:  # noqa: BLE001 - e.g. the database is down: the 404 still goes out
+                    return None
                 if exists:
                     self._record(request, 404, "hidden object", case_id=case_id)
         return None  # Django's normal 403/404 handling continues
