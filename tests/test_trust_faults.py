@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -135,6 +136,9 @@ def test_pages_answer_503_not_500_while_the_database_is_unreachable(cast, case_f
 def small_disk(path: Path, size_bytes: int):
     """A tmpfs of `size_bytes` at `path` (root in a container allows it); None if mounting is not allowed."""
     path.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PATHALIGN_TEST_NO_MOUNT") == "1":  # exercise the fallback on a machine that could mount
+        yield None
+        return
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
                             capture_output=True, check=False)
     if result.returncode != 0:
