@@ -7,7 +7,8 @@
     emb.queries    np.ndarray [32, 256] L2-normalised query embeddings (for query-max similarity)
     emb.attention  np.ndarray [N]       per-patch attention (cross-attention averaged over heads, queries and
                                         layers); sums to 1; aligned with features.coords for heatmaps
-    model.embed_text(["invasive carcinoma"])             # np.ndarray [n, 256], L2-normalised
+    model.embed_text(["invasive carcinoma"])             # np.ndarray [n, 256], L2-normalised (projected
+                                                         # mean of the token states)
     model.similarity(emb, text_embs)                     # query-max cosine, np.ndarray [n]
     model.itm_scores(features, texts)                    # P(match) per text, np.ndarray [n]
     model.classify(emb, {"adenoma": [...prompts], ...})  # {label: probability}
@@ -171,7 +172,7 @@ class PathAlign:
         for start in range(0, len(texts), batch_size):
             enc = self._tokenize(texts[start : start + batch_size])
             out = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
-            chunks.append(self.model.text_embeddings(out).float().cpu())
+            chunks.append(self.model.text_embeddings(out, enc["attention_mask"]).float().cpu())
         if not chunks:
             return np.zeros((0, self.model.config.embed_dim), dtype=np.float32)
         return torch.cat(chunks).numpy().astype(np.float32)

@@ -65,6 +65,9 @@ class QFormerConfig:
     # PathAlign-R trains ITC only; PathAlign-G trains all three losses (and can generate).
     losses: tuple[str, ...] = ("itc", "itm", "itg")
     label_smoothing: float = 0.1
+    # Text feature for ITC: "mean" of the token states (how sentence-transformers models such as MiniLM
+    # were trained; their [CLS] state is nearly constant) or BLIP-2's "cls".
+    text_pooling: str = "mean"
     pad_token_id: int = 0
     cls_token_id: int = 101
     sep_token_id: int = 102
@@ -257,6 +260,10 @@ class QFormer(nn.Module):
         self.embed_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.embed_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, h) * 0.02)  # [1, Q, H]
+        # Per-dimension standardisation with training-set statistics (set by the trainer, saved in bundles):
+        # hand-made and foundation-model features alike can have dimensions on very different scales.
+        self.register_buffer("feature_shift", torch.zeros(config.vision_width))
+        self.register_buffer("feature_scale", torch.ones(config.vision_width))
         self.vision_norm = nn.LayerNorm(config.vision_width)  # BLIP-2's ln_vision on the frozen features
         self.layers = nn.ModuleList(
             QFormerLayer(config, has_cross_attention=(i % config.cross_attention_freq == 0))
@@ -303,7 +310,8 @@ class QFormer(nn.Module):
         if patch_mask is None:
             patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
         patch_mask = patch_mask.bool()
-        normed = self.vision_norm(patches).masked_fill(~patch_mask[..., None], 0.0)
+        standardised = (patches - self.feature_shift) / self.feature_scale
+        normed = self.vision_norm(standardised).masked_fill(~patch_mask[..., None], 0.0)
         return normed, additive_mask(patch_mask[:, None, None, :], normed.dtype), patch_mask
 
     # ---- the three forward patterns
@@ -364,8 +372,22 @@ class QFormer(nn.Module):
     def query_embeddings(self, query_out: torch.Tensor) -> torch.Tensor:  # [B, Q, H] -> [B, Q, E]
         return F.normalize(self.vision_proj(query_out), dim=-1)
 
-    def text_embeddings(self, text_out: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, E] from [CLS]
-        return F.normalize(self.text_proj(text_out[:, 0]), dim=-1)
+    def text_embeddings(
+        self, text_out: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, T, H] -> [B, E]: projected mean of the real tokens (or [CLS]), L2-normalised."""
+        if self.config.text_pooling == "mean" and attention_mask is not None:
+            m = attention_mask[..., None].to(text_out.dtype)
+            pooled = (text_out * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:
+            pooled = text_out[:, 0]
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    @torch.no_grad()
+    def set_feature_statistics(self, patches: torch.Tensor) -> None:
+        """Standardise inputs with the mean / std of a sample of real patch features [M, D]."""
+        self.feature_shift.copy_(patches.float().mean(0))
+        self.feature_scale.copy_(patches.float().std(0).clamp_min(1e-6))
 
     # ---- training
 
@@ -384,7 +406,7 @@ class QFormer(nn.Module):
         positives = same_group(group_ids, b, patches.device)  # [B, B] bool, diagonal True
         query_out, _ = self.encode_patches(patches, patch_mask)
         text_out = self.encode_text(input_ids, attention_mask)
-        q_feat, t_feat = self.query_embeddings(query_out), self.text_embeddings(text_out)
+        q_feat, t_feat = self.query_embeddings(query_out), self.text_embeddings(text_out, attention_mask)
         sim_i2t = query_max_similarity(q_feat, t_feat) / self.temp  # [B slides, B texts]
         losses = {"itc": itc_loss(sim_i2t, positives, self.config.label_smoothing)}
         if "itm" in self.config.losses:

@@ -331,6 +331,7 @@ def train_stage1(
     model, tokenizer = build_model(cfg, train[0].features.shape[1])
     if cfg.freeze_word_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
+    model.set_feature_statistics(torch.cat([e.features for e in train]))
     model.to(device).train()
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
