@@ -137,3 +137,9 @@ def test_extract_then_embed_a_real_slide(tmp_path):
     emb = model.embed(features)
     assert emb.attention.shape == (features.features.shape[0],)
     assert emb.attention.sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_text_embedding_ignores_padding(model):
+    alone = model.embed_text(["adenoma"])[0]
+    padded = model.embed_text(["adenoma", "invasive ductal carcinoma of the breast with necrosis"])[0]
+    assert np.allclose(alone, padded, atol=1e-5)
