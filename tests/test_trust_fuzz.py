@@ -31,15 +31,7 @@ SEEDS = ["seed-aperio.svs", "seed-generic.tif", "seed-bigtiff.tif"]
 
 # Findings the fuzzer made that still wait for their fix, file -> (exception class, where to fix it).
 # The replay expects exactly that exception until the fix lands; then it fails and asks to remove the entry.
-KNOWN_FINDINGS = {
-    "found-property-keyerror.svs": (
-        "KeyError",
-        "webapp/slides/ingest.py inspect_slide: `dict(slide.properties)` raises KeyError when a TIFF property "
-        "name is not valid UTF-8 (openslide-python decodes names with replacement characters, then cannot look "
-        "them up). Catch KeyError with the other errors there (or copy the properties key by key, skipping "
-        "missing ones): today the upload view answers 500 for such a file.",
-    ),
-}
+KNOWN_FINDINGS: dict[str, tuple[str, str]] = {}
 
 
 def replay(files: list[Path]) -> dict[str, str]:

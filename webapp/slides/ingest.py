@@ -82,7 +82,7 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, openslide.OpenSlide]:
         if lw * lh <= 16_000_000:
             slide.read_region((0, 0), lowest, (lw, lh))
         slide.read_region((max(0, width - 512), max(0, height - 512)), 0, (min(512, width), min(512, height)))
-        props = dict(slide.properties)
+        props = _readable_properties(slide)
     except SlideRejected:
         slide.close()
         raise
@@ -107,6 +107,18 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, openslide.OpenSlide]:
         properties={k: v[:500] for k, v in props.items() if not k.startswith(HIDDEN_PROPERTY_PREFIXES)},
     )
     return metadata, slide
+
+
+def _readable_properties(slide: openslide.OpenSlide) -> dict[str, str]:
+    """The slide's properties, skipping names OpenSlide cannot look up again (non-UTF-8 TIFF tag names
+    come back with replacement characters, and asking for them raises KeyError)."""
+    properties = {}
+    for name in list(slide.properties):
+        try:
+            properties[name] = slide.properties[name]
+        except KeyError:
+            continue
+    return properties
 
 
 IMAGE_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF, both byte orders
