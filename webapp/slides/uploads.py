@@ -12,10 +12,10 @@ class SizeLimitedUploadHandler(TemporaryFileUploadHandler):
         super().__init__(request)
         self.limit = settings.SLIDE_UPLOAD_MAX_BYTES
         self.received = 0
-        self.content_length = 0
+        self.request_length = 0  # not "content_length": new_file() overwrites that per file
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
-        self.content_length = content_length or 0
+        self.request_length = content_length or 0
         return None  # let the parser run; raising here would escape Django's handling
 
     def receive_data_chunk(self, raw_data, start):
@@ -25,5 +25,5 @@ class SizeLimitedUploadHandler(TemporaryFileUploadHandler):
             if getattr(self, "file", None) is not None:
                 self.file.close()  # a NamedTemporaryFile: closing deletes the partial data
             # Draining a body many times the limit would waste the worker: drop the connection instead.
-            raise StopUpload(connection_reset=self.content_length > 2 * self.limit)
+            raise StopUpload(connection_reset=self.request_length > 2 * self.limit)
         return super().receive_data_chunk(raw_data, start)
