@@ -7,7 +7,7 @@
    points spread over an --intrinsic-dimensional subspace, or isotropically with 0, the worst case), loaded
    with binary COPY built in numpy; each row carries a `site` (one of 20, independent of the cluster: the
    hard case for a filter).
-2. The HNSW index (m=16, ef_construction=64, vector_cosine_ops, as in the app) is built with a large
+2. The HNSW index (vector_cosine_ops; m and ef_construction as in the app unless --m/--ef-construction) is built with a large
    maintenance_work_mem and parallel maintenance workers; the build time is printed.
 3. --queries fresh points from the same distribution: latency p50/p95 of `ORDER BY embedding <=> q
    LIMIT 10` over the index, for each hnsw.ef_search; recall@10 against the exact top 10 (numpy over the
@@ -146,12 +146,14 @@ def load(conn, table: str, vectors: np.ndarray, sites: np.ndarray, half: bool = 
     return time.perf_counter() - started
 
 
-def build_index(conn, table: str, half: bool, workers: int, memory: str) -> float:
+def build_index(conn, table: str, half: bool, workers: int, memory: str, m: int = 16, ef_construction: int = 64
+                ) -> float:
     ops = "halfvec_cosine_ops" if half else "vector_cosine_ops"
     conn.execute(f"SET maintenance_work_mem = '{memory}'")
     conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
     started = time.perf_counter()
-    conn.execute(f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {ops}) WITH (m = 16, ef_construction = 64)")
+    conn.execute(f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {ops}) "
+                 f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
     return time.perf_counter() - started
 
 
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--memory", default="4GB", help="maintenance_work_mem for the index build")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--m", type=int, default=16, help="HNSW m (the app's indexes use 16)")
+    ap.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction (the app: 64)")
     ap.add_argument("--keep", action="store_true", help="keep the tables (default: drop them at the end)")
     args = ap.parse_args(argv)
     efs = [int(x) for x in args.ef.split(",")]
@@ -213,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         f"in {time.perf_counter() - t0:.1f} s")
     seconds = load(conn, "bench_items", vectors, sites)
     log(f"loaded with binary COPY in {seconds:.1f} s")
-    seconds = build_index(conn, "bench_items", False, args.workers, args.memory)
+    seconds = build_index(conn, "bench_items", False, args.workers, args.memory, args.m, args.ef_construction)
     size = conn.execute("SELECT pg_size_pretty(pg_relation_size('bench_items_hnsw'))").fetchone()[0]
-    log(f"HNSW index built in {seconds:.1f} s ({size}; m=16, ef_construction=64, "
+    log(f"HNSW index built in {seconds:.1f} s ({size}; m={args.m}, ef_construction={args.ef_construction}, "
         f"{args.workers} parallel maintenance worker(s), maintenance_work_mem={args.memory})")
 
     truth = exact_top(vectors, queries)
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         n = min(args.halfvec_rows, args.rows)
         sub = vectors[:n]
         load(conn, "bench_half", sub, sites[:n], half=True)
-        seconds = build_index(conn, "bench_half", True, args.workers, args.memory)
+        seconds = build_index(conn, "bench_half", True, args.workers, args.memory, args.m, args.ef_construction)
         sub_truth = exact_top(sub, queries)
         fp16_truth = exact_top(sub.astype(np.float16).astype(np.float32), queries)
         log(f"\nhalfvec on the first {n:,} rows (index built in {seconds:.1f} s): "

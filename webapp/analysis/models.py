@@ -156,9 +156,11 @@ class SlideEmbedding(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["slide", "bundle"], name="one_embedding_per_bundle")]
+        # m=24, ef_construction=128: at a million rows m=16/64 needs ef_search 400 for recall@10 0.95
+        # (bench/search.py, docs/analysis.md); this graph reaches 0.97 at ef_search 100.
         indexes = [
             HnswIndex(
-                name="slide_emb_hnsw", fields=["embedding"], m=16, ef_construction=64,
+                name="slide_emb_hnsw", fields=["embedding"], m=24, ef_construction=128,
                 opclasses=["vector_cosine_ops"],
             ),
             models.Index(fields=["bundle", "slide"], name="slide_emb_bundle_idx"),
@@ -197,7 +199,7 @@ class QueryEmbedding(models.Model):
         ]
         indexes = [
             HnswIndex(
-                name="query_emb_hnsw", fields=["embedding"], m=16, ef_construction=64,
+                name="query_emb_hnsw", fields=["embedding"], m=24, ef_construction=128,
                 opclasses=["halfvec_cosine_ops"],
             ),
         ]
