@@ -136,7 +136,15 @@ class MeanPoolBaseline:
 
     @staticmethod
     def pooled(examples: Sequence[Example]) -> np.ndarray:
-        return np.stack([e.features.mean(0).numpy() for e in examples])
+        # A slide with no tissue patch pools to zeros rather than NaN.
+        return np.stack(
+            [
+                e.features.mean(0).numpy()
+                if len(e.features)
+                else np.zeros(e.features.shape[1], dtype=np.float32)
+                for e in examples
+            ]
+        )
 
     def slide_vectors(self, examples: Sequence[Example]) -> np.ndarray:
         return _unit(self.ridge.predict(self.scaler.transform(self.pooled(examples))))

@@ -109,9 +109,12 @@ def load_examples(
         path = by_slide.get(rec.get("slide"))
         if path is None:
             continue
+        feats = load_features_file(path)
+        if len(feats) == 0:  # no tissue patch: nothing to learn from or evaluate on
+            continue
         rec = dict(rec)
         rec.setdefault("split", assign_split(str(rec["slide"]), seed))
-        examples.append(Example(load_features_file(path), text_fn(rec["report"]), rec))
+        examples.append(Example(feats, text_fn(rec["report"]), rec))
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
     return examples, dict(encoder.get("spec", {}))
