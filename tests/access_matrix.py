@@ -110,6 +110,8 @@ MATRIX: dict[str, dict] = {
     "slide_attention": {"GET": any_user(404), "POST": any_user(404)},
     "job_status": {"GET": admin_only(200), "POST": admin_only(200)},
     "job_retry": {"GET": admin_only(405), "POST": admin_only(302)},
+    "job_list": {"GET": admin_only(200), "POST": admin_only(200)},
+    "job_cancel": {"GET": admin_only(405), "POST": admin_only(302)},
     "bundle_list": {"GET": admin_only(200), "POST": admin_only(200)},
     "bundle_detail": {"GET": admin_only(200), "POST": admin_only(200)},
     "bundle_activate": {"GET": admin_only(405), "POST": admin_only(302)},

@@ -100,3 +100,31 @@ def test_healthz_reports_each_part(client, db):
     assert body["checks"]["worker"]["ok"] is False and body["status"] == "degraded"
     WorkerHeartbeat.objects.create(hostname="gpu-1", queues="gpu")
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_lab_admin_lists_filters_and_cancels_jobs(cast, client_for):
+    queued = Job.objects.create(kind="selftest", params={"echo": "a"})
+    failed = Job.objects.create(kind="selftest", state=JobState.FAILED, error="boom: disk unreadable")
+    client = client_for(cast.admin)
+    page = client.get("/jobs/").content.decode()
+    assert f"#{queued.pk} selftest" in page and "boom: disk unreadable" in page
+    page = client.get("/jobs/", {"state": "failed"}).content.decode()
+    assert f"#{failed.pk} selftest" in page and f"#{queued.pk} selftest" not in page
+    assert client_for(cast.path1).get("/jobs/").status_code == 403
+    assert client.post(f"/analysis/jobs/{queued.pk}/cancel/").status_code == 302
+    queued.refresh_from_db()
+    assert queued.state == JobState.CANCELLED
+    # A cancelled job never runs, even if its message is still in the broker.
+    assert jobs.execute(queued.pk).state == JobState.CANCELLED and queued.attempts == 0
+
+
+def test_running_job_stops_at_its_next_progress_report(db, monkeypatch):
+    job = Job.objects.create(kind="selftest", params={"echo": "x"})
+
+    def cancel_then_report(job, progress):
+        jobs.cancel_job(job)
+        progress(0.5, "still going")
+        raise AssertionError("the handler should have been stopped")
+
+    monkeypatch.setitem(jobs.HANDLERS, "selftest", jobs.Handler(cancel_then_report, "default"))
+    assert jobs.execute(job.pk).state == JobState.CANCELLED

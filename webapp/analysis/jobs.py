@@ -56,6 +56,10 @@ class JobFailed(Exception):
     """A handler's clear, user-facing reason for failing (no traceback shown)."""
 
 
+class JobCancelled(Exception):
+    """Raised inside a handler at its next progress report once a lab admin cancelled the job."""
+
+
 def create_job(kind: str, *, slide=None, case=None, user=None, params: dict | None = None) -> Job:
     """Create a queued job and send it to Celery once the surrounding transaction commits."""
     if kind not in HANDLERS:
@@ -90,9 +94,11 @@ def dispatch(job_id: int) -> bool:
 
 def _progress_writer(job_id: int) -> Progress:
     def progress(fraction: float, message: str = "") -> None:
-        Job.objects.filter(pk=job_id).update(
+        updated = Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
             progress=max(0.0, min(1.0, fraction)), message=message[:200], heartbeat_at=timezone.now()
         )
+        if not updated and Job.objects.filter(pk=job_id, state=JobState.CANCELLED).exists():
+            raise JobCancelled
 
     return progress
 
@@ -152,6 +158,9 @@ def execute(job_id: int) -> Job:
     try:
         with _Pulse(job.pk):
             result = handler.fn(job, _progress_writer(job.pk))
+    except JobCancelled:
+        log.info("job %s stopped: cancelled", job.pk)
+        return Job.objects.get(pk=job.pk)
     except JobFailed as exc:
         _finish(job.pk, JobState.FAILED, error=str(exc))
         raise
@@ -166,8 +175,19 @@ def _finish(job_id: int, state: str, *, error: str = "", result: dict | None = N
     fields = {"state": state, "finished_at": timezone.now(), "error": error[:10000]}
     if state == JobState.SUCCEEDED:
         fields.update(progress=1.0, message="Done", result=result or {})
-    Job.objects.filter(pk=job_id).update(**fields)
+    # A job cancelled while its handler ran stays cancelled.
+    Job.objects.filter(pk=job_id).exclude(state=JobState.CANCELLED).update(**fields)
     return Job.objects.get(pk=job_id)
+
+
+def cancel_job(job: Job) -> bool:
+    """Cancel a queued or running job. A queued one never starts; a running one stops at its next progress
+    report (handlers write their results in one transaction at the end, so nothing half-written remains)."""
+    return bool(
+        Job.objects.filter(pk=job.pk, state__in=[JobState.QUEUED, JobState.RUNNING]).update(
+            state=JobState.CANCELLED, finished_at=timezone.now(), message="Cancelled by a lab admin."
+        )
+    )
 
 
 def retry_job(job: Job) -> Job:

@@ -7,6 +7,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -18,9 +19,11 @@ from webapp.audit.log import record
 from webapp.slides.access import get_slide_for_user
 
 from . import pipeline, runtime, search, training
-from .jobs import retry_job
+from .jobs import HANDLERS, cancel_job, retry_job
 from .models import Job, JobState, ModelBundle
 from .overlays import attention_for_slide
+
+JOB_PAGE = 200
 
 
 def viewer_url(slide) -> str:
@@ -246,3 +249,35 @@ def bundle_train(request: HttpRequest) -> HttpResponse:
 def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=job_id)
     return render(request, "analysis/_job_row.html", {"job": job})
+
+
+@lab_admin_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Every job, newest first, filterable by state and kind; active rows refresh themselves."""
+    jobs = Job.objects.select_related("slide__part__case", "case")
+    state, kind = request.GET.get("state", ""), request.GET.get("kind", "")
+    if state in JobState.values:
+        jobs = jobs.filter(state=state)
+    if kind in HANDLERS:
+        jobs = jobs.filter(kind=kind)
+    counts = {row["state"]: row["n"] for row in Job.objects.values("state").annotate(n=Count("id"))}
+    context = {
+        "jobs": jobs[:JOB_PAGE],
+        "states": [(value, label, counts.get(value, 0)) for value, label in JobState.choices],
+        "kinds": sorted(HANDLERS),
+        "state": state,
+        "kind": kind,
+    }
+    return render(request, "analysis/job_list.html", context)
+
+
+@lab_admin_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    if cancel_job(job):
+        record(request, "job_cancel", case=job.case_id, obj=job, kind=job.kind)
+        messages.success(request, f"Job #{job.pk} cancelled.")
+    else:
+        messages.info(request, "Only a queued or running job can be cancelled.")
+    return redirect("job_list")
