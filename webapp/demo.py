@@ -22,13 +22,15 @@ DEMO_USERS = [
     ("dr_patel", "pathologist", "Ravi", "Patel", False),
     ("eval_kim", "evaluator", "Min", "Kim", False),
 ]
-DEMO_CASES = 12
+DEMO_CASES = 12  # open cases on the worklists
+ARCHIVE_CASES = 12  # already signed out: the retrieval draft and "similar signed-out cases" draw on them
 
 
 @dataclass
 class DemoContext:
     users: dict = field(default_factory=dict)
     cases: list = field(default_factory=list)
+    archive: list = field(default_factory=list)  # (case, manifest record) pairs to be signed out
     manifest: list = field(default_factory=list)
     log: callable = print
 
@@ -64,40 +66,60 @@ def demo_corpus_dir() -> Path:
 
 
 def seed_cases(context: DemoContext) -> None:
-    """Accession demo cases with synthetic slides: a few per pathologist, one unassigned."""
+    """Accession demo cases with synthetic slides: open ones for both pathologists (one unassigned) and an
+    archive of older cases that the reports app signs out with the synthetic report text."""
     from inference.synthetic.corpus import generate_corpus, load_manifest
-    from webapp.cases.models import Case, CaseStatus, Part, Priority
-    from webapp.slides.ingest import ingest_slide
+    from webapp.cases.models import Priority
 
     corpus = demo_corpus_dir()
     if not (corpus / "manifest.jsonl").exists():
-        context.log(f"Generating {DEMO_CASES} synthetic demo slides ...")
-        generate_corpus(corpus, DEMO_CASES, seed=2026, size=(3072, 2304))
+        context.log(f"Generating {DEMO_CASES + ARCHIVE_CASES} synthetic demo slides ...")
+        generate_corpus(corpus, DEMO_CASES + ARCHIVE_CASES, seed=2026, size=(3072, 2304))
     context.manifest = load_manifest(corpus)
     pathologists = [context.users["dr_lee"], context.users["dr_patel"]]
     priorities = [Priority.ROUTINE, Priority.URGENT, Priority.ROUTINE, Priority.STAT]
-    for index, record in enumerate(context.manifest):
-        accession = f"S26-{index + 1:05d}"
-        case = Case.objects.filter(accession_number=accession).first()
-        if case is None:
-            assignee = None if index == len(context.manifest) - 1 else pathologists[index % 2]
-            with transaction.atomic():
-                case = Case.objects.create(
-                    accession_number=accession,
-                    patient_pseudonym=f"DEMO-{index + 1:04d}",
-                    clinical_history=record.get("clinical_history", ""),
-                    priority=priorities[index % len(priorities)],
-                    assigned_to=assignee,
-                    status=CaseStatus.ASSIGNED if assignee else CaseStatus.ACCESSIONED,
-                    created_by=context.users["labadmin"],
-                )
-                labels = record["labels"]
-                part = Part.objects.create(case=case, label=record.get("part", "A") or "A",
-                                           site=labels.get("site", ""), procedure=labels.get("procedure", ""))
-                ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
-                             stain="H&E", block_label="1", user=context.users["labadmin"], move=False)
+    open_records = context.manifest[:DEMO_CASES]
+    for index, record in enumerate(open_records):
+        assignee = None if index == len(open_records) - 1 else pathologists[index % 2]
+        case = _demo_case(context, f"S26-{index + 1:05d}", record, f"DEMO-{index + 1:04d}", assignee,
+                          priorities[index % len(priorities)], days_ago=index % 5)
         context.cases.append(case)
-    context.log(f"{len(context.cases)} demo cases ready.")
+    for index, record in enumerate(context.manifest[DEMO_CASES:]):
+        case = _demo_case(context, f"S26-{index + 101:05d}", record, f"DEMO-{index + 101:04d}",
+                          pathologists[index % 2], Priority.ROUTINE, days_ago=20 + index)
+        context.archive.append((case, record))
+    context.log(f"{len(context.cases)} open and {len(context.archive)} archived demo cases ready.")
+
+
+def _demo_case(context: DemoContext, accession: str, record: dict, pseudonym: str, assignee, priority,
+               days_ago: int):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.cases.models import Case, CaseStatus, Part
+    from webapp.slides.ingest import ingest_slide
+
+    case = Case.objects.filter(accession_number=accession).first()
+    if case is not None:
+        return case
+    with transaction.atomic():
+        case = Case.objects.create(
+            accession_number=accession,
+            patient_pseudonym=pseudonym,
+            clinical_history=record.get("clinical_history", ""),
+            priority=priority,
+            received_date=timezone.localdate() - timedelta(days=days_ago),
+            assigned_to=assignee,
+            status=CaseStatus.ASSIGNED if assignee else CaseStatus.ACCESSIONED,
+            created_by=context.users["labadmin"],
+        )
+        labels = record["labels"]
+        part = Part.objects.create(case=case, label=record.get("part", "A") or "A",
+                                   site=labels.get("site", ""), procedure=labels.get("procedure", ""))
+        ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
+                     stain="H&E", block_label="1", user=context.users["labadmin"], move=False)
+    return case
 
 
 def seed_all(log=print) -> DemoContext:
