@@ -92,7 +92,9 @@ def test_retrieval_draft_uses_the_closest_signed_report(
     job = draft(client, case, "retrieval")
     assert job.state == JobState.SUCCEEDED, job.error
     section = services.open_report(case).sections.get()
-    assert section.text == f"{earlier.accession_number}: tubular adenoma, low grade."
+    # The closest report's findings, without the other case's accession number.
+    assert section.text == "[accession]: tubular adenoma, low grade."
+    assert earlier.accession_number not in section.text
     evidence = AIDraft.objects.get(section=section).evidence
     assert evidence[0]["case"] == earlier.pk and "[case]" in evidence[0]["snippet"]
     page = client.get(reverse("report_workspace", args=[case.pk])).content.decode()
@@ -196,3 +198,14 @@ def test_wrong_password_never_signs_even_via_htmx(cast, case_factory, client_for
     response = client_for(cast.path1).post(reverse("report_sign", args=[report.pk]), {"password": PASSWORD[:-1]},
                                            HTTP_HX_REQUEST="true")
     assert response.status_code == 403
+
+
+def test_retrieved_text_drops_the_other_patients_history_and_signature():
+    from webapp.reports.text import without_case_specifics
+
+    other = ("DIAGNOSIS: A. Stomach, biopsy: chronic gastritis.\n\nClinical information: 36F, reflux\n"
+             "symptoms not responding to PPI\n\nComment: H. pylori organisms are identified.\n"
+             "Electronically signed out by Dr X, S26-00042")
+    text = without_case_specifics(other)
+    assert "chronic gastritis" in text and "H. pylori" in text
+    assert "36F" not in text and "PPI" not in text and "signed out" not in text and "S26-00042" not in text

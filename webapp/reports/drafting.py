@@ -39,6 +39,7 @@ from .models import (
     ReportTextEmbedding,
     VersionSource,
 )
+from .text import without_case_specifics
 
 log = logging.getLogger(__name__)
 EVIDENCE_K = 3
@@ -187,7 +188,8 @@ def _generate(model: Any, method: str, features: Any, feature_sets: list, slides
     if method == DraftMethod.RETRIEVAL:
         if not evidence:
             raise JobFailed("No signed-out reports are embedded with this model yet: choose another method.")
-        return evidence[0]["text"], evidence
+        # The closest report's findings, without that patient's history, signature or accession number.
+        return without_case_specifics(evidence[0]["text"]), evidence
     if method == DraftMethod.LLM:
         if model.bundle.config.get("has_bridge"):
             return model.generate(features, backend="llm", **generation_options()), evidence
