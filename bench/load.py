@@ -40,6 +40,8 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench" / "load"
 sys.path.insert(0, str(ROOT))
+from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
+
 PASSWORD = "bench-load-password-42"  # noqa: S105 - bench-only accounts in the bench database
 SLIDE_SIZE = (4096, 6144)  # height, width
 
@@ -128,18 +130,10 @@ def start_gunicorn(port: int, workers: int, threads: int) -> subprocess.Popen:
          "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited; see {BENCH_DIR / 'gunicorn.log'}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/login/")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("gunicorn did not answer within 90 s")
+    try:
+        return wait_until_serving(process, port, path="/login/", ok_statuses=(200,), timeout=90)
+    except RuntimeError as exc:
+        raise SystemExit(f"{exc}; see {BENCH_DIR / 'gunicorn.log'}") from None
 
 
 # --- clients ----------------------------------------------------------------------------------------------

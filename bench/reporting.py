@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 sys.path.insert(0, str(ROOT))
+from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
+
 PASSWORD = "bench-password-1234"  # noqa: S105 - a bench-only account in the bench database
 
 
@@ -168,17 +170,7 @@ def start_server(port: int) -> subprocess.Popen:
          "-k", "gthread", "--threads", "2", "--keep-alive", "30", "--log-level", "warning"],
         cwd=ROOT, env=bench_env(),
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status in (200, 503):
-                return process
-        except OSError:
-            time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError("gunicorn did not start")
+    return wait_until_serving(process, port)
 
 
 class Session:

@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 sys.path.insert(0, str(ROOT))
+from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -176,17 +177,7 @@ def start_server(port: int, threads: int) -> subprocess.Popen:
          "--log-level", "warning"],
         cwd=ROOT, env=bench_env(),
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status in (200, 503):
-                return process
-        except OSError:
-            time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError("gunicorn did not start")
+    return wait_until_serving(process, port)
 
 
 class Fetcher:
