@@ -14,8 +14,9 @@
    same float32 rows; a few queries are also run as an exact scan in PostgreSQL, which must agree).
 4. The same with a filter (site = s, 5% of rows) with iterative scans (hnsw.iterative_scan = relaxed_order)
    and without (the pre-0.8 behaviour: a filtered index scan can return fewer than 10 rows).
-5. halfvec: recall of a halfvec HNSW index (halfvec_cosine_ops, what the 32 query rows per slide use) on the
-   first --halfvec-rows rows, against the exact float32 answer, and of exact fp16 ranking alone.
+5. halfvec: the same measurements (unfiltered, and filtered with iterative scans) on a halfvec HNSW index
+   (halfvec_cosine_ops, what the app's slide and query vectors use) over the first --halfvec-rows rows, with
+   recall against the exact float32 answer; and the recall of exact fp16 ranking alone.
 Targets: recall@10 >= 0.95 and p95 < 20 ms (printed with each figure).
 """
 from __future__ import annotations
@@ -186,6 +187,46 @@ def verdict(value: float, target: float, lower_is_better: bool = False) -> str:
     return "ok" if ok else "MISSES TARGET"
 
 
+def filtered(vectors: np.ndarray, sites: np.ndarray, queries: np.ndarray, site_of_query: np.ndarray) -> list:
+    """Exact top 10 of each query among the rows of its site."""
+    truth: list = [None] * len(queries)
+    for site in range(SITES):
+        idx = np.nonzero(site_of_query == site)[0]
+        if len(idx):
+            for i, top in zip(idx.tolist(), exact_top(vectors, queries[idx], mask=sites == site), strict=True):
+                truth[i] = top
+    return truth
+
+
+def measure(conn, table: str, queries: np.ndarray, truth: list, filtered_truth: list, efs: list[int],
+            site_of_query: np.ndarray, modes: tuple[str, ...], half: bool = False) -> None:
+    """Latency and recall@10 unfiltered, then with the site filter (5% of rows) in each iterative-scan mode."""
+    log("\nunfiltered, top 10:")
+    log(f"  {'ef_search':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
+    timed_search(conn, table, queries[:20], efs[0], "off", half=half)  # warm the cache
+    for ef in efs:
+        latencies, found = timed_search(conn, table, queries, ef, "off", half=half)
+        r, p95 = recall(found, truth), percentile(latencies, 95)
+        log(f"  {ef:>9} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}   "
+            f"recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}")
+    log(f"\nfiltered (site = s, {100 / SITES:.0f}% of rows), top 10:")
+    log(f"  {'ef_search':>9} {'iterative':>14} {'rows back':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
+    for ef in efs:
+        for mode in modes:
+            latencies, found = [], []
+            for site in range(SITES):
+                idx = np.nonzero(site_of_query == site)[0]
+                lat, got = timed_search(conn, table, queries[idx], ef, mode, site=site, half=half)
+                latencies += lat
+                found += list(zip(idx.tolist(), got, strict=True))
+            found = [f for _, f in sorted(found, key=lambda p: p[0])]
+            back = np.mean([len(f) for f in found])
+            r, p95 = recall(found, filtered_truth), percentile(latencies, 95)
+            log(f"  {ef:>9} {mode:>14} {back:>9.1f} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}"
+                + (f"   recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}"
+                   if mode != "off" else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -193,19 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef", default="40,100,200,400", help="hnsw.ef_search values to measure")
     ap.add_argument("--intrinsic", type=int, default=16,
                     help="dimensions of the spread inside a cluster (0: isotropic, the worst case)")
-    ap.add_argument("--halfvec-rows", type=int, default=100_000)
+    ap.add_argument("--halfvec-rows", type=int, default=None,
+                    help="rows of the halfvec table (default: all of --rows; 0 skips it)")
     ap.add_argument("--database", default="bench_search")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--memory", default="4GB", help="maintenance_work_mem for the index build")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--m", type=int, default=16, help="HNSW m (the app's indexes use 16)")
-    ap.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction (the app: 64)")
+    ap.add_argument("--m", type=int, default=24, help="HNSW m (the app's slide indexes use 24)")
+    ap.add_argument("--ef-construction", type=int, default=128, help="HNSW ef_construction (the app: 128)")
     ap.add_argument("--keep", action="store_true", help="keep the tables (default: drop them at the end)")
     args = ap.parse_args(argv)
     efs = [int(x) for x in args.ef.split(",")]
     conn = connect(args.database)
     version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
-    log(f"PostgreSQL {conn.info.server_version}, pgvector {version}, {os.cpu_count()} CPU(s); "
+    memory = ", ".join(
+        f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}" for name in ("shared_buffers", "effective_cache_size")
+    )
+    log(f"PostgreSQL {conn.info.server_version}, pgvector {version}, {os.cpu_count()} CPU(s), {memory}; "
         f"rows={args.rows:,} dim={DIM} queries={args.queries}")
 
     t0 = time.perf_counter()
@@ -234,53 +279,23 @@ def main(argv: list[str] | None = None) -> int:
             assert {r[0] for r in rows} == truth[i], "PostgreSQL's exact scan disagrees with numpy"
     log(f"exact scan in PostgreSQL: {statistics.median(exact_ms):.0f} ms per query (agrees with numpy)")
 
-    log("\nunfiltered, top 10:")
-    log(f"  {'ef_search':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
-    timed_search(conn, "bench_items", queries[:20], efs[0], "off")  # warm the cache
-    for ef in efs:
-        latencies, found = timed_search(conn, "bench_items", queries, ef, "off")
-        r, p95 = recall(found, truth), percentile(latencies, 95)
-        log(f"  {ef:>9} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}   "
-            f"recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}")
-
     site_of_query = np.arange(len(queries)) % SITES
-    filtered_truth = []
-    for site in range(SITES):
-        idx = np.nonzero(site_of_query == site)[0]
-        if len(idx):
-            tops = exact_top(vectors, queries[idx], mask=sites == site)
-            filtered_truth.extend(zip(idx.tolist(), tops, strict=True))
-    filtered_truth = [t for _, t in sorted(filtered_truth, key=lambda p: p[0])]
-    log(f"\nfiltered (site = s, {100 / SITES:.0f}% of rows), top 10:")
-    log(f"  {'ef_search':>9} {'iterative':>14} {'rows back':>9} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
-    for ef in efs:
-        for mode in ("off", "relaxed_order"):
-            latencies, found = [], []
-            for site in range(SITES):
-                idx = np.nonzero(site_of_query == site)[0]
-                lat, got = timed_search(conn, "bench_items", queries[idx], ef, mode, site=site)
-                latencies += lat
-                found += list(zip(idx.tolist(), got, strict=True))
-            found = [f for _, f in sorted(found, key=lambda p: p[0])]
-            back = np.mean([len(f) for f in found])
-            r, p95 = recall(found, filtered_truth), percentile(latencies, 95)
-            log(f"  {ef:>9} {mode:>14} {back:>9.1f} {r:>10.3f} {percentile(latencies, 50):>8.2f} {p95:>8.2f}"
-                + (f"   recall {verdict(r, TARGET_RECALL)}, p95 {verdict(p95, TARGET_P95_MS, True)}"
-                   if mode != "off" else ""))
+    measure(conn, "bench_items", queries, truth, filtered(vectors, sites, queries, site_of_query), efs,
+            site_of_query, modes=("off", "relaxed_order"))
 
-    if args.halfvec_rows:
-        n = min(args.halfvec_rows, args.rows)
+    if args.halfvec_rows != 0:
+        n = min(args.halfvec_rows or args.rows, args.rows)
         sub = vectors[:n]
         load(conn, "bench_half", sub, sites[:n], half=True)
         seconds = build_index(conn, "bench_half", True, args.workers, args.memory, args.m, args.ef_construction)
-        sub_truth = exact_top(sub, queries)
+        size = conn.execute("SELECT pg_size_pretty(pg_relation_size('bench_half_hnsw'))").fetchone()[0]
+        sub_truth = truth if n == args.rows else exact_top(sub, queries)
         fp16_truth = exact_top(sub.astype(np.float16).astype(np.float32), queries)
-        log(f"\nhalfvec on the first {n:,} rows (index built in {seconds:.1f} s): "
-            f"exact fp16 ranking recall@10 vs fp32 = {recall(fp16_truth, sub_truth):.3f}")
-        for ef in efs:
-            latencies, found = timed_search(conn, "bench_half", queries, ef, "off", half=True)
-            log(f"  ef_search {ef:>4}: halfvec HNSW recall@10 vs exact fp32 = {recall(found, sub_truth):.3f}, "
-                f"p50 {percentile(latencies, 50):.2f} ms, p95 {percentile(latencies, 95):.2f} ms")
+        log(f"\nhalfvec on the first {n:,} rows (index built in {seconds:.1f} s, {size}): "
+            f"exact fp16 ranking recall@10 vs fp32 = {recall(fp16_truth, sub_truth):.3f}; "
+            "recall below is against the exact float32 answer")
+        measure(conn, "bench_half", queries, sub_truth, filtered(sub, sites[:n], queries, site_of_query), efs,
+                site_of_query, modes=("relaxed_order",), half=True)
     if not args.keep:
         conn.execute("DROP TABLE IF EXISTS bench_items, bench_half")
     log(f"\ntotal {time.perf_counter() - t0:.0f} s")

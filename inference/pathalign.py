@@ -252,16 +252,16 @@ class PathAlign:
         """A report draft for one slide. ``backend="qformer"`` (ITG decoder) or ``"llm"`` (stage-2 bridge)."""
         return self.generate_many(
             [features],
-            num_beams,
-            do_sample,
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            min_new_tokens,
-            backend,
-            seed,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            min_new_tokens=min_new_tokens,
+            backend=backend,
+            seed=seed,
         )[0]
 
     @torch.no_grad()

@@ -4,7 +4,8 @@
 
 The bundle: a one-layer Q-Former (MiniLM's first layer) over a seeded random conv patch encoder (32-d
 features), 32 queries, 256-d embeddings; untrained, so its text is gibberish, but every code path (generate,
-embed, classify, embed_text) is the real one. Built once per test tag under the temp directory (about 2 s).
+embed, classify, embed_text) is the real one. Built once per test tag under the temp directory (about 2 s);
+the analysis tests (tests/test_analysis_support.py) use the same builder.
 Patch features are written straight into the runtime's feature cache (`prime_features`), so report tests
 do not depend on slide tiling and patch encoding, which the analysis tests cover.
 """
@@ -21,27 +22,43 @@ TINY_ENCODER = {"kind": "random", "seed": 0, "dim": 32, "input_size": 64}
 TINY_VERSION = "tiny-1"
 
 
-def build_tiny_bundle(out: Path, name: str = "tiny-report", seed: int = 0) -> Path:
+def tiny_bundle_root(kind: str) -> Path:
+    """Where this test run keeps its tiny bundles; keyed by the model-library code, so a change there
+    (a new config field, a new weight) rebuilds them instead of loading a stale one."""
+    import hashlib
+
+    import inference.bundle
+    import inference.qformer
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (inference.bundle, inference.qformer))
+    digest = hashlib.sha256(code).hexdigest()[:12]
+    tag = os.environ.get("PATHALIGN_TEST_TAG", "main")
+    return Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-{kind}" / digest
+
+
+def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """An untrained one-layer bundle over the seeded random encoder, with made-up evaluation figures."""
     import torch
 
-    from inference.bundle import save_bundle
+    from inference.bundle import save_bundle, write_eval
     from inference.qformer import QFormer
 
     if (out / "bundle.json").exists():
         return out
     torch.manual_seed(seed)
     model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=TINY_ENCODER["dim"], max_text_len=48)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     save_bundle(staging, model, tokenizer, TINY_ENCODER, name=name, version=TINY_VERSION,
                 training={"slides": 0, "source": "untrained test bundle"})
+    write_eval(staging, {"retrieval": {"i2t_R@1": 0.5, "t2i_R@1": 0.25}, "zero_shot_accuracy": 0.5})
     staging.rename(out)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir() -> Path:
-    tag = os.environ.get("PATHALIGN_TEST_TAG", "main")
-    return build_tiny_bundle(Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-reports" / "tiny-bundle")
+    return build_tiny_bundle(tiny_bundle_root("reports") / "tiny-bundle", name="tiny-report")
 
 
 @pytest.fixture

@@ -1,67 +1,28 @@
 """Shared fixtures of the analysis tests (imported by test_analysis_*.py): a tiny model bundle, slides.
 
-The tiny bundle: a one-layer Q-Former (MiniLM's first layer) over a seeded random conv patch encoder (32-d
-features on 64 px patches), 32 queries and 256-d embeddings like the real thing. It is built once and kept
-in the temporary directory (keyed by the test tag), so reruns start in seconds; it never needs the demo
-bundle.
+The tiny bundles are tests/model_fixtures.py's (a one-layer Q-Former over a seeded random conv patch
+encoder, 32 queries, 256-d embeddings), kept in a directory of their own for these tests; they never need
+the demo bundle.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import tissue_like
-
-TINY_ENCODER = {"kind": "random", "seed": 0, "dim": 32, "input_size": 64}
-TINY_VERSION = "tiny-1"
-
-
-def _root() -> Path:
-    # Keyed by the bundle-format code too: a change in the model library rebuilds the cached bundle.
-    import hashlib
-
-    import inference.bundle
-    import inference.qformer
-
-    code = b"".join(Path(m.__file__).read_bytes() for m in (inference.bundle, inference.qformer))
-    digest = hashlib.sha256(code).hexdigest()[:12]
-    tag = os.environ.get("PATHALIGN_TEST_TAG", "main")
-    return Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-analysis" / digest
-
-
-def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
-    import torch
-
-    from inference.bundle import save_bundle, write_eval
-    from inference.encoders import build_encoder
-    from inference.qformer import QFormer
-
-    if (out / "bundle.json").exists():
-        return out
-    torch.manual_seed(seed)
-    encoder = build_encoder(TINY_ENCODER)
-    model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=encoder.dim, max_text_len=32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + f".tmp{os.getpid()}")
-    save_bundle(staging, model, tokenizer, encoder.spec, name=name, version=TINY_VERSION,
-                training={"slides": 0, "source": "untrained test bundle"})
-    write_eval(staging, {"retrieval": {"i2t_R@1": 0.5, "t2i_R@1": 0.25}, "zero_shot_accuracy": 0.5})
-    staging.rename(out)
-    return out
+from tests.model_fixtures import build_tiny_bundle, tiny_bundle_root
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir() -> Path:
-    return build_tiny_bundle(_root() / "tiny-bundle")
+    return build_tiny_bundle(tiny_bundle_root("analysis") / "tiny-bundle")
 
 
 @pytest.fixture(scope="session")
 def second_bundle_dir() -> Path:
-    return build_tiny_bundle(_root() / "tiny-bundle-b", name="tiny-b", seed=1)
+    return build_tiny_bundle(tiny_bundle_root("analysis") / "tiny-bundle-b", name="tiny-b", seed=1)
 
 
 @pytest.fixture

@@ -28,7 +28,65 @@ def embedded_database_url(database: str = "pathalign") -> str:
         # share it; `python -m webapp.embedded_db stop` (called by the run script on exit) stops it.
         _server = pgserver.get_server(pgdata, cleanup_mode=None)
         _server.psql("SELECT 1")
+        if _apply_memory_settings(_server.get_uri("postgres")):
+            # shared_buffers only changes on a restart: done once, when the data directory is new (or the
+            # machine's memory changed), and only while no other process is connected.
+            _server.stop()
+            _server.start()
+            _server.psql("SELECT 1")
     return ensure_database(_server.get_uri("postgres"), database)
+
+
+def memory_settings(total_bytes: int | None = None) -> dict[str, str]:
+    """Server memory for vector search, from the machine's RAM (PostgreSQL's defaults are for 1 GB boxes).
+
+    A HNSW scan touches pages all over its graph: when the index does not fit in shared_buffers (128 MB by
+    default; a million 256-d slide vectors make a 1.5 GB graph) every step copies a page in from the OS
+    cache, and a filtered search, which walks ~20x more of the graph, pays that thousands of times. The
+    usual rule: shared_buffers a quarter of RAM, effective_cache_size three quarters. Override with
+    PATHALIGN_PG_SHARED_BUFFERS (e.g. "2GB").
+    """
+    if total_bytes is None:
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mb = total_bytes // (1024 * 1024)
+    shared = os.environ.get("PATHALIGN_PG_SHARED_BUFFERS") or f"{max(128, min(mb // 4, 16384))}MB"
+    return {
+        "shared_buffers": shared,
+        "effective_cache_size": f"{max(512, mb * 3 // 4)}MB",
+        "maintenance_work_mem": f"{max(64, min(mb // 16, 2048))}MB",  # HNSW builds want the graph in memory
+    }
+
+
+def _apply_memory_settings(url: str) -> bool:
+    """Write memory_settings() with ALTER SYSTEM; True when a restart is needed for them to apply."""
+    import psycopg
+    from psycopg import sql
+
+    restart = False
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, value in memory_settings().items():
+            context, pending = conn.execute(
+                "SELECT context, pending_restart FROM pg_settings WHERE name = %s", [name]
+            ).fetchone()
+            stored = conn.execute(
+                "SELECT setting FROM pg_file_settings WHERE name = %s AND sourcefile LIKE %s "
+                "ORDER BY seqno DESC LIMIT 1", [name, "%postgresql.auto.conf"]
+            ).fetchone()
+            if stored and stored[0] == value:
+                restart |= bool(pending)
+                continue
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            restart |= context == "postmaster"
+        conn.execute("SELECT pg_reload_conf()")
+        others = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    if restart and others:
+        logging.getLogger(__name__).warning(
+            "PostgreSQL memory settings wait for a restart: %d other client(s) are connected", others
+        )
+        return False
+    return restart
 
 
 def _pgdata() -> Path:
