@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ class QFormerConfig:
     sep_token_id: int = 102
     dec_token_id: int = 30522
     text_init: str = ""  # where the text layers came from (for the record only)
+    # Output shortlist: the token ids the decoder may produce (sorted; the training reports' tokens plus
+    # [SEP]), or None for the whole vocabulary. See LMHead.
+    output_vocab: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,7 +215,14 @@ class QFormerLayer(nn.Module):
 
 
 class LMHead(nn.Module):
-    """BERT's MLM head: transform (dense + GELU + LayerNorm) then a decoder tied to the word embeddings."""
+    """BERT's MLM head: transform (dense + GELU + LayerNorm) then a decoder tied to the word embeddings.
+
+    With an output shortlist (``config.output_vocab``) the softmax runs over those tokens only, as lexical
+    shortlists do in machine translation: a report corpus uses a few thousand of BERT's 30k word pieces, the
+    projection onto the full table was most of a CPU training step, and tokens no training report contains
+    only ever learn to be improbable. ``shortlist_logits`` gives [.., V'] (training); ``forward`` scatters
+    them into the full vocabulary with -inf elsewhere, so decoding code indexes by token id as usual.
+    """
 
     def __init__(self, config: QFormerConfig) -> None:
         super().__init__()
@@ -219,9 +230,45 @@ class LMHead(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.vocab_size = config.vocab_size
+        self.set_shortlist(config.output_vocab)
+
+    def set_shortlist(self, ids: Sequence[int] | None) -> None:
+        """Restrict outputs to ``ids`` (None: the whole vocabulary). Not a weight: the config records it."""
+        if ids is None:
+            self.shortlist = None
+            self.register_buffer("shortlist_ids", None, persistent=False)
+            self.register_buffer("target_index", None, persistent=False)
+            return
+        short = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long)
+        if short.numel() == 0 or short.min() < 0 or short.max() >= self.vocab_size:
+            raise ValueError("output_vocab must be token ids inside the vocabulary")
+        index = torch.full((self.vocab_size,), -100, dtype=torch.long)  # -100: cross_entropy's ignore_index
+        index[short] = torch.arange(short.numel())
+        device = self.bias.device
+        self.register_buffer("shortlist_ids", short.to(device), persistent=False)
+        self.register_buffer("target_index", index.to(device), persistent=False)
+        self.shortlist = short.tolist()
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.dense(x)))
+
+    def shortlist_logits(self, x: torch.Tensor) -> torch.Tensor:  # [.., H] -> [.., V'] (V' = V without one)
+        h = self._transform(x)
+        if self.shortlist is None:
+            return self.decoder(h) + self.bias
+        return F.linear(h, self.decoder.weight[self.shortlist_ids], self.bias[self.shortlist_ids])
+
+    def targets(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> positions in shortlist_logits (ids outside the shortlist -> -100, ignored)."""
+        return token_ids if self.shortlist is None else self.target_index[token_ids]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T, V]
-        return self.decoder(self.norm(F.gelu(self.dense(x)))) + self.bias
+        logits = self.shortlist_logits(x)
+        if self.shortlist is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.shortlist_ids, logits)
 
 
 def build_attention_mask(num_queries: int, text_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -398,8 +445,14 @@ class QFormer(nn.Module):
         input_ids: torch.Tensor,  # [B, T], starts with [CLS]
         attention_mask: torch.Tensor,  # [B, T]
         group_ids: torch.Tensor | None = None,  # [B]; equal ids = interchangeable texts (same report/label)
+        itg_input_ids: torch.Tensor | None = None,  # [B, T'] what ITG reads, when not input_ids
+        itg_attention_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"]}."""
+        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"]}.
+
+        ITC and ITM read ``input_ids``; ITG reads ``itg_input_ids`` when given (the trainer can show the
+        contrastive losses a shorter view of a report while the decoder always learns the whole text).
+        """
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
         b = patches.shape[0]
@@ -412,7 +465,9 @@ class QFormer(nn.Module):
         if "itm" in self.config.losses:
             losses["itm"] = self.itm_loss(patches, patch_mask, input_ids, attention_mask, sim_i2t, positives)
         if "itg" in self.config.losses:
-            losses["itg"] = self.itg_loss(patches, patch_mask, input_ids, attention_mask)
+            if itg_input_ids is None:
+                itg_input_ids, itg_attention_mask = input_ids, attention_mask
+            losses["itg"] = self.itg_loss(patches, patch_mask, itg_input_ids, itg_attention_mask)
         wanted = [losses[k] for k in self.config.losses]
         losses["loss"] = torch.stack(wanted).sum()
         return losses
@@ -458,11 +513,21 @@ class QFormer(nn.Module):
         joint = self.encode_joint(patches, patch_mask, dec, attention_mask, "unilm")
         hidden = joint[:, q:-1]  # position t predicts token t+1; [B, T-1, H]
         real = attention_mask[:, 1:].bool()
-        # The vocabulary projection dominates the cost on CPU: apply it to real (non-padding) positions only.
-        logits = self.lm_head(hidden[real])  # [R, V]
+        # The vocabulary projection dominates the cost on CPU: apply it to real (non-padding) positions only,
+        # and over the output shortlist when there is one.
+        logits = self.lm_head.shortlist_logits(hidden[real])  # [R, V']
         return F.cross_entropy(
-            logits.float(), input_ids[:, 1:][real], label_smoothing=self.config.label_smoothing
+            logits.float(),
+            self.lm_head.targets(input_ids[:, 1:][real]),
+            label_smoothing=self.config.label_smoothing,
         )
+
+    def set_output_vocab(self, ids: Sequence[int] | None) -> None:
+        """Restrict generation (and the ITG softmax) to ``ids`` plus [SEP]; None lifts the restriction."""
+        if ids is not None:
+            ids = sorted(set(int(i) for i in ids) | {self.config.sep_token_id})
+        self.config.output_vocab = ids
+        self.lm_head.set_shortlist(ids)
 
     # ---- generation (Q-Former decoder)
 

@@ -126,10 +126,32 @@ def _manifest(corpus: str | os.PathLike) -> list[dict[str, Any]]:
     return load_manifest(corpus)
 
 
-def group_ids(examples: Sequence[Example], group_by: str) -> torch.Tensor:
+FIRST_SENTENCE = re.compile(r"^.*?(?:\w{2,}|\))[.;](?=\s|$)", re.S)  # "B. Colon, biopsy: Tubular adenoma." (not "B.")
+
+
+def first_sentence(text: str) -> str:
+    """The diagnosis line of a diagnostic text: up to the first full stop after a word of 2+ characters."""
+    m = FIRST_SENTENCE.match(text)
+    return m.group(0).strip() if m else text
+
+
+def contrastive_texts(
+    examples: Sequence[Example], view_prob: float, generator: torch.Generator | None = None
+) -> list[str]:
+    """The texts ITC and ITM see: each example's whole text, or with probability ``view_prob`` its first
+    sentence (the diagnosis line). A short view teaches the text side that a one-line statement of the
+    diagnosis describes the same slide as the full report, which is what zero-shot prompts and free-text
+    searches are; ITG always reads the whole text."""
+    if view_prob <= 0:
+        return [e.text for e in examples]
+    draws = torch.rand(len(examples), generator=generator).tolist()
+    return [first_sentence(e.text) if d < view_prob else e.text for e, d in zip(examples, draws, strict=True)]
+
+
+def group_ids(examples: Sequence[Example], group_by: str, texts: Sequence[str] | None = None) -> torch.Tensor:
     """Ids that mark interchangeable texts in a batch: identical texts, or a shared label (e.g. diagnosis)."""
     if group_by == "text":
-        keys = [e.text.lower() for e in examples]
+        keys = [t.lower() for t in (texts if texts is not None else [e.text for e in examples])]
     else:
         keys = [
             str(e.record.get(group_by, e.record.get("labels", {}).get(group_by, e.text))) for e in examples
@@ -144,8 +166,13 @@ def collate(
     max_text_len: int,
     max_patches: int | None = None,
     generator: torch.Generator | None = None,
+    texts: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad features to the longest slide (mask marks real patches); subsample to max_patches if asked."""
+    """Pad features to the longest slide (mask marks real patches); subsample to max_patches if asked.
+
+    ``texts``: what ITC/ITM read when it differs from the examples' own texts (``contrastive_texts``); the
+    examples' texts then go to ITG as ``itg_input_ids`` / ``itg_attention_mask``.
+    """
     feats = []
     for e in examples:
         x = e.features
@@ -157,19 +184,23 @@ def collate(
     mask = torch.zeros(len(feats), n, dtype=torch.bool)
     for i, x in enumerate(feats):
         patches[i, : x.shape[0]], mask[i, : x.shape[0]] = x, True
-    enc = tokenizer(
-        [e.text for e in examples],
-        padding=True,
-        truncation=True,
-        max_length=max_text_len,
-        return_tensors="pt",
-    )
-    return {
+    full = [e.text for e in examples]
+    texts = list(texts) if texts is not None else full
+
+    def tokens(batch: list[str]) -> Any:
+        return tokenizer(batch, padding=True, truncation=True, max_length=max_text_len, return_tensors="pt")
+
+    enc = tokens(texts)
+    out = {
         "patches": patches,
         "patch_mask": mask,
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
     }
+    if texts != full:
+        dec = tokens(full)
+        out["itg_input_ids"], out["itg_attention_mask"] = dec["input_ids"], dec["attention_mask"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -198,6 +229,13 @@ class TrainConfig:
     # Frozen word embeddings (also the tied LM decoder): a third less work per ITG step, and the bundle can
     # store the table by reference to the text model instead of copying it.
     freeze_word_embeddings: bool = False
+    # "corpus": the decoder's softmax covers the word pieces of the training reports only (a shortlist; a few %
+    # of the vocabulary for a report corpus, and the projection onto the full table was most of a CPU step);
+    # "full": all of it.
+    output_vocab: str = "corpus"
+    # Probability that ITC/ITM read only a report's first sentence (its diagnosis line) instead of the whole
+    # diagnostic text, per example and step (contrastive_texts). 0 = the whole text always, as in BLIP-2.
+    text_view_prob: float = 0.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -334,6 +372,10 @@ def train_stage1(
     model, tokenizer = build_model(cfg, train[0].features.shape[1])
     if cfg.freeze_word_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
+    if cfg.output_vocab == "corpus" and "itg" in model.config.losses:
+        model.set_output_vocab(corpus_vocabulary([e.text for e in train], tokenizer, cfg.max_text_len))
+    elif cfg.output_vocab not in ("corpus", "full"):
+        raise ValueError(f"output_vocab must be 'corpus' or 'full', not {cfg.output_vocab!r}")
     model.set_feature_statistics(torch.cat([e.features for e in train]))
     model.to(device).train()
     opt = _optimizer(model, cfg)
@@ -370,13 +412,14 @@ def train_stage1(
             chunk = [train[j] for j in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
             if len(chunk) < 2:  # contrastive losses need a partner
                 continue
+            texts = contrastive_texts(chunk, cfg.text_view_prob, shuffle)
             batch = {
                 k: v.to(device)
-                for k, v in collate(chunk, tokenizer, cfg.max_text_len, cfg.max_patches, shuffle).items()
+                for k, v in collate(chunk, tokenizer, cfg.max_text_len, cfg.max_patches, shuffle, texts).items()
             }
             _set_lr(opt, step, total, cfg.warmup_steps)
             with _autocast(device, cfg.amp):
-                out = model(**batch, group_ids=group_ids(chunk, cfg.group_by).to(device))
+                out = model(**batch, group_ids=group_ids(chunk, cfg.group_by, texts).to(device))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -424,6 +467,13 @@ def train_stage1(
     history["best_val_loss"] = best[0]
     history["data"] = data_summary(examples)
     return model.eval(), tokenizer, history
+
+
+def corpus_vocabulary(texts: Sequence[str], tokenizer: Any, max_text_len: int) -> list[int]:
+    """The token ids the decoder is trained to produce on these texts (special tokens other than [SEP] out)."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_text_len)["input_ids"]
+    special = set(tokenizer.all_special_ids) - {tokenizer.sep_token_id}
+    return sorted({i for row in ids for i in row} - special)
 
 
 def _fmt(d: dict[str, float]) -> str:

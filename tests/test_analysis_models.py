@@ -160,3 +160,27 @@ def test_demo_seed_registers_activates_and_queues(db, cast, case_factory, small_
     assert Job.objects.get(kind=pipeline.ANALYZE).slide_id == slide.pk
     demo.seed(context)  # idempotent
     assert ModelBundle.objects.count() == 1 and Job.objects.count() == 1
+
+
+def test_demo_seed_upgrades_an_older_demo_bundle_but_not_an_admins_choice(
+        db, cast, case_factory, small_slides, tiny_bundle_dir, second_bundle_dir, settings, monkeypatch, tmp_path,
+        no_broker):
+    from inference.demo import DEMO_NAME, DEMO_VERSION
+    from webapp.analysis import demo
+    from webapp.demo import DemoContext
+
+    monkeypatch.delenv("PATHALIGN_DEMO_BUNDLE", raising=False)
+    settings.MODEL_BUNDLE_DIR = tmp_path / "models"
+    old = ModelBundle.objects.create(name=DEMO_NAME, version="0.9", path=str(tiny_bundle_dir), variant="G",
+                                     encoder={"kind": "random"}, dims={}, is_active=True)
+    support.ingest(small_slides[0], case_factory().parts.get())
+    context = DemoContext(users={"labadmin": cast.admin}, log=lambda message: None)
+    demo.seed(context)  # copies the shipped bundle into MODEL_BUNDLE_DIR/demo-<version>
+    new = ModelBundle.objects.get(is_active=True)
+    assert (new.name, new.version) == (DEMO_NAME, DEMO_VERSION) and new.pk != old.pk
+    assert new.path == str((tmp_path / "models" / f"demo-{DEMO_VERSION}").resolve())
+    assert Job.objects.filter(kind=pipeline.ANALYZE, params__bundle=new.pk).count() == 1  # re-embedded
+    # A lab admin's own choice is left alone on the next start.
+    chosen = pipeline.register_bundle(second_bundle_dir, activate=True)
+    demo.seed(context)
+    assert ModelBundle.objects.get(is_active=True).pk == chosen.pk

@@ -21,6 +21,7 @@ def saved(tmp_path_factory):
     with torch.no_grad():  # make the heads non-trivial
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
+    model.set_output_vocab(tok("adenoma carcinoma dysplasia")["input_ids"][1:-1])  # a trained decoder has one
     path = save_bundle(
         tmp_path_factory.mktemp("b") / "bundle",
         model.eval(),
@@ -53,6 +54,8 @@ def test_round_trip_gives_the_same_outputs(saved):
         patches[:1], num_beams=2, max_new_tokens=4
     )
     assert bundle.tokenizer("[DEC]").input_ids == tok("[DEC]").input_ids
+    assert bundle.model.config.output_vocab == model.config.output_vocab  # the decoder's shortlist too
+    assert bundle.model.lm_head.shortlist == model.config.output_vocab
 
 
 def test_config_records_what_a_deployment_needs(saved):

@@ -123,3 +123,32 @@ def test_variants():
     assert QFormerConfig().embed_dim == 256 and QFormerConfig().num_query_tokens == 32
     with pytest.raises(ValueError):
         QFormerConfig(losses=("itc", "mlm"))
+
+
+def test_output_shortlist_restricts_decoding_and_matches_full_softmax_on_its_tokens():
+    torch.manual_seed(1)
+    model, tok = QFormer.from_text_model(num_hidden_layers=2, vision_width=WIDTH, num_query_tokens=8)
+    model.eval()
+    allowed = tok("tubular adenoma with low grade dysplasia")["input_ids"][1:-1]
+    patches = torch.randn(1, 10, WIDTH)
+    hidden = torch.randn(3, model.config.hidden_size)
+    with torch.no_grad():
+        full = model.lm_head(hidden)
+        model.set_output_vocab(allowed)
+        short = model.lm_head.shortlist_logits(hidden)
+        scattered = model.lm_head(hidden)
+        tokens = model.generate(patches, num_beams=1, max_new_tokens=8)[0]
+        beams = model.generate(patches, num_beams=3, max_new_tokens=8)[0]
+    ids = sorted(set(allowed) | {model.config.sep_token_id})
+    assert model.config.output_vocab == ids
+    assert torch.allclose(short, full[:, ids])  # same logits, fewer of them
+    assert torch.isinf(scattered).sum(-1).tolist() == [model.config.vocab_size - len(ids)] * 3
+    assert tokens and set(tokens + beams) <= set(ids)
+    # Targets map to shortlist positions; a token outside it is ignored (-100) by the loss.
+    outside = tok.convert_tokens_to_ids("carcinoma")
+    assert model.lm_head.targets(torch.tensor([ids[2], outside])).tolist() == [2, -100]
+    dec = tok(["tubular adenoma"], return_tensors="pt")
+    loss = model.itg_loss(patches, None, dec["input_ids"], dec["attention_mask"])
+    assert torch.isfinite(loss)
+    model.set_output_vocab(None)
+    assert model.config.output_vocab is None and model.lm_head(hidden).isfinite().all()

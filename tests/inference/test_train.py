@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from inference.train import Example, TrainConfig, collate, diagnostic_text, group_ids, train_stage1
+from inference.train import (
+    Example,
+    TrainConfig,
+    collate,
+    contrastive_texts,
+    diagnostic_text,
+    first_sentence,
+    group_ids,
+    train_stage1,
+)
 
 WIDTH = 16
 TEXTS = [
@@ -76,6 +85,32 @@ def test_collate_pads_and_masks():
     assert batch["patch_mask"].sum(1).tolist() == [3, 10]
     assert batch["patches"][0, 3:].abs().sum() == 0
     assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"].sum(1).tolist() == [3, 5]
+
+
+def test_contrastive_views_are_the_diagnosis_line_and_itg_keeps_the_whole_text():
+    from inference.qformer import default_text_model_dir, load_tokenizer
+
+    assert first_sentence("B. COLON, CECUM, BIOPSY: Tubular adenoma. Sections show crowded glands.") == (
+        "B. COLON, CECUM, BIOPSY: Tubular adenoma."
+    )
+    assert first_sentence("A. Breast: Invasive ductal carcinoma, grade 3 (score 9). Mitoses: brisk.") == (
+        "A. Breast: Invasive ductal carcinoma, grade 3 (score 9)."
+    )
+    assert first_sentence("no full stop at all") == "no full stop at all"
+    ex = [Example(torch.ones(2, WIDTH), f"A. Colon: adenoma number {i}. More words here.") for i in range(40)]
+    texts = contrastive_texts(ex, 0.5, torch.Generator().manual_seed(0))
+    short = [t for t in texts if "More" not in t]
+    assert 8 < len(short) < 32  # about half are the first sentence
+    assert contrastive_texts(ex, 0.0) == [e.text for e in ex]
+    tok = load_tokenizer(default_text_model_dir())
+    batch = collate(ex[:4], tok, 32, texts=["A. Colon: adenoma number 0."] + [e.text for e in ex[1:4]])
+    # ITC/ITM read the view; ITG reads the whole first text.
+    assert batch["attention_mask"][0].sum() < batch["itg_attention_mask"][0].sum()
+    assert torch.equal(batch["input_ids"][1:], batch["itg_input_ids"][1:])
+    assert "itg_input_ids" not in collate(ex[:4], tok, 32)
+    # Identical short views count as positives of each other.
+    views = ["A. Colon: adenoma.", "A. Colon: adenoma.", "other"]
+    assert group_ids(ex[:3], "text", views).tolist() == [0, 0, 1]
 
 
 def test_group_ids_mark_duplicates():

@@ -14,7 +14,12 @@ from django.conf import settings
 
 
 def demo_bundle_dir() -> Path:
-    return Path(os.environ.get("PATHALIGN_DEMO_BUNDLE") or Path(settings.MODEL_BUNDLE_DIR) / "demo")
+    """PATHALIGN_DEMO_BUNDLE, or MODEL_BUNDLE_DIR/demo-<version>: a new demo version gets a new directory
+    (and a new ModelBundle row), so an installation that ran an older demo keeps its embeddings coherent."""
+    from inference.demo import DEMO_VERSION
+
+    explicit = os.environ.get("PATHALIGN_DEMO_BUNDLE")
+    return Path(explicit) if explicit else Path(settings.MODEL_BUNDLE_DIR) / f"demo-{DEMO_VERSION}"
 
 
 def seed(context) -> None:
@@ -40,14 +45,18 @@ def seed(context) -> None:
             context.log(f"The demo bundle could not be registered: {exc}")
             return
         context.log(f"Registered model bundle {bundle}.")
-    if not ModelBundle.objects.filter(is_active=True).exists():
+    active = ModelBundle.objects.filter(is_active=True).first()
+    # An older demo bundle gives way to this one; a bundle a lab admin chose stays active.
+    if active is None or (active.pk != bundle.pk and active.name == bundle.name and not os.environ.get(
+            "PATHALIGN_DEMO_BUNDLE")):
         pipeline.activate_bundle(bundle)
         context.log(f"{bundle} is the active model.")
     embedded = set(SlideEmbedding.objects.filter(bundle=bundle).values_list("slide_id", flat=True))
     queued = 0
     for slide in Slide.objects.select_related("part__case"):
-        if slide.pk in embedded or pipeline.latest_job(slide) is not None:
-            continue
+        job = pipeline.latest_job(slide)
+        if slide.pk in embedded or (job is not None and job.params.get("bundle") == bundle.pk):
+            continue  # done, or on its way, with this bundle (a job of an older demo bundle does not count)
         if pipeline.queue_slide_analysis(slide, bundle=bundle) is not None:
             queued += 1
     if queued:
