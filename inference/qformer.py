@@ -218,9 +218,9 @@ class LMHead(nn.Module):
     """BERT's MLM head: transform (dense + GELU + LayerNorm) then a decoder tied to the word embeddings.
 
     With an output shortlist (``config.output_vocab``) the softmax runs over those tokens only, as lexical
-    shortlists do in machine translation: a report corpus uses a few thousand of BERT's 30k word pieces, the
-    projection onto the full table was most of a CPU training step, and tokens no training report contains
-    only ever learn to be improbable. ``shortlist_logits`` gives [.., V'] (training); ``forward`` scatters
+    shortlists do in machine translation: a report corpus uses a few thousand of BERT's 30k word pieces at
+    most (the demo's 485), projecting onto the full table is a large share of a CPU training step, and
+    tokens no training report contains only ever learn to be improbable. ``shortlist_logits`` gives [.., V'] (training); ``forward`` scatters
     them into the full vocabulary with -inf elsewhere, so decoding code indexes by token id as usual.
     """
 
@@ -253,7 +253,7 @@ class LMHead(nn.Module):
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(x)))
 
-    def shortlist_logits(self, x: torch.Tensor) -> torch.Tensor:  # [.., H] -> [.., V'] (V' = V without one)
+    def shortlist_logits(self, x: torch.Tensor) -> torch.Tensor:  # [.., H] -> [.., V'] (V' = shortlist size)
         h = self._transform(x)
         if self.shortlist is None:
             return self.decoder(h) + self.bias

@@ -230,7 +230,7 @@ class TrainConfig:
     # store the table by reference to the text model instead of copying it.
     freeze_word_embeddings: bool = False
     # "corpus": the decoder's softmax covers the word pieces of the training reports only (a shortlist; a few %
-    # of the vocabulary for a report corpus, and the projection onto the full table was most of a CPU step);
+    # of the vocabulary for a report corpus; projecting onto the full table is a large share of a CPU step);
     # "full": all of it.
     output_vocab: str = "corpus"
     # Probability that ITC/ITM read only a report's first sentence (its diagnosis line) instead of the whole
