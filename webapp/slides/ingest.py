@@ -76,6 +76,7 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, openslide.OpenSlide]:
         width, height = slide.dimensions
         if width <= 0 or height <= 0:
             raise SlideRejected("The slide reports no pixels.")
+        _check_tile_sizes(slide)
         # Decode the lowest level whole and the far corner of level 0: a truncated file fails here.
         lowest = slide.level_count - 1
         lw, lh = slide.level_dimensions[lowest]
@@ -107,6 +108,25 @@ def inspect_slide(path: Path) -> tuple[SlideMetadata, openslide.OpenSlide]:
         properties={k: v[:500] for k, v in props.items() if not k.startswith(HIDDEN_PROPERTY_PREFIXES)},
     )
     return metadata, slide
+
+
+# Scanners write tiles of 240-1024 px (a few 4096 px); OpenSlide allocates a whole tile to decode any part of
+# it, and GLib aborts the process when that fails. A damaged header declaring a 788-million-pixel-wide tile
+# (found by the fuzzer) must be refused before anything is decoded.
+MAX_TILE_PIXELS = 8192 * 8192
+
+
+def _check_tile_sizes(slide: openslide.OpenSlide) -> None:
+    for level in range(slide.level_count):
+        try:
+            tile_w = int(slide.properties.get(f"openslide.level[{level}].tile-width", 0))
+            tile_h = int(slide.properties.get(f"openslide.level[{level}].tile-height", 0))
+        except (KeyError, ValueError):
+            continue
+        if tile_w * tile_h > MAX_TILE_PIXELS:
+            raise SlideRejected(
+                f"The slide's level {level} declares tiles of {tile_w} x {tile_h} pixels; the file is damaged."
+            )
 
 
 def _readable_properties(slide: openslide.OpenSlide) -> dict[str, str]:
