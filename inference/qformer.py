@@ -236,7 +236,6 @@ class LMHead(nn.Module):
     def set_shortlist(self, ids: Sequence[int] | None) -> None:
         """Restrict outputs to ``ids`` (None: the whole vocabulary). Not a weight: the config records it."""
         if ids is None:
-            self.shortlist = None
             self.register_buffer("shortlist_ids", None, persistent=False)
             self.register_buffer("target_index", None, persistent=False)
             return
@@ -248,24 +247,23 @@ class LMHead(nn.Module):
         device = self.bias.device
         self.register_buffer("shortlist_ids", short.to(device), persistent=False)
         self.register_buffer("target_index", index.to(device), persistent=False)
-        self.shortlist = short.tolist()
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(x)))
 
     def shortlist_logits(self, x: torch.Tensor) -> torch.Tensor:  # [.., H] -> [.., V'] (V' = shortlist size)
         h = self._transform(x)
-        if self.shortlist is None:
+        if self.shortlist_ids is None:
             return self.decoder(h) + self.bias
         return F.linear(h, self.decoder.weight[self.shortlist_ids], self.bias[self.shortlist_ids])
 
     def targets(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids -> positions in shortlist_logits (ids outside the shortlist -> -100, ignored)."""
-        return token_ids if self.shortlist is None else self.target_index[token_ids]
+        return token_ids if self.shortlist_ids is None else self.target_index[token_ids]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T, V]
         logits = self.shortlist_logits(x)
-        if self.shortlist is None:
+        if self.shortlist_ids is None:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
         return full.index_copy_(-1, self.shortlist_ids, logits)

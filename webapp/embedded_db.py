@@ -62,7 +62,7 @@ def _apply_memory_settings(url: str) -> bool:
     import psycopg
     from psycopg import sql
 
-    restart = False
+    restart = changed = False
     with psycopg.connect(url, autocommit=True) as conn:
         for name, value in memory_settings().items():
             context, pending = conn.execute(
@@ -77,7 +77,9 @@ def _apply_memory_settings(url: str) -> bool:
                 continue
             conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
             restart |= context == "postmaster"
-        conn.execute("SELECT pg_reload_conf()")
+            changed = True
+        if changed:  # the usual start finds everything in place and skips this
+            conn.execute("SELECT pg_reload_conf()")
         others = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         ).fetchone()[0]

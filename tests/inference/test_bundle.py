@@ -55,7 +55,7 @@ def test_round_trip_gives_the_same_outputs(saved):
     )
     assert bundle.tokenizer("[DEC]").input_ids == tok("[DEC]").input_ids
     assert bundle.model.config.output_vocab == model.config.output_vocab  # the decoder's shortlist too
-    assert bundle.model.lm_head.shortlist == model.config.output_vocab
+    assert bundle.model.lm_head.shortlist_ids.tolist() == model.config.output_vocab
 
 
 def test_config_records_what_a_deployment_needs(saved):
