@@ -37,11 +37,13 @@ INSTALLED_APPS = [
     "axes",
     "webapp.accounts",
     "webapp.audit",
+    "webapp.jobs",
     "webapp.cases",
     "webapp.slides",
     "webapp.analysis",
     "webapp.reports",
     "webapp.evaluation",
+    "webapp",  # the project floor: commands over every app (seed_demo, backup, restore)
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""Background jobs: the job table, the handler registry, dispatch to Celery, retries and worker heartbeats."""
