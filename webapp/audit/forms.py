@@ -5,8 +5,8 @@ from __future__ import annotations
 from django import forms
 
 from webapp.accounts.models import User
-from webapp.cases.models import Case
 
+from .case_directory import case_directory
 from .models import AuditEvent
 
 
@@ -24,9 +24,10 @@ class AuditFilterForm(forms.Form):
     date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user: User, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["action"].choices = _action_choices()
+        self.user = user  # accessions resolve only to cases this user may see
         self.case_id: int | None = None
 
     def clean_action(self) -> str:
@@ -35,7 +36,7 @@ class AuditFilterForm(forms.Form):
     def clean_accession(self) -> str:
         accession = (self.cleaned_data.get("accession") or "").strip().upper()
         if accession:
-            case_id = Case.objects.filter(accession_number=accession).values_list("pk", flat=True).first()
+            case_id = case_directory().find(self.user, accession)
             if case_id is None:
                 raise forms.ValidationError("No case has that accession number.")
             self.case_id = case_id

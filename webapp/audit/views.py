@@ -21,9 +21,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.accounts.decorators import lab_admin_required
 from webapp.accounts.models import User
-from webapp.cases import access
-from webapp.cases.models import Case
 
+from .case_directory import case_directory
 from .forms import AuditFilterForm, CaseLookupForm
 from .log import record
 from .models import AuditEvent
@@ -76,8 +75,7 @@ def filtered_events(filters: dict) -> QuerySet[AuditEvent]:
 
 
 def _accessions(case_ids: Iterable[int | None]) -> dict[int, str]:
-    ids = {case_id for case_id in case_ids if case_id}
-    return dict(Case.objects.filter(pk__in=ids).values_list("pk", "accession_number")) if ids else {}
+    return case_directory().accessions({case_id for case_id in case_ids if case_id})
 
 
 def _form_initial(filters: dict) -> dict:
@@ -91,14 +89,14 @@ def _form_initial(filters: dict) -> dict:
 @require_http_methods(["GET", "POST"])
 def audit_log(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        form = AuditFilterForm(request.POST)
+        form = AuditFilterForm(request.POST, user=request.user)
         if form.is_valid():
             query = urlencode(form.query_params())
             return redirect(reverse("audit_log") + (f"?{query}" if query else ""))
         filters = parse_filters({})
     else:
         filters = parse_filters(request.GET)
-        form = AuditFilterForm(initial=_form_initial(filters))
+        form = AuditFilterForm(initial=_form_initial(filters), user=request.user)
     events = filtered_events(filters)
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     accessions = _accessions(event.case_id for event in page)
@@ -193,9 +191,9 @@ def case_access_lookup(request: HttpRequest) -> HttpResponse:
     """Type an accession number (POST, so it stays out of URLs); go to that case's access report."""
     form = CaseLookupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        case = access.visible_cases(request.user).filter(accession_number=form.cleaned_data["accession"]).first()
-        if case is not None:
-            return redirect("audit_case_access", case_id=case.pk)
+        case_id = case_directory().find(request.user, form.cleaned_data["accession"])
+        if case_id is not None:
+            return redirect("audit_case_access", case_id=case_id)
         form.add_error("accession", "No case has that accession number.")
     return render(request, "audit/case_access_lookup.html", {"form": form})
 
@@ -204,7 +202,7 @@ def case_access_lookup(request: HttpRequest) -> HttpResponse:
 @require_GET
 def case_access_report(request: HttpRequest, case_id: int) -> HttpResponse:
     """Everyone who saw or changed a case, with first and last access, plus refused attempts."""
-    case = access.get_case_for_user(request.user, case_id)
+    case = case_directory().get(request.user, case_id)
     events = AuditEvent.objects.filter(case_id=case.pk)
     seen = events.exclude(action="denied")
     people = list(
