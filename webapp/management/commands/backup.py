@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.audit.backup import BackupError, backup
+from webapp.backup import BackupError, backup
 
 
 class Command(BaseCommand):
