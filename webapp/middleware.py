@@ -8,31 +8,48 @@ access attempt on anyone's data and is not recorded (it would only fill the log 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import uuid
 
-from django.apps import apps
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
+from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 log = logging.getLogger(__name__)
 
-# URL keyword -> (model, path from that model to its case id). Other apps' resources go here too;
-# `tests/test_trust_access_matrix.py` fails when a URL keyword is not listed.
-RESOURCE_KWARGS: dict[str, tuple[str, str]] = {
-    "case_id": ("cases.Case", "pk"),
-    "part_id": ("cases.Part", "case_id"),
-    "slide_id": ("slides.Slide", "part__case_id"),
-    "user_id": ("accounts.User", ""),
-    "report_id": ("reports.Report", "case_id"),
-    "section_id": ("reports.ReportSection", "report__case_id"),
-    "classification_id": ("reports.Classification", "section__report__case_id"),
-    "labelset_id": ("reports.LabelSet", ""),
-    "job_id": ("analysis.Job", "case_id"),
-    "bundle_id": ("analysis.ModelBundle", ""),
-    "study_id": ("evaluation.Study", ""),
-}
+
+@functools.cache
+def resource_kwargs() -> dict[str, tuple[type[Model], str]]:
+    """URL keyword -> (model, path from that model to its case id). Other apps' resources go here too;
+    `tests/test_trust_access_matrix.py` fails when a URL keyword is not listed."""
+    # Imported on first call, not at the top: production LOGGING loads RedactQueryStringFilter from this
+    # module while django.setup() configures logging, before any model class can be defined.
+    from webapp.accounts.models import User
+    from webapp.analysis.models import ModelBundle
+    from webapp.cases.models import Case, Part
+    from webapp.evaluation.models import Study
+    from webapp.jobs.models import Job
+    from webapp.reports.models import Classification, LabelSet, Report, ReportSection
+    from webapp.slides.models import Slide
+
+    return {
+        "case_id": (Case, "pk"),
+        "part_id": (Part, "case_id"),
+        "slide_id": (Slide, "part__case_id"),
+        "user_id": (User, ""),
+        "report_id": (Report, "case_id"),
+        "section_id": (ReportSection, "report__case_id"),
+        "classification_id": (Classification, "section__report__case_id"),
+        "labelset_id": (LabelSet, ""),
+        "job_id": (Job, "case_id"),
+        "bundle_id": (ModelBundle, ""),
+        "study_id": (Study, ""),
+    }
+
+
 # URL keywords that name no resource of their own (positions, versions, formats, tile coordinates).
 PLAIN_KWARGS = {"number", "position", "what", "name", "level", "col", "row", "fmt", "region", "size", "rotation",
                 "quality_format"}
@@ -42,10 +59,10 @@ def existing_resource(kwargs: dict) -> tuple[bool, int | None]:
     """Whether any object named by the URL exists, and the case it belongs to (if any)."""
     found, case_id = False, None
     for name, value in kwargs.items():
-        spec = RESOURCE_KWARGS.get(name)
+        spec = resource_kwargs().get(name)
         if spec is None:
             continue
-        model = apps.get_model(spec[0])
+        model = spec[0]
         try:
             if isinstance(value, str) and model._meta.pk.get_internal_type() == "UUIDField":
                 value = uuid.UUID(value)
@@ -94,7 +111,7 @@ class DeniedAccessAuditMiddleware:
         return None  # Django's normal 403/404 handling continues
 
     def _record(self, request: HttpRequest, status: int, reason: str, case_id: int | None = None) -> None:
-        from webapp.audit.log import record
+        from webapp.audit.log import record  # imports a model: see resource_kwargs() for why not at the top
 
         request._denied_recorded = True
         match = getattr(request, "resolver_match", None)
@@ -140,8 +157,6 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        from django.db import InterfaceError, OperationalError
-
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         log.error("database unavailable during a request: %s", type(exception).__name__)
