@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from inference.generation import GenerationConfig, resolve, seeded
+
 DEFAULT_INSTRUCTION = "Write the pathology report for this slide:"
 
 
@@ -92,6 +94,23 @@ def load_causal_lm(lm_dir: str | os.PathLike, dtype: torch.dtype | None = None, 
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer
+
+
+def hf_generate_options(config: GenerationConfig) -> dict[str, Any]:
+    """The transformers ``generate`` keywords for a GenerationConfig (sampling knobs only when sampling)."""
+    options: dict[str, Any] = dict(
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        num_beams=config.num_beams,
+        do_sample=config.do_sample,
+        repetition_penalty=config.repetition_penalty,
+    )
+    if config.num_beams > 1:
+        options["length_penalty"] = config.length_penalty
+    if config.do_sample:
+        # top_k=0 is "no top-k filter" here as in the Q-Former decoder (None would mean the LM's default).
+        options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+    return options
 
 
 class SoftPromptBridge(nn.Module):
@@ -186,30 +205,23 @@ class SoftPromptBridge(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        query_out: torch.Tensor,
+        query_out: torch.Tensor,  # [B, Q, H] Q-Former query outputs
+        config: GenerationConfig | None = None,
         instruction: str | None = None,
-        num_beams: int = 3,
-        do_sample: bool = False,
-        max_new_tokens: int = 128,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        **generate_kwargs: Any,
+        **overrides: Any,
     ) -> list[str]:
+        """One text per row of ``query_out``. ``config.backend`` is not read here (this is the "llm" one)."""
+        cfg = resolve(config, overrides)
         prefix, _ = self.prefix(query_out, instruction)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        options: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            repetition_penalty=repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
-        out = self.lm.generate(inputs_embeds=prefix, attention_mask=mask, **options, **generate_kwargs)
+        with seeded(cfg, prefix.device):
+            out = self.lm.generate(
+                inputs_embeds=prefix,
+                attention_mask=mask,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **hf_generate_options(cfg),
+            )
         # With only inputs_embeds, decoder-only models return the new tokens alone.
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 

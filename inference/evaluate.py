@@ -29,7 +29,7 @@ import datetime as dt
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,12 @@ import numpy as np
 import torch
 
 from inference import metrics
+from inference.generation import (
+    GenerationConfig,
+    add_generation_arguments,
+    generation_config_from_args,
+    resolve,
+)
 from inference.pathalign import PathAlign
 from inference.train import Example
 
@@ -170,11 +176,16 @@ def evaluate(
     examples: Sequence[Example],
     split: str = "test",
     generation: bool = True,
-    num_beams: int = 3,
-    max_new_tokens: int = 96,
-    log: Any = print,
+    config: GenerationConfig | None = None,
+    log: Callable[[str], object] = print,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """All figures for PathAlign and the mean-pool baseline on ``split``; trains only the baseline."""
+    """All figures for PathAlign and the mean-pool baseline on ``split``; trains only the baseline.
+
+    Drafts are written with ``config`` (``overrides`` change a copy, e.g. ``max_new_tokens=4``); backend
+    "none", or ``generation=False``, skips them.
+    """
+    cfg = resolve(config, overrides)
     train = [e for e in examples if e.split == "train"]
     val = [e for e in examples if e.split == "val"]
     test = [e for e in examples if e.split == split]
@@ -231,11 +242,10 @@ def evaluate(
 
     # Generation.
     drafts: list[str] = []
-    if generation and "itg" in model.model.config.losses:
-        log(f"generating {len(test)} drafts (beam {num_beams}) ...")
-        drafts = model.generate_many(
-            [e.features for e in test], num_beams=num_beams, max_new_tokens=max_new_tokens
-        )
+    can_generate = cfg.backend == "llm" or (cfg.backend == "qformer" and "itg" in model.model.config.losses)
+    if generation and can_generate:
+        log(f"generating {len(test)} drafts ({cfg.backend}, beam {cfg.num_beams}) ...")
+        drafts = model.generate_many([e.features for e in test], cfg)
         nearest = baseline.nearest_report(test)
         ours |= metrics.generation_report(drafts, texts)
         base |= metrics.generation_report(nearest, texts)
@@ -254,7 +264,7 @@ def evaluate(
         "baseline": base,
         "baseline_method": "mean-pooled patch features; ridge map to frozen MiniLM sentence embeddings "
         f"(alpha={baseline.alpha:g}); nearest-training-report drafts",
-        "generation": {"num_beams": num_beams, "max_new_tokens": max_new_tokens},
+        "generation": cfg.to_dict(),
         "examples": [
             {"slide": e.record.get("slide"), "diagnosis": label_of(e), "reference": e.text, "draft": d}
             for e, d in zip(test[:5], drafts[:5], strict=False)
@@ -313,8 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--split", default="test")
     ap.add_argument("--no-generation", action="store_true")
-    ap.add_argument("--num-beams", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    add_generation_arguments(ap)
     ap.add_argument("--no-write", action="store_true", help="do not write eval.json into the bundle")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -329,8 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         examples,
         args.split,
         not args.no_generation,
-        args.num_beams,
-        args.max_new_tokens,
+        generation_config_from_args(args),
         log=lambda m: print(m, file=sys.stderr),
     )
     print(format_table(result))

@@ -1,19 +1,28 @@
 """Slide -> patch features: tiling, parallel patch reading and batched encoding; corpus feature caches.
 
-API (stable):
+API (stable; the web app's feature cache uses these too):
 
 - `SlideFeatures`: features float32 Tensor [N, D], coords int64 ndarray [N, 2] (level-0 x, y of each patch's
-  top-left corner), patch_size_level0, patch_size, target_mpp, slide_mpp, dimensions (level-0 width, height),
-  encoder_spec, n_candidates (tissue patches before the cap) and timings (read_seconds: reading time summed
-  over threads; read_wait_seconds: time the encoder waited for patches; encode_seconds; wall_seconds).
-  `.save(path)` / `SlideFeatures.load(path)` use safetensors with JSON metadata.
+  top-left corner), patch_size_level0 (patch side in level-0 pixels), patch_size (the encoder's input side),
+  target_mpp, slide_mpp, dimensions (level-0 width, height), encoder_spec, n_candidates (tissue patches
+  before the cap) and timings (read_seconds: reading time summed over threads; read_wait_seconds: time the
+  encoder waited for patches; encode_seconds; wall_seconds).
+  `.save(path, extra=None, dtype=torch.float32)` / `SlideFeatures.load(path)` use safetensors with JSON
+  metadata; `dtype` is the storage dtype of the features (float16 halves the file), and `load` always
+  gives float32 back, so whatever is computed from a loaded copy is the same on every load.
+- `read_meta(path) -> FeaturesMeta` (also `SlideFeatures.meta_of(path)`): a file's metadata, its patch count
+  and storage dtype, without reading the tensors; `FeaturesMeta.matches(encoder_spec)` checks a cache file.
+- `Features = SlideFeatures | HasFeatures | torch.Tensor | np.ndarray` what the model API accepts as one
+  slide's patch features; `features_tensor(features) -> Tensor [N, D] float32`.
 - `extract_slide_features(slide, encoder, patch_size=224, target_mpp=1.0, max_patches=None, batch_size=64,
-   workers=4, fallback_mpp=None, progress=None) -> SlideFeatures`.
+   workers=4, fallback_mpp=None, min_tissue=0.4, progress=None) -> SlideFeatures`.
 - `extract_corpus_features(manifest_path, encoder, out_dir, max_patches=256, workers=4, ...) -> Path`: one
   `<case_id>_<part>.safetensors` per manifest record plus `index.jsonl` (one line per slide: slide,
   features file, n_patches, split, diagnosis, case_id) and `encoder.json` (the encoder spec and dim).
   Slides whose cache file already holds features from the same encoder and tiling are skipped.
 - `load_feature_index(out_dir) -> list[dict]` (each with an absolute `features_path`).
+
+Progress is reported through `inference.progress.Progress`: ``progress(done, total)``, ints.
 
 Reading runs on a thread pool with one OpenSlide handle per thread (OpenSlide releases the GIL while it
 decodes), keeping a window of patches in flight so the encoder is never starved.
@@ -23,33 +32,56 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .encoders import PatchEncoder
+from .progress import Progress
 from .slides import PatchGrid, open_slide, patch_grid, read_patch
 
-Progress = Callable[[int, int], None]
+__all__ = [
+    "Features",
+    "FeaturesMeta",
+    "HasFeatures",
+    "Progress",
+    "SlideFeatures",
+    "encode_grid",
+    "extract_corpus_features",
+    "extract_slide_features",
+    "features_tensor",
+    "load_feature_index",
+    "read_meta",
+]
+
+META_KEY = "slide_features"  # the safetensors metadata entry that holds the JSON below
+STORAGE_DTYPES: dict[torch.dtype, str] = {torch.float32: "float32", torch.float16: "float16",
+                                          torch.bfloat16: "bfloat16"}
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 @dataclass
 class SlideFeatures:
     features: torch.Tensor  # float32 [N, D]
     coords: np.ndarray  # int64 [N, 2], level-0 (x, y) of each patch's top-left corner
+    # Two sizes, both in pixels: `patch_size_level0` is the patch's side on the slide at level 0 (what
+    # coords, heatmaps and evidence boxes use; 448 for 224 px at 1.0 mpp on a 0.5 mpp scan), `patch_size`
+    # the side of the image the encoder was given (the tiling request, resized to this).
     patch_size_level0: int
     patch_size: int
     target_mpp: float
     slide_mpp: float
     dimensions: tuple[int, int]  # level-0 (width, height)
-    encoder_spec: dict = field(default_factory=dict)
+    encoder_spec: dict[str, Any] = field(default_factory=dict)
     n_candidates: int = 0
     read_seconds: float = 0.0
     read_wait_seconds: float = 0.0
@@ -60,34 +92,129 @@ class SlideFeatures:
         return int(self.features.shape[0])
 
     def meta(self) -> dict[str, Any]:
+        """Everything but the tensors, JSON-ready (what `save` writes into the file's metadata)."""
         return {k: getattr(self, k) for k in ("patch_size_level0", "patch_size", "target_mpp", "slide_mpp",
                                               "encoder_spec", "n_candidates", "read_seconds",
                                               "read_wait_seconds", "encode_seconds", "wall_seconds")} | {
             "dimensions": list(self.dimensions)}
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None,
+             dtype: torch.dtype = torch.float32) -> Path:
+        """Write atomically (a reader never sees half a file); features stored as `dtype`."""
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES.values())}; got {dtype}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = self.meta() | ({"extra": extra} if extra else {})
-        tmp = path.with_suffix(".tmp")
-        save_file({"features": self.features.contiguous().float(),
+        meta = self.meta() | {"dtype": STORAGE_DTYPES[dtype]} | ({"extra": extra} if extra else {})
+        # A unique temporary name: several workers (processes, hosts) may cache the same slide at once.
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        save_file({"features": self.features.detach().to("cpu", dtype).contiguous(),
                    "coords": torch.from_numpy(np.ascontiguousarray(self.coords, dtype=np.int64))},
-                  str(tmp), metadata={"slide_features": json.dumps(meta)})
+                  str(tmp), metadata={META_KEY: json.dumps(meta)})
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SlideFeatures:
+        """Read a file written by `save` (any storage dtype, and files from before dtypes were recorded):
+        features always float32, coords int64."""
+        meta = _raw_meta(path)
         tensors = load_file(str(path))
-        meta = _read_meta(path)
-        meta.pop("extra", None)
-        meta["dimensions"] = tuple(meta["dimensions"])
-        return cls(features=tensors["features"], coords=tensors["coords"].numpy(), **meta)
+        known = {f.name for f in fields(cls)} - {"features", "coords"}
+        kwargs = {k: v for k, v in meta.items() if k in known}
+        kwargs["dimensions"] = tuple(kwargs["dimensions"])
+        return cls(features=tensors["features"].float(), coords=tensors["coords"].numpy().astype(np.int64),
+                   **kwargs)
+
+    @staticmethod
+    def meta_of(path: str | Path) -> FeaturesMeta:
+        """Same as `read_meta(path)`."""
+        return read_meta(path)
 
 
-def _read_meta(path: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeaturesMeta:
+    """What a features file says about itself, read without loading its tensors."""
+
+    n_patches: int
+    dim: int  # D, the feature width
+    dtype: str  # storage dtype of the features: "float32", "float16" or "bfloat16"
+    encoder_spec: dict[str, Any]
+    patch_size_level0: int
+    patch_size: int
+    target_mpp: float
+    slide_mpp: float
+    dimensions: tuple[int, int]
+    n_candidates: int
+    extra: dict[str, Any]
+
+    def matches(self, encoder_spec: Mapping[str, Any]) -> bool:
+        """Were these features made by an encoder with this spec? (compared as JSON, key order aside)"""
+        return _spec_key(self.encoder_spec) == _spec_key(encoder_spec)
+
+
+def read_meta(path: str | Path) -> FeaturesMeta:
+    """The metadata of a file written by `SlideFeatures.save`. ValueError if it is not one (or unreadable
+    as safetensors); FileNotFoundError if it is missing."""
+    meta = _raw_meta(path)
     with safe_open(str(path), "pt") as fh:
-        return json.loads((fh.metadata() or {})["slide_features"])
+        shape = fh.get_slice("features").get_shape()
+        stored = _SAFETENSORS_DTYPES.get(fh.get_slice("features").get_dtype(), "float32")
+    try:
+        return FeaturesMeta(
+            n_patches=int(shape[0]), dim=int(shape[1]) if len(shape) > 1 else 0,
+            dtype=str(meta.get("dtype", stored)), encoder_spec=dict(meta["encoder_spec"]),
+            patch_size_level0=int(meta["patch_size_level0"]), patch_size=int(meta["patch_size"]),
+            target_mpp=float(meta["target_mpp"]), slide_mpp=float(meta["slide_mpp"]),
+            dimensions=(int(meta["dimensions"][0]), int(meta["dimensions"][1])),
+            n_candidates=int(meta.get("n_candidates", 0)), extra=dict(meta.get("extra") or {}),
+        )
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path}: incomplete slide-features metadata ({exc!r})") from None
+
+
+def _raw_meta(path: str | Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), "pt") as fh:
+            text = (fh.metadata() or {}).get(META_KEY)
+            names = set(fh.keys())
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    if text is None or not {"features", "coords"} <= names:
+        raise ValueError(f"{path} was not written by SlideFeatures.save (no {META_KEY!r} metadata)")
+    return json.loads(text)
+
+
+def _spec_key(spec: Mapping[str, Any]) -> str:
+    return json.dumps(json.loads(json.dumps(dict(spec))), sort_keys=True)  # tuples -> lists, as stored
+
+
+@runtime_checkable
+class HasFeatures(Protocol):
+    """Anything that carries one slide's patch features as ``.features`` (a float Tensor [N, D])."""
+
+    @property
+    def features(self) -> torch.Tensor: ...
+
+
+# One slide's patch features as the model API takes them: SlideFeatures (or any HasFeatures), or [N, D].
+Features = SlideFeatures | HasFeatures | torch.Tensor | np.ndarray
+
+
+def features_tensor(features: Features) -> torch.Tensor:
+    """[N, D] float32 tensor from SlideFeatures (or any HasFeatures), a tensor or an array."""
+    if isinstance(features, torch.Tensor):
+        x = features
+    elif isinstance(features, np.ndarray):
+        x = torch.as_tensor(np.ascontiguousarray(features))
+    elif isinstance(features, HasFeatures):
+        x = torch.as_tensor(features.features)
+    else:
+        raise TypeError(f"expected SlideFeatures, a Tensor or an ndarray; got {type(features).__name__}")
+    x = x.float()
+    if x.dim() != 2:
+        raise ValueError(f"expected patch features [N, D], got shape {tuple(x.shape)}")
+    return x
 
 
 class _ThreadSlides:
@@ -120,6 +247,8 @@ def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_
     n = len(grid)
     timings = {"read_seconds": 0.0, "read_wait_seconds": 0.0, "encode_seconds": 0.0}
     if n == 0:
+        if progress:
+            progress(0, 0)
         return torch.zeros(0, encoder.dim), timings
     slides = _ThreadSlides(str(path))
     read_lock = threading.Lock()
@@ -199,19 +328,16 @@ def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, ou
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim}, indent=2))
-    want = {"encoder_spec": json.loads(json.dumps(encoder.spec)), "patch_size": patch_size,
-            "target_mpp": target_mpp, "max_patches": max_patches}
     index = []
     for i, rec in enumerate(records):
         path = out / _feature_name(rec)
         fresh = False
         if path.exists() and not overwrite:
             try:
-                meta = _read_meta(path)
-                fresh = (meta["encoder_spec"] == want["encoder_spec"] and meta["patch_size"] == patch_size
-                         and meta["target_mpp"] == target_mpp
-                         and meta.get("extra", {}).get("max_patches") == max_patches)
-            except (OSError, KeyError, ValueError):
+                meta = read_meta(path)
+                fresh = (meta.matches(encoder.spec) and meta.patch_size == patch_size
+                         and meta.target_mpp == target_mpp and meta.extra.get("max_patches") == max_patches)
+            except (OSError, ValueError):
                 fresh = False
         if not fresh:
             sf = extract_slide_features(rec["slide_path"], encoder, patch_size, target_mpp, max_patches,
@@ -219,13 +345,14 @@ def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, ou
             sf.save(path, extra={"max_patches": max_patches, "slide": rec["slide"]})
             n = len(sf)
         else:
-            with safe_open(str(path), "pt") as fh:
-                n = fh.get_slice("features").get_shape()[0]
+            n = meta.n_patches
         index.append({"slide": rec["slide"], "features": path.name, "n_patches": int(n),
                       "split": rec.get("split"), "diagnosis": rec.get("diagnosis"), "case_id": rec.get("case_id"),
                       "part": rec.get("part")})
         if progress:
             progress(i + 1, len(records))
+    if progress and not records:
+        progress(0, 0)
     idx = out / "index.jsonl"
     with open(idx, "w") as fh:
         for row in index:

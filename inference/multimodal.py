@@ -6,8 +6,8 @@ chosen is skipped). Those patches are read from the slide at full resolution and
 through ``AutoProcessor`` + ``AutoModelForImageTextToText`` loaded from a local directory only.
 
     reporter = MultimodalReporter.from_pretrained("/models/medgemma-4b-it")
-    text, chosen = reporter.describe_slide(slide_path, features, embedding.attention, k=4,
-                                           context={"organ": "Colon", "clinical_history": "..."})
+    text, chosen = reporter.describe_slide(slide_path, features, embedding.attention, GenerationConfig(),
+                                           k=4, context={"organ": "Colon", "clinical_history": "..."})
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
+
+from inference.bridge import hf_generate_options
+from inference.features import SlideFeatures
+from inference.generation import GenerationConfig, resolve, seeded
+
+if TYPE_CHECKING:  # transformers loads only with a model (from_pretrained)
+    from transformers import PreTrainedModel, ProcessorMixin
 
 DEFAULT_PROMPT = (
     "You are an expert pathologist. The images are {n} representative regions of one H&E-stained "
@@ -70,10 +78,9 @@ def read_patch_images(
     patch_size_level0: int,
     indices: Sequence[int],
     out_size: int | None = 448,
-) -> list[Any]:
+) -> list[Image.Image]:
     """PIL RGB images of the chosen patches, read at level 0 (``coords`` are level-0 top-left corners)."""
     import openslide
-    from PIL import Image
 
     images = []
     with openslide.OpenSlide(str(slide_path)) as slide:
@@ -113,7 +120,9 @@ def render_prompt(processor: Any, messages: list, image_token: str | None = None
 
 
 class MultimodalReporter:
-    def __init__(self, model: Any, processor: Any, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: PreTrainedModel, processor: ProcessorMixin, device: str | torch.device = "cpu"
+    ) -> None:
         self.model, self.processor, self.device = model, processor, torch.device(device)
 
     @classmethod
@@ -137,53 +146,45 @@ class MultimodalReporter:
     @torch.no_grad()
     def describe(
         self,
-        images: Sequence[Any],
+        images: Sequence[Image.Image],
+        config: GenerationConfig | None = None,
         prompt: str | None = None,
         context: dict[str, str] | None = None,
-        max_new_tokens: int = 256,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        **overrides: Any,
     ) -> str:
-        """Generate text for the given patch images (PIL) and prompt."""
+        """Generate text for the given patch images (PIL) and prompt. ``config.backend`` is not read here."""
+        cfg = resolve(config, overrides)
         messages = build_messages(len(images), prompt, context)
         text = render_prompt(self.processor, messages)
         inputs = self.processor(text=[text], images=[list(images)], return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        options: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            repetition_penalty=repetition_penalty,
-        )
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
-        out = self.model.generate(**inputs, **options)
+        with seeded(cfg, self.device):
+            out = self.model.generate(**inputs, **hf_generate_options(cfg))
         new = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 
     def describe_slide(
         self,
         slide_path: str | os.PathLike,
-        features: Any,
+        features: SlideFeatures,
         attention: np.ndarray,
+        config: GenerationConfig | None = None,
         k: int = 4,
         prompt: str | None = None,
         context: dict[str, str] | None = None,
         patch_px: int = 448,
-        **generate_kwargs: Any,
+        **overrides: Any,
     ) -> tuple[str, list[int]]:
         """Pick k patches by Q-Former attention, read them from the slide, and describe them.
 
-        ``features``: SlideFeatures (``coords`` [N, 2] level-0, ``patch_size_level0``); ``attention`` [N]
-        from ``PathAlign.embed``. Returns (text, indices of the patches shown).
+        ``features``: the slide's SlideFeatures (``coords`` [N, 2] level-0, ``patch_size_level0``);
+        ``attention`` [N] aligned with its coords: ``PathAlign.embed(features).attention``, or the slide's
+        share of a part's attention, ``Draft.per_slide_attention[i]`` (only the order matters).
+        Returns (text, indices of the patches shown).
         """
+        cfg = resolve(config, overrides)
         coords = np.asarray(features.coords)
         chosen = select_patches(attention, coords, k=k)
-        images = read_patch_images(
-            slide_path, coords, int(features.patch_size_level0), chosen, out_size=patch_px
-        )
-        return self.describe(images, prompt=prompt, context=context, **generate_kwargs), chosen
+        images = read_patch_images(slide_path, coords, int(features.patch_size_level0), chosen, out_size=patch_px)
+        return self.describe(images, cfg, prompt=prompt, context=context), chosen

@@ -12,8 +12,14 @@
     model.similarity(emb, text_embs)                     # query-max cosine, np.ndarray [n]
     model.itm_scores(features, texts)                    # P(match) per text, np.ndarray [n]
     model.classify(emb, {"adenoma": [...prompts], ...})  # {label: probability}
-    model.generate(features, num_beams=3)                # report draft (Q-Former decoder)
+    model.generate(features, GenerationConfig(num_beams=3))  # report draft (Q-Former decoder; backend
+                                                         # "llm": the stage-2 bridge); or num_beams=3 alone
+    model.draft_part([features_1, features_2], config)   # Draft(text, per_slide_attention, embedding) of a
+                                                         # case part: all its slides' patches read together
     retrieve(query, candidates, k, rerank=...)           # ITC top-k, optionally re-ranked by ITM
+
+"Features" below is `inference.features.Features`: SlideFeatures (or anything with a ``.features`` tensor),
+or a [N, D] tensor / array. Generation options are one `GenerationConfig` (inference.generation).
 
 Why the slide vector is the mean of the normalised query embeddings: pgvector stores one 256-d vector per
 slide for approximate nearest-neighbour search. The mean of unit query vectors, renormalised, is the
@@ -33,9 +39,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.bundle import Bundle, check_feature_width, load_bundle
+from inference.bridge import SoftPromptBridge
+from inference.bundle import BRIDGE_DIR, Bundle, check_feature_width, load_bundle
+from inference.draft import Draft, split_attention
+from inference.encoders import PatchEncoder, build_encoder
+from inference.features import Features, SlideFeatures, extract_slide_features, features_tensor
+from inference.generation import GenerationConfig, resolve, torch_generator
+from inference.progress import Progress
 
-FeaturesLike = Any  # SlideFeatures (has .features [N, D]) | torch.Tensor [N, D] | np.ndarray [N, D]
+__all__ = [
+    "Draft",
+    "Features",
+    "GenerationConfig",
+    "PathAlign",
+    "SlideEmbedding",
+    "features_tensor",
+    "pad_features",
+    "query_max",
+    "retrieve",
+    "tidy_text",
+]
 
 
 @dataclass
@@ -50,15 +73,6 @@ class SlideEmbedding:
             "queries": self.queries.tolist(),
             "attention": self.attention.tolist(),
         }
-
-
-def features_tensor(features: FeaturesLike) -> torch.Tensor:
-    """[N, D] float32 tensor from SlideFeatures, a tensor or an array."""
-    x = getattr(features, "features", features)
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
-    if x.dim() != 2:
-        raise ValueError(f"expected patch features [N, D], got shape {tuple(x.shape)}")
-    return x
 
 
 def pad_features(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +101,8 @@ class PathAlign:
         self.model = bundle.model.to(device).eval()
         self.tokenizer = bundle.tokenizer
         self.device = torch.device(device)
-        self._encoder = None
-        self._bridge = None
+        self._encoder: PatchEncoder | None = None
+        self._bridge: SoftPromptBridge | None = None
         self._lm_dir = lm_dir
 
     @classmethod
@@ -118,19 +132,16 @@ class PathAlign:
     # ---- features (delegated to the data side)
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> PatchEncoder:
         """The patch encoder named by the bundle's encoder spec (built once, on first use)."""
         if self._encoder is None:
-            from inference.encoders import build_encoder
-
             self._encoder = build_encoder(self.bundle.config["encoder"], device=str(self.device))
         return self._encoder
 
-    def extract(self, slide_path: str | os.PathLike, progress: Callable | None = None) -> Any:
-        """Tissue mask -> patch grid -> patch features for one slide (``inference.features``)."""
-        from inference import features as feats
-
-        return feats.extract_slide_features(slide_path, self.encoder, progress=progress)
+    def extract(self, slide_path: str | os.PathLike, progress: Progress | None = None) -> SlideFeatures:
+        """Tissue mask -> patch grid -> patch features for one slide (``inference.features``);
+        ``progress(done, total)`` counts encoded patches."""
+        return extract_slide_features(slide_path, self.encoder, progress=progress)
 
     # ---- embeddings
 
@@ -138,7 +149,7 @@ class PathAlign:
         check_feature_width(self.bundle.config, x.shape[-1])
 
     @torch.no_grad()
-    def embed_many(self, items: Sequence[FeaturesLike], batch_size: int = 16) -> list[SlideEmbedding]:
+    def embed_many(self, items: Sequence[Features], batch_size: int = 16) -> list[SlideEmbedding]:
         """Embed several slides (padded in batches; padding never changes an embedding)."""
         out: list[SlideEmbedding] = []
         for start in range(0, len(items), batch_size):
@@ -161,7 +172,7 @@ class PathAlign:
                 )
         return out
 
-    def embed(self, features: FeaturesLike) -> SlideEmbedding:
+    def embed(self, features: Features) -> SlideEmbedding:
         return self.embed_many([features])[0]
 
     @torch.no_grad()
@@ -187,11 +198,11 @@ class PathAlign:
         )
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
-    def _queries(self, item: SlideEmbedding | FeaturesLike) -> np.ndarray:
+    def _queries(self, item: SlideEmbedding | Features) -> np.ndarray:
         return item.queries if isinstance(item, SlideEmbedding) else self.embed(item).queries
 
     def similarity(
-        self, slide: SlideEmbedding | np.ndarray | FeaturesLike, text_embs: np.ndarray
+        self, slide: SlideEmbedding | np.ndarray | Features, text_embs: np.ndarray
     ) -> np.ndarray:
         """Query-max cosine between a slide and each text embedding [n, E] -> [n].
 
@@ -204,7 +215,7 @@ class PathAlign:
         return query_max(queries, np.atleast_2d(text_embs))
 
     @torch.no_grad()
-    def itm_scores(self, features: FeaturesLike, texts: Sequence[str]) -> np.ndarray:
+    def itm_scores(self, features: Features, texts: Sequence[str]) -> np.ndarray:
         """Probability that each text describes the slide (ITM head), [n]. Used to re-rank retrieval."""
         x = features_tensor(features)
         self._check(x)
@@ -224,7 +235,7 @@ class PathAlign:
         return labels, np.stack(embs).astype(np.float32)
 
     def classify(
-        self, features_or_embedding: SlideEmbedding | FeaturesLike, label_prompts: dict[str, list[str]]
+        self, features_or_embedding: SlideEmbedding | Features, label_prompts: dict[str, list[str]]
     ) -> dict[str, float]:
         """Zero-shot classification: softmax over labels of query-max similarity / learned temperature."""
         labels, embs = self.label_embeddings(label_prompts)
@@ -235,96 +246,62 @@ class PathAlign:
 
     # ---- generation
 
-    def generate(
-        self,
-        features: FeaturesLike,
-        num_beams: int = 3,
-        do_sample: bool = False,
-        max_new_tokens: int = 96,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        min_new_tokens: int = 1,
-        backend: str = "qformer",
-        seed: int | None = None,
-    ) -> str:
-        """A report draft for one slide. ``backend="qformer"`` (ITG decoder) or ``"llm"`` (stage-2 bridge)."""
-        return self.generate_many(
-            [features],
-            num_beams=num_beams,
-            do_sample=do_sample,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            min_new_tokens=min_new_tokens,
-            backend=backend,
-            seed=seed,
-        )[0]
+    def generate(self, features: Features, config: GenerationConfig | None = None, **overrides: Any) -> str:
+        """A report draft for one slide: ``config.backend`` "qformer" (ITG decoder), "llm" (stage-2 bridge)
+        or "none" (""). ``overrides`` (e.g. ``num_beams=2``) change a copy of ``config`` (default: the
+        library's ``GenerationConfig()``)."""
+        return self.generate_many([features], resolve(config, overrides))[0]
 
     @torch.no_grad()
     def generate_many(
-        self,
-        items: Sequence[FeaturesLike],
-        num_beams: int = 3,
-        do_sample: bool = False,
-        max_new_tokens: int = 96,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        min_new_tokens: int = 1,
-        backend: str = "qformer",
-        seed: int | None = None,
+        self, items: Sequence[Features], config: GenerationConfig | None = None, **overrides: Any
     ) -> list[str]:
+        """One draft per slide, as `generate`; a seed drives one random stream over all the slides."""
+        cfg = resolve(config, overrides)
         xs = [features_tensor(f) for f in items]
         for x in xs:
             self._check(x)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        if backend == "llm":
+        if cfg.backend == "none":
+            return ["" for _ in xs]
+        if cfg.backend == "llm":
             patches, mask = pad_features(xs)
             query_out, _ = self.model.encode_patches(patches.to(self.device), mask.to(self.device))
-            return self.bridge.generate(
-                query_out,
-                num_beams=num_beams,
-                do_sample=do_sample,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                repetition_penalty=repetition_penalty,
-            )
-        if backend != "qformer":
-            raise ValueError(f"unknown generation backend {backend!r}; use 'qformer' or 'llm'")
+            return self.bridge.generate(query_out, cfg)
         if "itg" not in self.model.config.losses:
             raise ValueError("this bundle is a retrieval model (PathAlign-R): it was not trained to generate")
+        generator = torch_generator(cfg, self.device)
         texts = []
         for x in xs:
-            ids = self.model.generate(
-                x[None].to(self.device),
-                None,
-                num_beams=num_beams,
-                do_sample=do_sample,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                repetition_penalty=repetition_penalty,
-                generator=generator,
-            )[0]
+            ids = self.model.generate(x[None].to(self.device), None, cfg, generator=generator)[0]
             texts.append(tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
         return texts
 
+    def draft_part(self, feature_sets: Sequence[SlideFeatures], config: GenerationConfig) -> Draft:
+        """The draft of a case part from all its slides' patches, read together as one bag.
+
+        features = cat(feature_sets' features) [N_1 + ... + N_s, D] -> `embed` (one SlideEmbedding for the
+        part) and `generate(features, config)`; the part's attention is cut back into one array per slide,
+        aligned with ``feature_sets[i].coords``. ``config.backend == "none"`` gives the text "".
+        """
+        if not feature_sets:
+            raise ValueError("a part needs at least one slide's features; got none")
+        xs = [features_tensor(fs) for fs in feature_sets]
+        for i, (fs, x) in enumerate(zip(feature_sets, xs, strict=True)):
+            if len(np.asarray(fs.coords)) != x.shape[0]:
+                raise ValueError(f"feature set {i}: {x.shape[0]} patches but {len(fs.coords)} coords")
+            self._check(x)
+        sizes = [int(x.shape[0]) for x in xs]
+        if sum(sizes) == 0:
+            raise ValueError(f"the part's {len(xs)} slide(s) have no tissue patches: nothing to draft from")
+        features = torch.cat(xs)  # [N, D], a part = all its slides' patches
+        embedding = self.embed(features)
+        text = self.generate(features, config)
+        return Draft(text=text, per_slide_attention=split_attention(embedding.attention, sizes), embedding=embedding)
+
     @property
-    def bridge(self) -> Any:
+    def bridge(self) -> SoftPromptBridge:
         """The stage-2 bridge to a local causal LM (bundle's ``bridge/``), loaded on first use."""
         if self._bridge is None:
-            from inference.bridge import SoftPromptBridge
-            from inference.bundle import BRIDGE_DIR
-
             if not (self.bundle.path / BRIDGE_DIR).is_dir():
                 raise ValueError("this bundle has no stage-2 bridge; generate with backend='qformer'")
             self._bridge = SoftPromptBridge.load(
@@ -341,17 +318,17 @@ class PathAlign:
         k: int = 10,
         rerank: Callable[[list[int]], np.ndarray] | None = None,
         rerank_top: int | None = None,
-    ):
+    ) -> list[tuple[int, float]]:
         return retrieve(query_emb, candidate_embs, k, rerank, rerank_top)
 
     def text_reranker(
-        self, features: FeaturesLike, texts: Sequence[str]
+        self, features: Features, texts: Sequence[str]
     ) -> Callable[[list[int]], np.ndarray]:
         """For slide -> text retrieval: ITM scores of the chosen candidate texts against this slide."""
         return lambda idx: self.itm_scores(features, [texts[i] for i in idx])
 
     def slide_reranker(
-        self, text: str, features: Sequence[FeaturesLike]
+        self, text: str, features: Sequence[Features]
     ) -> Callable[[list[int]], np.ndarray]:
         """For text -> slide retrieval: ITM scores of this text against the chosen candidate slides."""
         return lambda idx: np.array([self.itm_scores(features[i], [text])[0] for i in idx])

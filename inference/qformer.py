@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.generation import GenerationConfig, resolve, torch_generator
+
 DEC_TOKEN = "[DEC]"  # noqa: S105 - a vocabulary token, not a secret
 
 
@@ -533,42 +535,29 @@ class QFormer(nn.Module):
     def generate(
         self,
         patches: torch.Tensor,  # [B, N, D]
-        patch_mask: torch.Tensor | None = None,
-        num_beams: int = 3,
-        do_sample: bool = False,
-        max_new_tokens: int = 96,
-        min_new_tokens: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        length_penalty: float = 1.0,
+        patch_mask: torch.Tensor | None = None,  # [B, N] bool, True = real patch
+        config: GenerationConfig | None = None,
         generator: torch.Generator | None = None,
+        **overrides: Any,
     ) -> list[list[int]]:
-        """Token ids (without [DEC] / [SEP]) per slide. Beam search unless ``do_sample`` or ``num_beams==1``."""
+        """Token ids (without [DEC] / [SEP]) per slide. Beam search unless sampling or ``num_beams == 1``.
+
+        ``config.backend`` is not read here (this is the "qformer" backend). ``generator`` (default: one
+        seeded from ``config.seed``) drives sampling; a caller generating slide by slide passes its own, so
+        that one seed gives one stream over all its slides.
+        """
+        cfg = resolve(config, overrides)
         if patch_mask is None:
             patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        if generator is None:
+            generator = torch_generator(cfg, patches.device)
         out = []
         for i in range(patches.shape[0]):  # one slide at a time: beams are the batch
             decoder = _CachedDecoder(self, patches[i : i + 1], patch_mask[i : i + 1])
-            opts = dict(
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                repetition_penalty=repetition_penalty,
-            )
-            if do_sample or num_beams <= 1:
-                out.append(
-                    decoder.sample(
-                        do_sample=do_sample,
-                        temperature=temperature,
-                        top_p=top_p,
-                        top_k=top_k,
-                        generator=generator,
-                        **opts,
-                    )
-                )
+            if cfg.do_sample or cfg.num_beams <= 1:
+                out.append(decoder.sample(cfg, generator))
             else:
-                out.append(decoder.beam_search(num_beams=num_beams, length_penalty=length_penalty, **opts))
+                out.append(decoder.beam_search(cfg))
         return out
 
     # ---- loading text weights
@@ -771,24 +760,15 @@ class _CachedDecoder:
             logits.scatter_(1, generated, seen)
         return logits
 
-    def sample(
-        self,
-        max_new_tokens: int,
-        min_new_tokens: int,
-        repetition_penalty: float,
-        do_sample: bool,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        generator: torch.Generator | None,
-    ) -> list[int]:
+    def sample(self, gen: GenerationConfig, generator: torch.Generator | None) -> list[int]:
+        """Greedy (or sampled, when ``gen.do_sample``) decoding of one slide."""
         logits = self.first_logits
         out: list[int] = []
         generated = torch.zeros(1, 0, dtype=torch.long, device=logits.device)
-        for step in range(max_new_tokens):
-            scores = self._process(logits, generated, step, min_new_tokens, repetition_penalty)
-            if do_sample:
-                probs = filter_top_k_top_p(scores / max(temperature, 1e-5), top_k, top_p).softmax(-1)
+        for step in range(gen.max_new_tokens):
+            scores = self._process(logits, generated, step, gen.min_new_tokens, gen.repetition_penalty)
+            if gen.do_sample:
+                probs = filter_top_k_top_p(scores / gen.temperature, gen.top_k, gen.top_p).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator)[0]
             else:
                 token = scores.argmax(-1)
@@ -799,23 +779,18 @@ class _CachedDecoder:
             logits = self._step(token, step + 1)
         return out
 
-    def beam_search(
-        self,
-        num_beams: int,
-        max_new_tokens: int,
-        min_new_tokens: int,
-        repetition_penalty: float,
-        length_penalty: float,
-    ) -> list[int]:
-        k, sep = num_beams, self.config.sep_token_id
+    def beam_search(self, gen: GenerationConfig) -> list[int]:
+        """Beam search over ``gen.num_beams`` beams for one slide."""
+        k, sep = gen.num_beams, self.config.sep_token_id
+        length_penalty = gen.length_penalty
         self._expand(k)
         logits = self.first_logits.expand(k, -1)
         beam_scores = torch.zeros(k, device=logits.device)
         beam_scores[1:] = float("-inf")  # all beams start identical: only the first one may expand
         seqs = torch.zeros(k, 0, dtype=torch.long, device=logits.device)
         finished: list[tuple[float, list[int]]] = []
-        for step in range(max_new_tokens):
-            logp = self._process(logits, seqs, step, min_new_tokens, repetition_penalty).log_softmax(-1)
+        for step in range(gen.max_new_tokens):
+            logp = self._process(logits, seqs, step, gen.min_new_tokens, gen.repetition_penalty).log_softmax(-1)
             total = (beam_scores[:, None] + logp).view(-1)  # [k * V]
             top, idx = total.topk(2 * k)
             beam_idx, tokens = idx // logp.shape[1], idx % logp.shape[1]
