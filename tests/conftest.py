@@ -1,6 +1,12 @@
-"""Shared fixtures: the cast of users, slide files (good and broken), a real Celery worker, a browser."""
+"""Shared fixtures: the cast of users, slide files (good and broken), a real Celery worker, a browser.
+
+Also the run's database server: pytest_configure starts the embedded PostgreSQL (settings only compute
+its URL) before pytest-django creates the test database, and pytest_unconfigure stops it again if this
+run started it and no other run still uses it.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,6 +24,32 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-7"
+
+
+# --- the database server and the run's folders -----------------------------------------------------
+_SERVER = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs after pytest-django loaded the settings and before any test touches the database.
+    if config.getoption("version", 0) or config.getoption("help", False):
+        return
+    from django.conf import settings
+
+    from webapp import embedded_db
+    from webapp.settings import make_data_directories
+
+    config.stash[_SERVER] = server = contextlib.ExitStack()
+    if settings.EMBEDDED_DATABASE:  # else DATABASE_URL names a server someone else runs
+        server.enter_context(embedded_db.running())
+    # This run's broker and result backend, shared with the workers it starts.
+    embedded_db.ensure_database(settings.DATABASE_URL, settings.TEST_BROKER_DATABASE)
+    make_data_directories(settings)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if server := config.stash.get(_SERVER, None):
+        server.close()  # after pytest-django dropped the test database
 
 
 # --- the cast ---------------------------------------------------------------------------------------

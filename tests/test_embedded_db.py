@@ -8,8 +8,7 @@ from webapp import embedded_db
 GIB = 1024**3
 
 
-def test_memory_follows_the_machine_and_can_be_overridden(monkeypatch):
-    monkeypatch.delenv("PATHALIGN_PG_SHARED_BUFFERS", raising=False)
+def test_memory_follows_the_machine_and_can_be_overridden():
     assert embedded_db.memory_settings(24 * GIB) == {
         "shared_buffers": "6144MB",
         "effective_cache_size": "18432MB",
@@ -18,17 +17,18 @@ def test_memory_follows_the_machine_and_can_be_overridden(monkeypatch):
     small = embedded_db.memory_settings(GIB // 4)  # never below PostgreSQL's own defaults
     assert small["shared_buffers"] == "128MB" and small["effective_cache_size"] == "512MB"
     assert embedded_db.memory_settings(512 * GIB)["shared_buffers"] == "16384MB"  # capped
-    monkeypatch.setenv("PATHALIGN_PG_SHARED_BUFFERS", "2GB")
-    assert embedded_db.memory_settings(24 * GIB)["shared_buffers"] == "2GB"
+    # PATHALIGN_PG_SHARED_BUFFERS, read by settings, arrives as the override
+    assert embedded_db.memory_settings(24 * GIB, shared_buffers="2GB")["shared_buffers"] == "2GB"
 
 
 @pytest.mark.django_db
 def test_the_running_embedded_server_uses_them():
+    from django.conf import settings
     from django.db import connection
 
-    if embedded_db._server is None:
+    if not settings.EMBEDDED_DATABASE:
         pytest.skip("DATABASE_URL names an external server: its memory is its administrator's")
-    wanted = embedded_db.memory_settings()
+    wanted = embedded_db.memory_settings(shared_buffers=settings.EMBEDDED_PG_SHARED_BUFFERS)
     with connection.cursor() as cur:
         cur.execute("SELECT setting::bigint * 8192, pending_restart FROM pg_settings WHERE name = 'shared_buffers'")
         in_bytes, pending = cur.fetchone()

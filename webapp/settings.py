@@ -1,25 +1,96 @@
 """Settings for PathAlign Studio, read from environment variables with safe development defaults.
 
 Production deployments use `webapp.settings_production`, which imports this module and tightens it.
+Every `PATHALIGN_*` variable is read here, once, and checked: a bad value stops the import with
+ImproperlyConfigured naming the variable (the README lists them all). Importing this module starts no
+server, connects to nothing and creates no folder: the launcher and the test setup start the embedded
+database, and `make_data_directories` runs at start-up (manage.py, wsgi/asgi, the Celery worker).
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from webapp.embedded_db import server_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("PATHALIGN_VAR_DIR", BASE_DIR / "var"))
+
+
+# --- reading the environment: an unset or empty variable means the default ------------------------------
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _bad(name: str, expected: str, value: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name} must be {expected}, got {value!r}")
+
+
+def env_str(name: str, default: str = "", pattern: str | None = None, expected: str = "") -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise _bad(name, expected, value)
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
-    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+    value = _raw(name)
+    if value is None:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise _bad(name, "1/0, true/false, yes/no or on/off", value)
+
+
+def env_int(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+    value = _raw(name)
+    if value is None:
+        return default
+    if maximum is not None:
+        expected = f"an integer from {minimum} to {maximum}"
+    else:
+        expected = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise _bad(name, expected, value) from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise _bad(name, expected, value)
+    return number
+
+
+def env_seconds(name: str, default: float) -> float:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _bad(name, "a positive number of seconds", value) from None
+    if not 0 < seconds < float("inf"):
+        raise _bad(name, "a positive number of seconds", value)
+    return seconds
+
+
+def env_path(name: str, default: Path | None) -> Path | None:
+    value = _raw(name)
+    return Path(value).expanduser() if value is not None else default
 
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
+
+VAR_DIR = env_path("PATHALIGN_VAR_DIR", BASE_DIR / "var")
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-do-not-use-in-production")
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -81,16 +152,19 @@ TEMPLATES = [
     }
 ]
 
-# --- database: DATABASE_URL, or the embedded PostgreSQL + pgvector server under var/
-if os.environ.get("DATABASE_URL"):
-    DATABASE_URL = os.environ["DATABASE_URL"]
-else:
-    from webapp.embedded_db import embedded_database_url
-
-    DATABASE_URL = embedded_database_url(os.environ.get("PATHALIGN_DB_NAME", "pathalign"))
-    os.environ["DATABASE_URL"] = DATABASE_URL  # child processes (worker, tests) attach to the same server
+# --- database: DATABASE_URL, or the embedded PostgreSQL + pgvector server (webapp/embedded_db.py).
+# The embedded server's URL follows from its data directory alone, so every process (web, worker, tests)
+# computes the same one; nothing here checks that the server runs.
+EMBEDDED_PGDATA = env_path("PATHALIGN_PGDATA", BASE_DIR / "var" / "pgdata")  # not under VAR_DIR: see README
+EMBEDDED_PG_SHARED_BUFFERS = env_str(  # "": a quarter of the machine's RAM (embedded_db.memory_settings)
+    "PATHALIGN_PG_SHARED_BUFFERS", "", r"\d+(kB|MB|GB|TB)", "a size such as 512MB or 2GB")
+DATABASE_NAME = env_str("PATHALIGN_DB_NAME", "pathalign", r"[A-Za-z0-9_-]{1,63}",
+                        "a database name (letters, digits, _ and -)")
+EMBEDDED_DATABASE = not os.environ.get("DATABASE_URL")
+DATABASE_URL = (server_url(EMBEDDED_PGDATA, DATABASE_NAME) if EMBEDDED_DATABASE
+                else os.environ["DATABASE_URL"])
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
-DATABASES["default"]["TEST"] = {"NAME": os.environ.get("PATHALIGN_TEST_DB", "test_pathalign")}
+DATABASES["default"]["TEST"] = {"NAME": env_str("PATHALIGN_TEST_DB", "test_pathalign")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -104,35 +178,81 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
-SESSION_COOKIE_AGE = int(os.environ.get("PATHALIGN_SESSION_SECONDS", 8 * 3600))
+SESSION_COOKIE_AGE = env_int("PATHALIGN_SESSION_SECONDS", 8 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 # Login throttling (django-axes): lock a username+IP pair after repeated failures.
-AXES_FAILURE_LIMIT = int(os.environ.get("PATHALIGN_LOGIN_FAILURE_LIMIT", 5))
+AXES_FAILURE_LIMIT = env_int("PATHALIGN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLED = env_bool("PATHALIGN_AXES_ENABLED", True)
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = os.environ.get("PATHALIGN_TIME_ZONE", "UTC")
+TIME_ZONE = env_str("PATHALIGN_TIME_ZONE", "UTC")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ValueError, ZoneInfoNotFoundError):
+    raise _bad("PATHALIGN_TIME_ZONE", "a time zone name such as Europe/Paris", TIME_ZONE) from None
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env_path("PATHALIGN_STATIC_ROOT", BASE_DIR / "staticfiles")
 
 # --- slide storage: files live under SLIDE_STORE_DIR with generated names; never under a user-chosen name
-SLIDE_STORE_DIR = Path(os.environ.get("PATHALIGN_SLIDE_STORE", VAR_DIR / "slides"))
-SLIDE_DROP_DIR = Path(os.environ.get("PATHALIGN_SLIDE_DROP", VAR_DIR / "dropbox"))
-SLIDE_UPLOAD_MAX_BYTES = int(os.environ.get("PATHALIGN_UPLOAD_MAX_BYTES", 20 * 1024**3))
-FILE_UPLOAD_TEMP_DIR = str(VAR_DIR / "upload-tmp")  # same filesystem as the store: a rename, not a copy
+SLIDE_STORE_DIR = env_path("PATHALIGN_SLIDE_STORE", VAR_DIR / "slides")
+SLIDE_DROP_DIR = env_path("PATHALIGN_SLIDE_DROP", VAR_DIR / "dropbox")
+SLIDE_UPLOAD_MAX_BYTES = env_int("PATHALIGN_UPLOAD_MAX_BYTES", 20 * 1024**3)
+# Same filesystem as the store: storing an upload is a rename, not a copy.
+FILE_UPLOAD_TEMP_DIR = str(env_path("PATHALIGN_UPLOAD_TMP", VAR_DIR / "upload-tmp"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2  # larger uploads stream to FILE_UPLOAD_TEMP_DIR
 FILE_UPLOAD_PERMISSIONS = 0o640
-MODEL_BUNDLE_DIR = Path(os.environ.get("PATHALIGN_MODEL_DIR", VAR_DIR / "models"))
-for _directory in (SLIDE_STORE_DIR, SLIDE_DROP_DIR, Path(FILE_UPLOAD_TEMP_DIR), MODEL_BUNDLE_DIR):
-    _directory.mkdir(parents=True, exist_ok=True)
+MODEL_BUNDLE_DIR = env_path("PATHALIGN_MODEL_DIR", VAR_DIR / "models")
+
+
+def make_data_directories(conf) -> None:
+    """Create the folders the app writes to, from `conf` (django.conf.settings). Called at start-up by
+    manage.py, wsgi/asgi, the Celery worker and the test setup; never at import."""
+    for directory in (conf.SLIDE_STORE_DIR, conf.SLIDE_DROP_DIR, conf.FILE_UPLOAD_TEMP_DIR, conf.MODEL_BUNDLE_DIR):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+
+
+# --- tiles (webapp/slides/tiles.py): per-process caches, sizes in MiB
+TILE_JPEG_QUALITY = env_int("PATHALIGN_TILE_QUALITY", 75, maximum=100)
+TILE_OPEN_SLIDES = env_int("PATHALIGN_OPEN_SLIDES", 32)
+TILE_CACHE_MB = env_int("PATHALIGN_TILE_CACHE_MB", 128, minimum=0)
+OPENSLIDE_CACHE_MB = env_int("PATHALIGN_OPENSLIDE_CACHE_MB", 256, minimum=0)
+
+# --- jobs (webapp/jobs): every running job beats every JOB_PULSE_SECONDS; one without a beat for
+# STALE_JOB_SECONDS lost its worker; every worker sweeps for such jobs every JOB_SWEEP_SECONDS.
+JOB_PULSE_SECONDS = env_seconds("PATHALIGN_JOB_PULSE_SECONDS", 10)
+STALE_JOB_SECONDS = env_seconds("PATHALIGN_STALE_JOB_SECONDS", 120)
+JOB_SWEEP_SECONDS = env_seconds("PATHALIGN_SWEEP_SECONDS", 60)
+ANALYZE_TIME_LIMIT = env_int("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)  # seconds per slide analysis
+TRAIN_TIME_LIMIT = env_int("PATHALIGN_TRAIN_TIME_LIMIT", 12 * 3600)  # seconds per training job
+
+# --- models (webapp/analysis, webapp/reports)
+MAX_CACHED_MODELS = env_int("PATHALIGN_MAX_CACHED_MODELS", 2)  # loaded bundles kept per worker process
+# "": the GPU this worker sees (CUDA_VISIBLE_DEVICES), else the CPU.
+INFERENCE_DEVICE = env_str("PATHALIGN_DEVICE", "", r"[a-z]+(:\d+)?", "a torch device such as cpu, cuda or cuda:1")
+DEMO_BUNDLE_DIR = env_path("PATHALIGN_DEMO_BUNDLE", None)  # None: MODEL_BUNDLE_DIR/demo-<version>
+SKIP_DEMO_MODEL = env_bool("PATHALIGN_SKIP_DEMO_MODEL", False)
+DRAFT_NUM_BEAMS = env_int("PATHALIGN_DRAFT_BEAMS", 3)
+DRAFT_MAX_NEW_TOKENS = env_int("PATHALIGN_DRAFT_MAX_TOKENS", 160)
+MULTIMODAL_MODEL_DIR = env_path("PATHALIGN_MULTIMODAL_DIR", None)  # a local multimodal LM for "llm" drafts
+
+# --- `make run` (webapp/launcher.py)
+RUN_HOST = env_str("PATHALIGN_HOST", "127.0.0.1")
+RUN_PORT = env_int("PATHALIGN_PORT", 8000, maximum=65535)
+
+# --- production only: webapp.settings_production applies these (development serves plain HTTP)
+SSL_REDIRECT = env_bool("PATHALIGN_SSL_REDIRECT", True)
+BEHIND_PROXY = env_bool("PATHALIGN_BEHIND_PROXY", False)
+PROXY_COUNT = env_int("PATHALIGN_PROXY_COUNT", 1)
+HSTS_SECONDS = env_int("PATHALIGN_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+HSTS_PRELOAD = env_bool("PATHALIGN_HSTS_PRELOAD", True)
 
 # --- Celery: CELERY_BROKER_URL selects Redis or RabbitMQ; the default is kombu's SQLAlchemy transport
 # on our own Postgres, so development needs no extra server.
@@ -150,7 +270,7 @@ CELERY_TASK_ACKS_LATE = True  # a worker that dies mid-task leaves the message t
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_TIME_LIMIT = int(os.environ.get("PATHALIGN_TASK_TIME_LIMIT", 3 * 3600))
+CELERY_TASK_TIME_LIMIT = env_int("PATHALIGN_TASK_TIME_LIMIT", 3 * 3600, minimum=61)  # the soft limit is 60 s less
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 # Longer than the longest job, so Redis does not hand a running job to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -180,11 +300,13 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
+LOG_LEVEL = env_str("PATHALIGN_LOG_LEVEL", "INFO", "DEBUG|INFO|WARNING|ERROR|CRITICAL",
+                    "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("PATHALIGN_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

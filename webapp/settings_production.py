@@ -4,7 +4,7 @@ Everything comes from environment variables (see docs/operations.md). `manage.py
 under these settings (tests/test_trust_settings.py runs it). Required:
   DJANGO_SECRET_KEY      50+ random characters (e.g. `python -c "import secrets; print(secrets.token_urlsafe(64))"`)
   DJANGO_ALLOWED_HOSTS   the host names the site is served under, comma-separated
-Optional:
+Optional (read and checked in webapp/settings.py, like every PATHALIGN_* variable; see the README's table):
   PATHALIGN_BEHIND_PROXY=1   trust X-Forwarded-Proto/-For from the TLS-terminating proxy in front of gunicorn
   PATHALIGN_SSL_REDIRECT=0   only for a loopback benchmark or a proxy that already redirects (see bench/load.py)
   PATHALIGN_HSTS_SECONDS     default one year; PATHALIGN_HSTS_PRELOAD=0 to stay off the browsers' preload list
@@ -16,12 +16,10 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
-os.environ["DJANGO_DEBUG"] = "false"  # before the base settings read it: never DEBUG in production
+from .settings import *  # noqa: F403
+from .settings import BEHIND_PROXY, HSTS_PRELOAD, HSTS_SECONDS, LOGGING, PROXY_COUNT, SSL_REDIRECT, env_list
 
-from .settings import *  # noqa: E402,F403
-from .settings import LOGGING, env_bool, env_list  # noqa: E402
-
-DEBUG = False
+DEBUG = False  # whatever DJANGO_DEBUG says
 
 # --- the secret key: required, long and not the development default
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -35,15 +33,15 @@ if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("Set DJANGO_ALLOWED_HOSTS to the host name(s) the site is served under.")
 
 # --- HTTPS only
-SECURE_SSL_REDIRECT = env_bool("PATHALIGN_SSL_REDIRECT", True)
-if env_bool("PATHALIGN_BEHIND_PROXY", False):
+SECURE_SSL_REDIRECT = SSL_REDIRECT
+if BEHIND_PROXY:
     # Only behind a proxy that overwrites these headers; otherwise a client could claim HTTPS or an IP.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    AXES_IPWARE_PROXY_COUNT = int(os.environ.get("PATHALIGN_PROXY_COUNT", 1))
+    AXES_IPWARE_PROXY_COUNT = PROXY_COUNT
     AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
-SECURE_HSTS_SECONDS = int(os.environ.get("PATHALIGN_HSTS_SECONDS", 365 * 24 * 3600))
+SECURE_HSTS_SECONDS = HSTS_SECONDS
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-SECURE_HSTS_PRELOAD = env_bool("PATHALIGN_HSTS_PRELOAD", True)
+SECURE_HSTS_PRELOAD = HSTS_PRELOAD
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 
 # --- cookies: HTTPS only, not readable by scripts (htmx takes the CSRF token from the page, not the cookie)
@@ -55,14 +53,13 @@ CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_NAME = "__Host-pathalign-session"  # __Host-: Secure, Path=/, no Domain: not shared with subdomains
 CSRF_COOKIE_NAME = "__Host-pathalign-csrf"
-SESSION_COOKIE_AGE = int(os.environ.get("PATHALIGN_SESSION_SECONDS", 8 * 3600))
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 # --- clickjacking and content security policy (frame-ancestors 'none' in the base CSP too)
 X_FRAME_OPTIONS = "DENY"
 
-# --- static files: hashed names, compressed, served by whitenoise (run `manage.py collectstatic` on deploy)
-STATIC_ROOT = os.environ.get("PATHALIGN_STATIC_ROOT", str(STATIC_ROOT))  # noqa: F405
+# --- static files (STATIC_ROOT: PATHALIGN_STATIC_ROOT): hashed names, compressed, served by whitenoise (run
+# `manage.py collectstatic` on deploy)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openslide
+from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
@@ -30,7 +30,7 @@ from PIL import Image
 DZ_TILE_SIZE = 254
 DZ_OVERLAP = 1
 DZ_LIMIT_BOUNDS = True
-JPEG_QUALITY = int(os.environ.get("PATHALIGN_TILE_QUALITY", 75))
+JPEG_QUALITY = settings.TILE_JPEG_QUALITY
 # Bump when the rendering changes, so browsers drop tiles they hold under an old ETag.
 RENDER_VERSION = "1"
 TILE_FORMATS = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
@@ -173,14 +173,10 @@ class BytesLRU:
         return len(self._items)
 
 
-def _mb(name: str, default: int) -> int:
-    return int(os.environ.get(name, default)) * 1024**2
-
-
-# Per-process caches; sizes from the environment (MiB).
-DECODED = openslide.OpenSlideCache(_mb("PATHALIGN_OPENSLIDE_CACHE_MB", 256))
-slides = SlideLRU(int(os.environ.get("PATHALIGN_OPEN_SLIDES", 32)), DECODED)
-encoded = BytesLRU(_mb("PATHALIGN_TILE_CACHE_MB", 128), max_item_bytes=2 * 1024**2)
+# Per-process caches, sized by settings (MiB).
+DECODED = openslide.OpenSlideCache(settings.OPENSLIDE_CACHE_MB * 1024**2)
+slides = SlideLRU(settings.TILE_OPEN_SLIDES, DECODED)
+encoded = BytesLRU(settings.TILE_CACHE_MB * 1024**2, max_item_bytes=2 * 1024**2)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
