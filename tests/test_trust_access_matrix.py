@@ -13,6 +13,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from tests.access_matrix import MATRIX, PARAMS, ROLES, SKIPPED_NAMESPACES
+from tests.model_fixtures import bundle_row
 from webapp.middleware import PLAIN_KWARGS, resource_kwargs
 
 
@@ -90,7 +91,8 @@ def world(cast, case_factory, good_slide) -> World:
     """dr_one's case with part A, a slide, a draft report (one saved version, one classification), a job
     and a model bundle; a rating study assigned to the evaluator (on cases of its own)."""
     from tests.test_evaluation_studies import make_study
-    from webapp.analysis.models import Job, ModelBundle
+    from webapp.analysis.models import ModelBundle
+    from webapp.jobs.models import Job
     from webapp.reports import services
     from webapp.reports.models import Classification, Label, LabelSet
     from webapp.slides.ingest import ingest_slide
@@ -107,7 +109,7 @@ def world(cast, case_factory, good_slide) -> World:
     Label.objects.create(label_set=world.labelset, name="colon")
     world.classification = Classification.objects.create(
         section=world.section, label_set=world.labelset, scores={"colon": 0.9}, model_label="colon",
-        model_confidence=0.9, bundle="demo")
+        model_confidence=0.9, bundle=bundle_row("demo@1"))
     world.job = Job.objects.create(kind="draft_report", slide=slide, case=case, created_by=cast.admin)
     world.bundle = ModelBundle.objects.create(name="matrix", version="1", path="/nonexistent/matrix-bundle")
     world.study = make_study(case_factory, [cast.evaluator], parts=1, per_item=1)
