@@ -69,8 +69,8 @@ def tiny_model(db, tiny_bundle_dir, settings, tmp_path):
     from webapp.analysis.models import ModelBundle
 
     settings.VAR_DIR = tmp_path / "var"
-    settings.PATHALIGN_DRAFT_BEAMS = 1  # an untrained model never stops by itself: keep its drafts short
-    settings.PATHALIGN_DRAFT_MAX_TOKENS = 24
+    settings.DRAFT_NUM_BEAMS = 1  # an untrained model never stops by itself: keep its drafts short
+    settings.DRAFT_MAX_NEW_TOKENS = 24
     runtime.forget_models()
     config = read_bundle_config(tiny_bundle_dir)
     bundle = ModelBundle.objects.create(
@@ -81,18 +81,27 @@ def tiny_model(db, tiny_bundle_dir, settings, tmp_path):
     runtime.forget_models()
 
 
-def prime_features(slide, bundle, n: int = 48, seed: int = 0) -> Path:
+def prime_features(slide, bundle, n: int = 48, seed: int = 0, dim: int = TINY_ENCODER["dim"]) -> Path:
     """Write `n` patch features for `slide` into the runtime's cache, as extraction would have."""
     import torch
-    from safetensors.torch import save_file
 
+    from inference.features import SlideFeatures
     from webapp.analysis.runtime import features_path
 
     rng = np.random.default_rng(seed)
-    features = torch.from_numpy(rng.normal(size=(n, TINY_ENCODER["dim"])).astype(np.float32))
+    features = torch.from_numpy(rng.normal(size=(n, dim)).astype(np.float32))
     side = int(np.ceil(np.sqrt(n)))
-    coords = torch.tensor([[(i % side) * 256, (i // side) * 256] for i in range(n)], dtype=torch.int32)
-    path = features_path(slide, bundle)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features.half(), "coords": coords}, str(path), metadata={"patch_size": "256"})
-    return path
+    coords = np.array([[(i % side) * 256, (i // side) * 256] for i in range(n)], dtype=np.int64)
+    made = SlideFeatures(features=features, coords=coords, patch_size_level0=256, patch_size=TINY_ENCODER["input_size"],
+                         target_mpp=1.0, slide_mpp=0.5, dimensions=(side * 256, side * 256),
+                         encoder_spec=dict(bundle.encoder))
+    return made.save(features_path(slide, bundle), extra={"slide": str(slide.pk)}, dtype=torch.float16)
+
+
+def bundle_row(key: str):
+    """A ModelBundle row named "name@version" with no files behind it (for rows that only name a bundle)."""
+    from webapp.analysis.models import ModelBundle
+
+    name, version = key.split("@", 1)
+    return ModelBundle.objects.get_or_create(name=name, version=version,
+                                             defaults={"path": f"/nonexistent/bundles/{key}"})[0]

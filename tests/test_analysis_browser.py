@@ -7,8 +7,9 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from tests import test_analysis_support as support
-from webapp.analysis import jobs, pipeline, runtime
-from webapp.analysis.models import Job, JobState
+from webapp.analysis import pipeline, runtime
+from webapp.jobs import runner as jobs
+from webapp.jobs.models import Job, JobState
 
 pytestmark = pytest.mark.browser
 small_slides, tiny_bundle_dir = support.small_slides, support.tiny_bundle_dir

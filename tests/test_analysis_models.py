@@ -8,8 +8,10 @@ import pytest
 from django.test import Client
 
 from tests import test_analysis_support as support
-from webapp.analysis import jobs, pipeline, reports_bridge, training
-from webapp.analysis.models import Job, JobState, ModelBundle, SlideEmbedding
+from webapp.analysis import pipeline, training
+from webapp.analysis.models import ModelBundle, SlideEmbedding
+from webapp.jobs import runner as jobs
+from webapp.jobs.models import Job, JobState
 
 active_bundle, second_bundle_dir = support.active_bundle, support.second_bundle_dir
 small_slides, tiny_bundle_dir = support.small_slides, support.tiny_bundle_dir
@@ -127,7 +129,7 @@ def test_training_from_signed_out_pairs_registers_an_inactive_bundle_with_a_comp
     for record in load_manifest(tmp_path / "corpus"):
         case = case_factory()
         slide = support.ingest(Path(record["slide_path"]), case.parts.get())
-        pairs.append(reports_bridge.TrainingPair(str(slide.pk), record["report"], case.pk, case.parts.get().pk))
+        pairs.append(training.TrainingPair(str(slide.pk), record["report"], case.pk, case.parts.get().pk))
     monkeypatch.setattr(training, "pair_source", lambda: pairs)
     job = training.queue_training(cast.admin, "local", "2026.1", {
         "epochs": 2, "num_hidden_layers": 1, "batch_size": 4, "max_text_len": 32, "max_patches": 16,
@@ -147,11 +149,11 @@ def test_training_from_signed_out_pairs_registers_an_inactive_bundle_with_a_comp
 
 # --- demo seeding ------------------------------------------------------------------------------------
 def test_demo_seed_registers_activates_and_queues(db, cast, case_factory, small_slides, tiny_bundle_dir,
-                                                  monkeypatch, no_broker):
+                                                  settings, no_broker):
     from webapp.analysis import demo
     from webapp.demo import DemoContext
 
-    monkeypatch.setenv("PATHALIGN_DEMO_BUNDLE", str(tiny_bundle_dir))
+    settings.DEMO_BUNDLE_DIR = str(tiny_bundle_dir)
     slide = support.ingest(small_slides[0], case_factory().parts.get())
     context = DemoContext(users={"labadmin": cast.admin}, log=lambda message: None)
     demo.seed(context)
@@ -169,7 +171,7 @@ def test_demo_seed_upgrades_an_older_demo_bundle_but_not_an_admins_choice(
     from webapp.analysis import demo
     from webapp.demo import DemoContext
 
-    monkeypatch.delenv("PATHALIGN_DEMO_BUNDLE", raising=False)
+    settings.DEMO_BUNDLE_DIR = ""
     settings.MODEL_BUNDLE_DIR = tmp_path / "models"
     old = ModelBundle.objects.create(name=DEMO_NAME, version="0.9", path=str(tiny_bundle_dir), variant="G",
                                      encoder={"kind": "random"}, dims={}, is_active=True)

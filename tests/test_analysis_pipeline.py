@@ -8,8 +8,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tests import test_analysis_support as support
-from webapp.analysis import jobs, pipeline, runtime
-from webapp.analysis.models import Job, JobState, ModelBundle, QueryEmbedding, SlideEmbedding
+from webapp.analysis import pipeline, runtime
+from webapp.analysis.models import ModelBundle, QueryEmbedding, SlideEmbedding
+from webapp.jobs import runner as jobs
+from webapp.jobs.models import Job, JobState
 
 # Fixtures shared by the analysis tests (pytest finds them as module attributes).
 active_bundle, second_bundle_dir = support.active_bundle, support.second_bundle_dir

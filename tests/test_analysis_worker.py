@@ -8,8 +8,10 @@ import pytest
 
 from tests import test_analysis_support as support
 from tests.conftest import start_worker, stop_worker, wait_for
-from webapp.analysis import jobs, pipeline, runtime, search
-from webapp.analysis.models import Job, JobState, QueryEmbedding, SlideEmbedding
+from webapp.analysis import pipeline, runtime, search
+from webapp.analysis.models import QueryEmbedding, SlideEmbedding
+from webapp.jobs import runner as jobs
+from webapp.jobs.models import Job, JobState
 
 small_slides, tiny_bundle_dir = support.small_slides, support.tiny_bundle_dir
 

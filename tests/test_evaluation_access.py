@@ -8,6 +8,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from tests.model_fixtures import bundle_row
 from tests.test_evaluation_studies import AI_KEY, AI_LABEL, make_evaluators, make_study
 from webapp.evaluation import sources, studies
 from webapp.evaluation.models import Rating
@@ -132,7 +133,7 @@ def test_admin_creates_study_through_the_form(cast, case_factory, client_for, dj
         case = case_factory(assigned_to=cast.path1, accession_number=f"S26-0090{index}")
         report = Report.objects.create(case=case, created_by=cast.path1)
         section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Adenoma {index}.")
-        AIDraft.objects.create(section=section, method="retrieval", bundle="demo@2", text=f"Polyp {index}.", job_id=index)
+        AIDraft.objects.create(section=section, method="retrieval", bundle=bundle_row("demo@2"), text=f"Polyp {index}.", job_id=index)
         sign(report, cast.path1)
     client = client_for(cast.admin)
     form = client.get(reverse("evaluation_study_create")).content.decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 
+from tests.model_fixtures import bundle_row
 from webapp.demo import DemoContext
 from webapp.evaluation import demo, studies
 from webapp.evaluation.models import Rating, Study
@@ -52,7 +53,7 @@ def test_demo_switches_to_real_drafts_when_they_exist(cast, case_factory):
         case = case_factory(assigned_to=cast.path1)
         report = Report.objects.create(case=case, created_by=cast.path1)
         section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Tubular adenoma {index}.")
-        AIDraft.objects.create(section=section, method="qformer", bundle="demo@1", text=f"Tubular adenoma, {index}.",
+        AIDraft.objects.create(section=section, method="qformer", bundle=bundle_row("demo@1"), text=f"Tubular adenoma, {index}.",
                                job_id=index)
         sign(report, cast.path1)
         cases.append(case)

@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 from django.db import IntegrityError, transaction
 
+from tests.model_fixtures import bundle_row
 from webapp.evaluation import sources, studies
 from webapp.evaluation.models import Assignment, Item, Rating
 from webapp.evaluation.sources import Candidate
@@ -162,9 +163,9 @@ def test_sources_from_the_reports_app(cast, case_factory):
     part = case.parts.get()
     report = Report.objects.create(case=case, created_by=cast.path1)
     section = ReportSection.objects.create(report=report, part=part, heading="A.", text="Final: tubular adenoma.")
-    AIDraft.objects.create(section=section, method="qformer", bundle="demo@1", text="Old draft.", job_id=1)
-    AIDraft.objects.create(section=section, method="qformer", bundle="demo@1", text="Draft: tubular adenoma.", job_id=2)
-    AIDraft.objects.create(section=section, method="retrieval", bundle="demo@1", text="Similar: adenoma.", job_id=3)
+    AIDraft.objects.create(section=section, method="qformer", bundle=bundle_row("demo@1"), text="Old draft.", job_id=1)
+    AIDraft.objects.create(section=section, method="qformer", bundle=bundle_row("demo@1"), text="Draft: tubular adenoma.", job_id=2)
+    AIDraft.objects.create(section=section, method="retrieval", bundle=bundle_row("demo@1"), text="Similar: adenoma.", job_id=3)
     parts = type(part).objects.filter(pk=part.pk)
     assert sources.available_sources(parts)[0].parts == 0  # nothing signed yet
     from webapp.reports.services import sign

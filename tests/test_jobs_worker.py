@@ -5,8 +5,8 @@ import pytest
 from django.db import transaction
 
 from tests.conftest import start_worker, stop_worker, wait_for
-from webapp.analysis import jobs
-from webapp.analysis.models import Job, JobState, WorkerHeartbeat
+from webapp.jobs import runner as jobs
+from webapp.jobs.models import Job, JobState, WorkerHeartbeat
 
 
 def _finished(job_id):
@@ -79,12 +79,10 @@ def test_execute_is_idempotent(db):
 
 
 def test_broker_down_keeps_job_queued(db, settings, monkeypatch):
-    from webapp.analysis import tasks
-
     def unreachable(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(tasks.run_job, "apply_async", unreachable)
+    monkeypatch.setattr(jobs.run_job, "apply_async", unreachable)
     job = Job.objects.create(kind="selftest")
     assert jobs.dispatch(job.pk) is False
     job.refresh_from_db()

@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import PASSWORD, wait_for
 from tests.model_fixtures import prime_features, tiny_bundle_dir, tiny_model  # noqa: F401
 from tests.test_reports_support import add_slide
-from webapp.analysis.jobs import execute
-from webapp.analysis.models import Job
 from webapp.cases.models import CaseStatus
+from webapp.jobs.models import Job
+from webapp.jobs.runner import execute
 from webapp.reports.labelsets import ensure_default_label_sets
 from webapp.reports.models import Report, ReportStatus
 

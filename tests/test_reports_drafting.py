@@ -8,8 +8,8 @@ from django.urls import reverse
 from tests.conftest import PASSWORD
 from tests.model_fixtures import prime_features, tiny_bundle_dir, tiny_model  # noqa: F401
 from tests.test_reports_support import drafted_report, fake_slide, signed_report, triage_classification
-from webapp.analysis.jobs import execute
-from webapp.analysis.models import Job, JobState
+from webapp.jobs.models import Job, JobState
+from webapp.jobs.runner import execute
 from webapp.reports import services
 from webapp.reports.drafting import method_options
 from webapp.reports.labelsets import ensure_default_label_sets
@@ -49,7 +49,7 @@ def test_qformer_draft_fills_the_section_and_classifies(cast, case_factory, clie
     assert job.state == JobState.SUCCEEDED, job.error
     section = services.open_report(case).sections.get()
     ai = AIDraft.objects.get(section=section)
-    assert ai.text and section.text == ai.text and ai.method == "qformer" and ai.bundle == "tiny-report@tiny-1"
+    assert ai.text and section.text == ai.text and ai.method == "qformer" and ai.bundle.key == "tiny-report@tiny-1"
     assert section.versions.get(number=section.version).source == "ai"
     assert ai.slides and len(ai.slides[0]["patches"]) == 5  # most-attended patches, for the heatmap
     classifications = list(Classification.objects.filter(section=section))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.model_fixtures import bundle_row
 from webapp.reports import services
 from webapp.reports.models import Classification, LabelSet, Report
 
@@ -42,5 +43,5 @@ def triage_classification(report: Report, label: str = "Likely malignant", confi
     other = "Likely benign" if label == "Likely malignant" else "Likely malignant"
     return Classification.objects.create(
         section=section, label_set=triage, scores={label: confidence, other: 1 - confidence}, model_label=label,
-        model_confidence=confidence, bundle="tiny@1", alert=label == "Likely malignant",
+        model_confidence=confidence, bundle=bundle_row("tiny@1"), alert=label == "Likely malignant",
     )

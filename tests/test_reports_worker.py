@@ -7,7 +7,7 @@ from django.urls import reverse
 from tests.conftest import start_worker, stop_worker, wait_for
 from tests.model_fixtures import prime_features, tiny_bundle_dir, tiny_model  # noqa: F401
 from tests.test_reports_support import fake_slide
-from webapp.analysis.models import Job, JobState
+from webapp.jobs.models import Job, JobState
 from webapp.reports.labelsets import ensure_default_label_sets
 from webapp.reports.models import AIDraft, Classification
 

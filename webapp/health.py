@@ -9,6 +9,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from webapp.celery import app
+from webapp.jobs.models import WorkerHeartbeat
+
 WORKER_FRESH = timedelta(seconds=30)
 
 
@@ -23,8 +26,6 @@ def _database() -> dict:
 
 
 def _broker() -> dict:
-    from webapp.celery import app
-
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
@@ -34,8 +35,6 @@ def _broker() -> dict:
 
 
 def _workers() -> dict:
-    from webapp.analysis.models import WorkerHeartbeat
-
     try:
         alive = WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_FRESH)
         workers = [{"queues": w.queues.split(","), "last_seen": w.last_seen.isoformat()} for w in alive]

@@ -7,6 +7,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("webapp.accounts.urls")),
+    path("", include("webapp.jobs.urls")),
     path("", include("webapp.cases.urls")),
     path("", include("webapp.slides.urls")),
     path("", include("webapp.analysis.urls")),

@@ -1,8 +1,4 @@
-import logging
-
 from django.apps import AppConfig
-
-log = logging.getLogger(__name__)
 
 
 class AnalysisConfig(AppConfig):
@@ -11,13 +7,12 @@ class AnalysisConfig(AppConfig):
 
     def ready(self) -> None:
         # Job handlers and the slide_stored receiver register on import.
+        from webapp.jobs.views import register_retry_fragment
+        from webapp.slides.overlays import register_overlay
+
         from . import pipeline, training  # noqa: F401
+        from .overlays import attention_for_slide
+        from .views import slide_retry_fragment
 
-        try:
-            from webapp.slides.overlays import register_overlay
-        except ImportError:  # the viewer's overlay registry is not there: the heatmap JSON view still works
-            log.info("webapp.slides.overlays not available; the attention overlay is not registered")
-        else:
-            from .overlays import attention_for_slide
-
-            register_overlay("attention", attention_for_slide)
+        register_overlay("attention", attention_for_slide)
+        register_retry_fragment(pipeline.ANALYZE, slide_retry_fragment)

@@ -2,40 +2,46 @@
 
 `make run` calls `seed(context)` after the cases exist. The bundle is built on first start by
 `inference.demo.ensure_demo_bundle` (synthetic corpus -> features -> training -> eval; minutes on a few
-CPU cores, with progress printed) and reused afterwards. PATHALIGN_DEMO_BUNDLE points at another directory;
-PATHALIGN_SKIP_DEMO_MODEL=1 skips the model entirely (the app then shows slides as "not analysed").
+CPU cores, with progress printed) and reused afterwards. DEMO_BUNDLE_DIR (PATHALIGN_DEMO_BUNDLE) points at
+another directory; SKIP_DEMO_MODEL (PATHALIGN_SKIP_DEMO_MODEL=1) skips the model entirely (the app then
+shows slides as "not analysed").
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from django.conf import settings
 
+from webapp.slides.models import Slide
+
+from . import pipeline
+from .models import ModelBundle, SlideEmbedding
+
+
+def demo_version() -> str:
+    from inference.demo import DEMO_VERSION  # torch: loaded only when the demo is seeded
+
+    return DEMO_VERSION
+
 
 def demo_bundle_dir() -> Path:
-    """PATHALIGN_DEMO_BUNDLE, or MODEL_BUNDLE_DIR/demo-<version>: a new demo version gets a new directory
+    """DEMO_BUNDLE_DIR, or MODEL_BUNDLE_DIR/demo-<version>: a new demo version gets a new directory
     (and a new ModelBundle row), so an installation that ran an older demo keeps its embeddings coherent."""
-    from inference.demo import DEMO_VERSION
-
-    explicit = os.environ.get("PATHALIGN_DEMO_BUNDLE")
-    return Path(explicit) if explicit else Path(settings.MODEL_BUNDLE_DIR) / f"demo-{DEMO_VERSION}"
+    if settings.DEMO_BUNDLE_DIR:
+        return Path(settings.DEMO_BUNDLE_DIR)
+    return Path(settings.MODEL_BUNDLE_DIR) / f"demo-{demo_version()}"
 
 
 def seed(context) -> None:
-    from webapp.slides.models import Slide
-
-    from . import pipeline
-    from .models import ModelBundle, SlideEmbedding
-
-    if os.environ.get("PATHALIGN_SKIP_DEMO_MODEL") == "1":
+    if settings.SKIP_DEMO_MODEL:
         context.log("Demo model skipped (PATHALIGN_SKIP_DEMO_MODEL=1).")
         return
+    explicit = bool(settings.DEMO_BUNDLE_DIR)  # a directory named explicitly is used as it is
     path = demo_bundle_dir()
     bundle = ModelBundle.objects.filter(path=str(path.resolve())).first()
     if bundle is None:
-        if not os.environ.get("PATHALIGN_DEMO_BUNDLE"):  # a directory named explicitly is used as it is
-            from inference.demo import ensure_demo_bundle
+        if not explicit:
+            from inference.demo import ensure_demo_bundle  # torch: see demo_version
 
             context.log(f"Preparing the demo model bundle in {path} (built once; minutes on first start) ...")
             ensure_demo_bundle(path, log=context.log)
@@ -47,8 +53,7 @@ def seed(context) -> None:
         context.log(f"Registered model bundle {bundle}.")
     active = ModelBundle.objects.filter(is_active=True).first()
     # An older demo bundle gives way to this one; a bundle a lab admin chose stays active.
-    if active is None or (active.pk != bundle.pk and active.name == bundle.name and not os.environ.get(
-            "PATHALIGN_DEMO_BUNDLE")):
+    if active is None or (active.pk != bundle.pk and active.name == bundle.name and not explicit):
         pipeline.activate_bundle(bundle)
         context.log(f"{bundle} is the active model.")
     embedded = set(SlideEmbedding.objects.filter(bundle=bundle).values_list("slide_id", flat=True))

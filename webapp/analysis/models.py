@@ -1,91 +1,13 @@
-"""Background jobs and the workers that run them; model bundles and the embeddings they make."""
+"""Model bundles and the embeddings they make (slide vectors, query vectors, attention heatmaps)."""
 from __future__ import annotations
 
+import io
+
+import numpy as np
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
+from django.utils.text import slugify
 from pgvector.django import HalfVectorField, HnswIndex, VectorField
-
-
-class JobState(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
-
-
-class Job(models.Model):
-    """A unit of long work with a state, a progress figure (0..1) and an error text.
-
-    `kind` names a handler registered in `webapp.analysis.jobs`; the Celery task is only a thin shell.
-    """
-
-    kind = models.CharField(max_length=40)
-    queue = models.CharField(max_length=20, default="default")
-    state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.QUEUED)
-    progress = models.FloatField(default=0.0)
-    message = models.CharField(max_length=200, blank=True, help_text="What the job is doing now.")
-    error = models.TextField(blank=True)
-    params = models.JSONField(default=dict, blank=True)
-    result = models.JSONField(default=dict, blank=True)
-    slide = models.ForeignKey(
-        "slides.Slide", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
-    )
-    case = models.ForeignKey("cases.Case", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    worker = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # When the broker last accepted this job's message; null while the broker was unreachable.
-    dispatched_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        indexes = [
-            # The sweeper and the dashboards look at unfinished jobs only.
-            models.Index(
-                fields=["state", "heartbeat_at"],
-                name="job_active_idx",
-                condition=models.Q(state__in=["queued", "running"]),
-            ),
-            models.Index(fields=["slide", "kind"]),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} #{self.pk} ({self.state})"
-
-    @property
-    def is_active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def duration(self):
-        if not self.started_at:
-            return None
-        return (self.finished_at or timezone.now()) - self.started_at
-
-
-class WorkerHeartbeat(models.Model):
-    """Each Celery worker writes its row every few seconds; /healthz and the admin pages read them."""
-
-    hostname = models.CharField(max_length=200, unique=True)
-    queues = models.CharField(max_length=200, blank=True)
-    pid = models.IntegerField(default=0)
-    started_at = models.DateTimeField(default=timezone.now)
-    last_seen = models.DateTimeField(default=timezone.now)
-
-    def __str__(self) -> str:
-        return self.hostname
-
 
 # --- models, embeddings and search ------------------------------------------------------------------
 EMBED_DIM = 256  # pgvector columns are fixed-width; a bundle with another width is refused at registration
@@ -129,10 +51,13 @@ class ModelBundle(models.Model):
         return f"{self.name} {self.version}"
 
     @property
+    def key(self) -> str:
+        """name@version: how drafts, classifications and rating-study sources name the bundle."""
+        return f"{self.name}@{self.version}"
+
+    @property
     def cache_key(self) -> str:
         """Directory name for this bundle's cached features: stable, filesystem-safe."""
-        from django.utils.text import slugify
-
         return f"{self.pk}-{slugify(self.name)[:40]}-{slugify(self.version)[:20]}"
 
     @property
@@ -151,7 +76,7 @@ class SlideEmbedding(models.Model):
     # npz of coords int32 [N, 2] (level-0 top-left) and attention float32 [N]: compact, read as a whole.
     heatmap = models.BinaryField(default=bytes)
     seconds = models.FloatField(default=0.0, help_text="Time to extract and embed.")
-    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -171,10 +96,6 @@ class SlideEmbedding(models.Model):
 
     def heatmap_arrays(self):
         """(coords int [N, 2], attention float [N]) or None when absent."""
-        import io
-
-        import numpy as np
-
         if not self.heatmap:
             return None
         with np.load(io.BytesIO(bytes(self.heatmap))) as data:

@@ -13,17 +13,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.dispatch import receiver
 from django.utils import timezone
 
+from webapp.jobs.models import ACTIVE_STATES, Job
+from webapp.jobs.runner import JobFailed, Progress, create_job, job_handler
 from webapp.slides.models import Slide
 from webapp.slides.signals import slide_stored
 
 from . import runtime
-from .jobs import JobFailed, Progress, create_job, job_handler
-from .models import ACTIVE_STATES, EMBED_DIM, Job, ModelBundle, QueryEmbedding, SlideEmbedding
+from .models import EMBED_DIM, ModelBundle, QueryEmbedding, SlideEmbedding
 
 log = logging.getLogger(__name__)
 ANALYZE = "analyze_slide"
@@ -41,15 +43,13 @@ def inspect_bundle(path: str | os.PathLike) -> dict:
 
     Loads it once (on the CPU) so a broken bundle is refused here, not later in every job.
     """
-    from inference.bundle import read_bundle_config
-
     directory = Path(path).expanduser()
     if not directory.is_absolute():
         raise BundleInvalid("Give the bundle's absolute path on the server.")
     if not directory.is_dir():
         raise BundleInvalid(f"{directory} is not a directory on the server.")
     try:
-        config = read_bundle_config(directory)
+        config = runtime.read_bundle_config(directory)
     except (FileNotFoundError, ValueError) as exc:
         raise BundleInvalid(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. invalid JSON: tell the admin, not a 500
@@ -58,9 +58,7 @@ def inspect_bundle(path: str | os.PathLike) -> dict:
     if embed != EMBED_DIM:
         raise BundleInvalid(f"The bundle makes {embed}-d embeddings; this app stores {EMBED_DIM}-d vectors.")
     try:
-        from inference.pathalign import PathAlign
-
-        model = PathAlign.load(directory, device="cpu")
+        model = runtime.load_model(directory, device="cpu")
         spec, figures = model.spec, model.eval_figures
     except Exception as exc:  # noqa: BLE001 - missing weights, wrong shapes, bad tokenizer ...
         raise BundleInvalid(f"The bundle does not load: {type(exc).__name__}: {exc}") from None
@@ -100,9 +98,7 @@ def register_bundle(path: str | os.PathLike, user=None, activate: bool = False) 
 
 
 def refresh_eval(bundle: ModelBundle) -> ModelBundle:
-    from inference.bundle import read_eval
-
-    bundle.eval_figures = read_eval(bundle.path)
+    bundle.eval_figures = runtime.read_eval(bundle.path)
     bundle.save(update_fields=["eval_figures"])
     return bundle
 
@@ -142,14 +138,6 @@ def pack_heatmap(coords: np.ndarray, attention: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _pause(step: str) -> None:
-    """Test hook: PATHALIGN_TEST_STEP_SLEEP seconds between steps, so a test can kill a worker mid-job."""
-    seconds = float(os.environ.get("PATHALIGN_TEST_STEP_SLEEP", "0") or 0)
-    if seconds > 0:
-        log.info("test pause before %s (%.1fs)", step, seconds)
-        time.sleep(seconds)
-
-
 def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job | None = None) -> SlideEmbedding:
     """Features (cached or extracted) -> Q-Former -> one SlideEmbedding + its query rows, written at once."""
     started = time.perf_counter()
@@ -157,18 +145,17 @@ def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job 
         raise JobFailed(f"The slide file is missing from the store ({slide.file_path}).")
     progress(0.02, "Loading the model")
     model = runtime.get_model(bundle)
-    _pause("features")
     progress(0.05, "Tiling and encoding patches")
     try:
-        features = runtime.slide_features(slide, bundle, progress=lambda f, m: progress(0.05 + 0.8 * f, m))
+        features = runtime.slide_features(
+            slide, bundle, progress=lambda done, total: progress(0.05 + 0.8 * done / max(total, 1),
+                                                                 f"Encoding patches ({done}/{total})"))
     except (ValueError, OSError) as exc:  # unreadable slide, no MPP, no tissue ...
         raise JobFailed(f"Could not extract patch features: {exc}") from None
     if len(features) == 0:
         raise JobFailed("No tissue was found on the slide, so there is nothing to embed.")
-    _pause("embed")
     progress(0.88, f"Embedding {len(features)} patches")
     embedding = model.embed(features)
-    _pause("write")
     progress(0.95, "Saving the embeddings")
     with transaction.atomic():
         Slide.objects.select_for_update().filter(pk=slide.pk).first()  # one writer per slide at a time
@@ -178,7 +165,7 @@ def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job 
             defaults={
                 "embedding": embedding.slide.astype(np.float32),
                 "n_patches": len(features),
-                "patch_size": features.patch_size,
+                "patch_size": features.patch_size_level0,
                 "heatmap": pack_heatmap(features.coords, embedding.attention),
                 "seconds": round(time.perf_counter() - started, 2),
                 "job": job,
@@ -232,7 +219,7 @@ def _bundle_of(job: Job) -> ModelBundle:
     return bundle
 
 
-@job_handler(ANALYZE, queue="gpu", time_limit=int(os.environ.get("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)))
+@job_handler(ANALYZE, queue="gpu", time_limit=settings.ANALYZE_TIME_LIMIT)
 def analyze_slide_job(job: Job, progress: Progress) -> dict:
     if job.slide_id is None:
         raise JobFailed("The job names no slide.")

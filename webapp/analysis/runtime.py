@@ -1,40 +1,41 @@
-"""The model at run time: which bundle is active, the process-cached model, and cached patch features.
-
-Other apps (report drafting, classification) call only these:
+"""The web app's one boundary to the model library: which bundle is active, the process-cached model, the
+patch-feature cache, and the generation settings. Other apps call only these:
 
     active_bundle() -> ModelBundle | None          the bundle that embeds new slides
     search_bundle() -> ModelBundle | None          the bundle whose rows search reads (see below)
     get_model(bundle=None) -> PathAlign            loaded once per process (after a fork: once per child)
-    slide_features(slide, bundle=None) -> SlideFeatureSet   cached on disk, extracted on first use
+    slide_features(slide, bundle=None, progress=None) -> SlideFeatures   cached on disk, extracted on first use
+    generation_config() -> GenerationConfig        the drafting settings (DRAFT_NUM_BEAMS, ...)
 
-Features live in VAR_DIR/features/<bundle>/<slide>.safetensors ("features" [N, D] float16, "coords"
-[N, 2] int32, metadata: encoder spec and the level-0 patch size). Bundles with the same encoder spec
-share them (a hard link), so re-embedding the archive with a newly trained Q-Former does not re-tile.
+Features live in VAR_DIR/features/<bundle>/<slide>.safetensors, written by `SlideFeatures.save` in float16.
+Bundles with the same encoder spec share them (a hard link), so re-embedding the archive with a newly
+trained Q-Former does not re-tile.
+
+torch and the model library are imported inside these functions: web processes that never touch a model
+(most page views) do not pay for loading them.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 from django.conf import settings
 
 from .models import ModelBundle
 
-if TYPE_CHECKING:  # torch and the model library load only where a model is used
-    import torch
-
+if TYPE_CHECKING:
+    from inference.features import SlideFeatures
+    from inference.generation import GenerationConfig
     from inference.pathalign import PathAlign
+    from inference.progress import Progress
 
 log = logging.getLogger(__name__)
-MAX_CACHED_MODELS = int(os.environ.get("PATHALIGN_MAX_CACHED_MODELS", 2))
 
 _lock = threading.Lock()
 _models: OrderedDict[tuple, PathAlign] = OrderedDict()
@@ -68,18 +69,38 @@ def _resolve(bundle: ModelBundle | int | None) -> ModelBundle:
     return found
 
 
+# --- bundle files ------------------------------------------------------------------------------------
+def read_bundle_config(path: str | os.PathLike) -> dict:
+    """bundle.json of a bundle directory (FileNotFoundError / ValueError when it is not a bundle)."""
+    from inference.bundle import read_bundle_config as read  # torch: see the module docstring
+
+    return read(path)
+
+
+def read_eval(path: str | os.PathLike) -> dict:
+    from inference.bundle import read_eval as read  # torch: see the module docstring
+
+    return read(path)
+
+
 # --- the model ---------------------------------------------------------------------------------------
 def device() -> str:
-    """PATHALIGN_DEVICE, else the (one) GPU this worker sees, else the CPU.
+    """INFERENCE_DEVICE (PATHALIGN_DEVICE), else the (one) GPU this worker sees, else the CPU.
 
     One worker process per GPU: start each with CUDA_VISIBLE_DEVICES=<n>, so "cuda" is that GPU.
     """
-    chosen = os.environ.get("PATHALIGN_DEVICE")
-    if chosen:
-        return chosen
-    import torch
+    if settings.INFERENCE_DEVICE:
+        return settings.INFERENCE_DEVICE
+    import torch  # see the module docstring
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(path: str | os.PathLike, device: str) -> PathAlign:
+    """A bundle loaded from its local directory, not cached (registration checks, training comparisons)."""
+    from inference.pathalign import PathAlign  # torch: see the module docstring
+
+    return PathAlign.load(path, device=device)
 
 
 def get_model(bundle: ModelBundle | int | None = None) -> PathAlign:
@@ -95,14 +116,12 @@ def get_model(bundle: ModelBundle | int | None = None) -> PathAlign:
         if model is not None:
             _models.move_to_end(key)
             return model
-        from inference.pathalign import PathAlign
-
         log.info("loading model bundle %s from %s on %s", bundle, bundle.path, device())
-        model = PathAlign.load(bundle.path, device=device())
+        model = load_model(bundle.path, device())
         _models[key] = model
         for stale in [k for k in _models if k[0] != os.getpid()]:
             del _models[stale]
-        while len(_models) > MAX_CACHED_MODELS:
+        while len(_models) > settings.MAX_CACHED_MODELS:
             _models.popitem(last=False)
         return model
 
@@ -113,20 +132,14 @@ def forget_models() -> None:
         _models.clear()
 
 
+def generation_config() -> GenerationConfig:
+    """How drafts are generated here: DRAFT_NUM_BEAMS and DRAFT_MAX_NEW_TOKENS, the rest the library's."""
+    from inference.generation import GenerationConfig  # torch: see the module docstring
+
+    return GenerationConfig(num_beams=settings.DRAFT_NUM_BEAMS, max_new_tokens=settings.DRAFT_MAX_NEW_TOKENS)
+
+
 # --- patch features ----------------------------------------------------------------------------------
-@dataclass
-class SlideFeatureSet:
-    """A slide's patch features as the model library takes them (`.features`), with where they came from."""
-
-    features: torch.Tensor  # [N, D] float32
-    coords: np.ndarray  # [N, 2] int, level-0 top-left of each patch
-    patch_size: int  # patch side in level-0 pixels
-    path: Path  # the cache file
-
-    def __len__(self) -> int:
-        return int(self.features.shape[0])
-
-
 def features_dir(bundle: ModelBundle) -> Path:
     return Path(settings.VAR_DIR) / "features" / bundle.cache_key
 
@@ -137,16 +150,6 @@ def features_path(slide, bundle: ModelBundle) -> Path:
 
 def _encoder_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
-
-
-def _load_cached(path: Path) -> SlideFeatureSet:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        features = handle.get_tensor("features").float()
-        coords = handle.get_tensor("coords").numpy().astype(np.int64)
-    return SlideFeatureSet(features, coords, int(meta.get("patch_size", 0)), path)
 
 
 def _share_from_sibling(slide, bundle: ModelBundle, target: Path) -> bool:
@@ -163,71 +166,30 @@ def _share_from_sibling(slide, bundle: ModelBundle, target: Path) -> bool:
             except FileExistsError:
                 pass
             except OSError:  # another filesystem: copy instead
-                import shutil
-
                 shutil.copyfile(source, target)
             return True
     return False
 
 
-def _fraction_reporter(progress: Callable[[float, str], None] | None) -> Callable[..., None] | None:
-    """Adapt the library's progress callback (done, total) or (fraction[, message]) to ours."""
-    if progress is None:
-        return None
-
-    def report(*args: Any, **kwargs: Any) -> None:
-        numbers = [a for a in args if isinstance(a, int | float)]
-        text = next((a for a in args if isinstance(a, str)), "")
-        if len(numbers) >= 2 and numbers[1]:
-            fraction = numbers[0] / numbers[1]
-            text = text or f"{int(numbers[0])}/{int(numbers[1])} patches"
-        elif numbers:
-            fraction = float(numbers[0])
-        else:
-            return
-        progress(max(0.0, min(1.0, fraction)), text or "Encoding patches")
-
-    return report
-
-
-def _patch_size_of(extracted: Any) -> int:
-    for holder in (extracted, getattr(extracted, "grid", None)):
-        for name in ("patch_size_level0", "patch_size_l0"):
-            value = getattr(holder, name, None)
-            if value:
-                return int(value)
-    return int(getattr(extracted, "patch_size", 0) or 0)
-
-
 def slide_features(
-    slide, bundle: ModelBundle | int | None = None, progress: Callable[[float, str], None] | None = None
-) -> SlideFeatureSet:
+    slide, bundle: ModelBundle | int | None = None, progress: Progress | None = None
+) -> SlideFeatures:
     """The slide's patch features under `bundle`'s encoder: from the disk cache, or extracted (tiling +
-    patch encoder) and cached. `progress(fraction, message)` is called during extraction."""
+    patch encoder) and cached. `progress(done, total)` is called with patch counts during extraction."""
+    import torch  # see the module docstring
+
+    from inference.features import SlideFeatures
+
     bundle = _resolve(bundle)
     path = features_path(slide, bundle)
     if path.exists() or _share_from_sibling(slide, bundle, path):
         try:
-            return _load_cached(path)
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file is re-made, not fatal
+            return SlideFeatures.load(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged (or older-format) cache file is re-made, not fatal
             log.warning("cached features %s unreadable (%s); extracting again", path, exc)
             path.unlink(missing_ok=True)
-    import torch
-    from safetensors.torch import save_file
-
-    model = get_model(bundle)
-    extracted = model.extract(slide.path, progress=_fraction_reporter(progress))
-    features = torch.as_tensor(np.asarray(getattr(extracted, "features", extracted))).float()
-    coords = np.asarray(getattr(extracted, "coords", np.zeros((features.shape[0], 2))), dtype=np.int32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    extracted = get_model(bundle).extract(slide.path, progress=progress)
     # float16 halves the disk; the embedding is always computed from the stored copy, so a cached and a
-    # fresh run give identical results.
-    save_file(
-        {"features": features.half().contiguous(), "coords": torch.from_numpy(coords).contiguous()},
-        str(temporary),
-        metadata={"patch_size": str(_patch_size_of(extracted)), "encoder": json.dumps(bundle.encoder),
-                  "slide": str(slide.pk)},
-    )
-    os.replace(temporary, path)  # atomic: a reader never sees half a file
-    return _load_cached(path)
+    # fresh run give identical results. `save` is atomic: a reader never sees half a file.
+    extracted.save(path, extra={"slide": str(slide.pk)}, dtype=torch.float16)
+    return SlideFeatures.load(path)

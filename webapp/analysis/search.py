@@ -14,24 +14,36 @@ top k distinct slides are right (up to HNSW's approximation).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import F, Min, QuerySet
 from pgvector import HalfVector, Vector
 from pgvector.django import CosineDistance
 
 from webapp.cases.access import visible_cases
+from webapp.cases.models import SIGNED_OUT_STATUSES
 from webapp.slides.models import Slide
 
-from . import reports_bridge, runtime
+from . import runtime
 from .models import ModelBundle, QueryEmbedding, SlideEmbedding
 
 MAX_K = 50
 EF_SEARCH = 100
+
+# {case id: [signed report summaries, newest first]} for "slide -> signed-out reports of similar cases".
+# The reports app registers it (this app sits below reports and does not import it).
+SignedReportLookup = Callable[[Iterable[int]], dict[int, list[dict]]]
+_signed_reports: SignedReportLookup | None = None
+
+
+def register_signed_report_lookup(lookup: SignedReportLookup) -> None:
+    global _signed_reports
+    _signed_reports = lookup
 
 
 @dataclass
@@ -81,7 +93,7 @@ def candidate_slides(user, filters: Filters | None = None) -> QuerySet[Slide]:
     if filters.received_to:
         slides = slides.filter(part__case__received_date__lte=filters.received_to)
     if filters.signed_out_only:
-        slides = slides.filter(reports_bridge.signed_out_slides_q())
+        slides = slides.filter(part__case__status__in=SIGNED_OUT_STATUSES)
     return slides
 
 
@@ -207,8 +219,9 @@ def similar_reports(user, slide: Slide, k: int = 10, filters: Filters | None = N
         seen.add(hit.slide.part.case_id)
         hits.append(hit)
     hits = hits[:k]
-    reports = reports_bridge.signed_reports_by_case([hit.slide.part.case_id for hit in hits])
+    if _signed_reports is None:
+        raise ImproperlyConfigured("No signed-report lookup is registered (webapp.reports registers one).")
+    reports = _signed_reports([hit.slide.part.case_id for hit in hits])
     for hit in hits:
         hit.reports = reports.get(hit.slide.part.case_id, [])
-    message = "" if reports_bridge.report_model() else "Reports are not available yet; showing signed-out cases."
-    return SearchResult("reports", hits, bundle, message, exact_fallback=exact)
+    return SearchResult("reports", hits, bundle, exact_fallback=exact)

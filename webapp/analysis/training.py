@@ -1,7 +1,8 @@
 """Training a new bundle from the archive's signed-out cases, and comparing it with the active one.
 
-The job (queue "gpu") pairs each signed-out report's part text with the slides of that part
-(`reports_bridge.training_pairs`), reads the slides' cached patch features under the active bundle's
+The job (queue "gpu") takes (slide, text) pairs from the registered pair source (the reports app registers
+"each signed-out part's reported text with the slides of that part"; this app knows nothing of reports),
+reads the slides' cached patch features under the active bundle's
 encoder, trains the Q-Former with `inference.train.train_stage1` one epoch at a time (a checkpoint after
 each, so a killed worker's retry resumes), writes a bundle next to the others, and measures both the new
 and the active bundle on the same held-out cases. The new bundle is registered inactive: a lab admin reads
@@ -9,40 +10,57 @@ the comparison and decides whether to switch.
 """
 from __future__ import annotations
 
-import os
 import shutil
+import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from webapp.jobs.models import Job
+from webapp.jobs.runner import JobFailed, Progress, create_job, job_handler
 from webapp.slides.models import Slide
 
-from . import reports_bridge, runtime
-from .jobs import JobFailed, Progress, create_job, job_handler
-from .models import Job, ModelBundle
+from . import runtime
+from .models import ModelBundle
+from .pipeline import BundleInvalid, register_bundle
 
 TRAIN = "train_bundle"
 MIN_PAIRS = 8
 
-# Where the pairs come from; tests point it at a synthetic corpus.
-pair_source: Callable[[], list[reports_bridge.TrainingPair]] = reports_bridge.training_pairs
+
+@dataclass(frozen=True)
+class TrainingPair:
+    slide_id: str
+    text: str
+    case_id: int
+    part_id: int | None
+
+
+PairSource = Callable[[], list[TrainingPair]]
+# Where the pairs come from: registered from above (webapp.reports); tests point it at a synthetic corpus.
+pair_source: PairSource | None = None
+
+
+def register_pair_source(source: PairSource) -> None:
+    global pair_source
+    pair_source = source
 
 
 def queue_training(user, name: str, version: str, config: dict | None = None) -> Job:
-    from django.db import transaction
-
     with transaction.atomic():
         return create_job(TRAIN, user=user, params={"name": name, "version": version, "config": config or {}})
 
 
 def heldout_figures(model, examples) -> dict:
     """Paired retrieval on held-out examples: recall@1/5 both ways (query-max similarity, as ITC)."""
-    from inference import metrics
+    from inference import metrics  # numpy and torch: loaded in the training worker only
 
     if len(examples) < 2:
         return {"n": len(examples)}
@@ -59,14 +77,12 @@ def _bundle_dir(name: str, version: str) -> Path:
     return Path(settings.MODEL_BUNDLE_DIR) / f"{slugify(name)}-{slugify(version)}"
 
 
-@job_handler(TRAIN, queue="gpu", time_limit=int(os.environ.get("PATHALIGN_TRAIN_TIME_LIMIT", 12 * 3600)))
+@job_handler(TRAIN, queue="gpu", time_limit=settings.TRAIN_TIME_LIMIT)
 def train_bundle_job(job: Job, progress: Progress) -> dict:
-    import torch
+    import torch  # the model library loads only in the worker that trains (see runtime's docstring)
 
     from inference.bundle import save_bundle, write_eval
     from inference.train import Example, TrainConfig, assign_split, train_stage1
-
-    from .pipeline import BundleInvalid, register_bundle
 
     name = str(job.params.get("name") or "pathalign-local")[:100]
     version = str(job.params.get("version") or timezone.now().strftime("%Y%m%d-%H%M"))[:40]
@@ -79,6 +95,8 @@ def train_bundle_job(job: Job, progress: Progress) -> dict:
     base = runtime.active_bundle()
     if base is None:
         raise JobFailed("Training reads the patch features of the active bundle's encoder: activate one first.")
+    if pair_source is None:
+        raise ImproperlyConfigured("No training pair source is registered (webapp.reports registers one).")
     pairs = pair_source()
     if len(pairs) < MIN_PAIRS:
         raise JobFailed(f"Only {len(pairs)} slide/report pairs from signed-out cases; at least {MIN_PAIRS} needed.")
@@ -125,10 +143,8 @@ def train_bundle_job(job: Job, progress: Progress) -> dict:
     save_bundle(staging, model.cpu(), tokenizer, base.encoder, name=name, version=version, training=training)
     progress(0.9, "Comparing with the active bundle on held-out cases")
     heldout = [e for e in examples if e.split == "test"]
-    from inference.pathalign import PathAlign
-
     with torch.no_grad():
-        new_figures = heldout_figures(PathAlign.load(staging, device=runtime.device()), heldout)
+        new_figures = heldout_figures(runtime.load_model(staging, runtime.device()), heldout)
         base_figures = heldout_figures(runtime.get_model(base), heldout)
     comparison = {"heldout_cases": len({e.record["case"] for e in heldout}), "new": new_figures,
                   "active": base_figures, "active_bundle": str(base)}
@@ -145,8 +161,6 @@ def train_bundle_job(job: Job, progress: Progress) -> dict:
 
 
 def _uuid(value: str):
-    import uuid
-
     try:
         return uuid.UUID(str(value))
     except ValueError:

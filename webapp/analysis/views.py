@@ -7,32 +7,24 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import NoReverseMatch, reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from webapp.accounts.decorators import lab_admin_required
 from webapp.audit.log import record
+from webapp.jobs.models import Job
 from webapp.slides.access import get_slide_for_user
+from webapp.slides.models import Slide
 
 from . import pipeline, runtime, search, training
-from .jobs import HANDLERS, cancel_job, retry_job
-from .models import Job, JobState, ModelBundle
+from .models import ModelBundle
 from .overlays import attention_for_slide
-
-JOB_PAGE = 200
 
 
 def viewer_url(slide) -> str:
-    """The viewer for `slide` (the viewer app's URL when it exists, else its documented path)."""
-    try:
-        base = reverse("case_viewer", args=[slide.part.case_id])
-    except NoReverseMatch:
-        base = f"/cases/{slide.part.case_id}/viewer/"
-    return f"{base}?slide={slide.pk}"
+    return f"{reverse('case_viewer', args=[slide.part.case_id])}?slide={slide.pk}"
 
 
 # --- per-slide job state -----------------------------------------------------------------------------
@@ -49,21 +41,9 @@ def slide_job_status(request: HttpRequest, slide_id) -> HttpResponse:
     return render(request, "analysis/_slide_jobs.html", slide_job_context(slide, request.user))
 
 
-@lab_admin_required
-@require_POST
-def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = get_object_or_404(Job, pk=job_id)
-    if job.state not in (JobState.FAILED, JobState.CANCELLED):
-        messages.info(request, "Only a failed job can be retried.")
-    else:
-        retry_job(job)
-        record(request, "job_retry", case=job.case_id, obj=job, kind=job.kind)
-    if job.slide_id and request.htmx:
-        return render(request, "analysis/_slide_jobs.html", slide_job_context(job.slide, request.user))
-    target = request.POST.get("next") or ""
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=False):
-        target = reverse("bundle_list")
-    return redirect(target)
+def slide_retry_fragment(request: HttpRequest, job: Job) -> HttpResponse:
+    """What an htmx retry of a slide's analysis answers (registered with the jobs app): the slide's state."""
+    return render(request, "analysis/_slide_jobs.html", slide_job_context(job.slide, request.user))
 
 
 @lab_admin_required
@@ -150,8 +130,6 @@ class TrainForm(forms.Form):
 
 
 def _bundle_rows() -> list[dict]:
-    from webapp.slides.models import Slide
-
     total = Slide.objects.count()
     rows = []
     for bundle in ModelBundle.objects.all():
@@ -247,37 +225,6 @@ def bundle_train(request: HttpRequest) -> HttpResponse:
 
 @lab_admin_required
 def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A job's row on the model pages (re-embedding, training), polled while the job runs."""
     job = get_object_or_404(Job, pk=job_id)
     return render(request, "analysis/_job_row.html", {"job": job})
-
-
-@lab_admin_required
-def job_list(request: HttpRequest) -> HttpResponse:
-    """Every job, newest first, filterable by state and kind; active rows refresh themselves."""
-    jobs = Job.objects.select_related("slide__part__case", "case")
-    state, kind = request.GET.get("state", ""), request.GET.get("kind", "")
-    if state in JobState.values:
-        jobs = jobs.filter(state=state)
-    if kind in HANDLERS:
-        jobs = jobs.filter(kind=kind)
-    counts = {row["state"]: row["n"] for row in Job.objects.values("state").annotate(n=Count("id"))}
-    context = {
-        "jobs": jobs[:JOB_PAGE],
-        "states": [(value, label, counts.get(value, 0)) for value, label in JobState.choices],
-        "kinds": sorted(HANDLERS),
-        "state": state,
-        "kind": kind,
-    }
-    return render(request, "analysis/job_list.html", context)
-
-
-@lab_admin_required
-@require_POST
-def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = get_object_or_404(Job, pk=job_id)
-    if cancel_job(job):
-        record(request, "job_cancel", case=job.case_id, obj=job, kind=job.kind)
-        messages.success(request, f"Job #{job.pk} cancelled.")
-    else:
-        messages.info(request, "Only a queued or running job can be cancelled.")
-    return redirect("job_list")

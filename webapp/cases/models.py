@@ -28,6 +28,10 @@ class CaseStatus(models.TextChoices):
     AMENDED = "amended", "Amended"
 
 
+# A case is signed out once its primary report is signed; an amendment keeps it so.
+SIGNED_OUT_STATUSES = (CaseStatus.SIGNED_OUT, CaseStatus.AMENDED)
+
+
 class Case(models.Model):
     accession_number = models.CharField(max_length=16, unique=True, validators=[accession_validator])
     patient_pseudonym = models.CharField(

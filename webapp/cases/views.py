@@ -42,14 +42,6 @@ def case_list(request):
     return render(request, template, context)
 
 
-@login_required
-def worklist(request):
-    """A pathologist's assigned cases with analysis, report and AI triage state (see webapp/reports)."""
-    from webapp.reports.views import worklist_view
-
-    return worklist_view(request)
-
-
 @lab_admin_required
 @require_http_methods(["GET", "POST"])
 def case_create(request):

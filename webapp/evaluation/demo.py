@@ -14,6 +14,9 @@ import re
 
 from django.db import transaction
 
+from webapp.accounts.models import User
+from webapp.cases.models import Part
+
 from . import sources, stats, studies
 from .models import Assignment, Study
 
@@ -76,8 +79,6 @@ def perturb(text: str, index: int, other_diagnosis: str, diagnosis: str) -> tupl
 
 
 def simulated_rater(context):
-    from webapp.accounts.models import User
-
     user = User.objects.filter(username=SIM_USERNAME).first()
     if user is None:
         user = User(username=SIM_USERNAME, role="evaluator", first_name="Simulated", last_name="Rater (demo)")
@@ -122,8 +123,6 @@ def seed(context) -> None:
     evaluator = context.users.get("eval_kim")
     if evaluator is None or not context.cases:
         return
-    from webapp.cases.models import Part
-
     parts = Part.objects.filter(case__in=context.cases)
     options = {option.key: option.parts for option in sources.available_sources(parts)}
     ai_keys = [key for key, count in options.items() if key.startswith("ai:") and count >= 3]

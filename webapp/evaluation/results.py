@@ -9,6 +9,8 @@ from collections import defaultdict
 
 from django.db.models import Count
 
+from webapp.cases.models import Part
+
 from . import sources, stats
 from .models import Assignment, ErrorKind, Item, Rating, Study
 
@@ -52,12 +54,7 @@ def text_metrics(study: Study) -> dict:
 def workflow_edit_distance(study: Study) -> dict:
     """From the reporting workflow: how far pathologists moved from each AI draft to what they signed,
     on the study's parts (normalised Levenshtein: 0 kept as is, 1 rewritten)."""
-    from webapp.cases.models import Part
-
-    try:
-        pairs = sources.draft_signed_pairs(Part.objects.filter(pk__in=study.items.values("part_id")))
-    except ImportError:  # the reports app is not installed in this deployment
-        pairs = {}
+    pairs = sources.draft_signed_pairs(Part.objects.filter(pk__in=study.items.values("part_id")))
     out = {}
     for key, source_pairs in pairs.items():
         distances = sorted(stats.edit_distance(draft, signed) for draft, signed in source_pairs)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Concat
 
 from webapp.cases.models import Part
+from webapp.reports.models import AIDraft, DraftMethod, Report, ReportKind, ReportSection
 from webapp.reports.text import without_case_specifics
 
 SIGNED = "signed_report"
@@ -40,8 +42,6 @@ def _ai_key(method: str, bundle: str) -> str:
 
 
 def _ai_label(method: str, bundle: str) -> str:
-    from webapp.reports.models import DraftMethod
-
     method_label = dict(DraftMethod.choices).get(method, method)
     return f"AI draft: {method_label}, {bundle}"
 
@@ -56,19 +56,14 @@ def source_label(key: str) -> str:
 
 
 def _signed_texts(parts: QuerySet[Part]) -> dict[int, tuple[str, dict]]:
-    """{part id: (signed text, ref)} for parts whose case has a signed primary report or amendment."""
-    from webapp.reports.models import ReportKind, ReportSection, ReportStatus
-
+    """{part id: (reported text, ref)}: what is reported now for each part (`Report.objects.reported()`)."""
     sections = (
-        ReportSection.objects.filter(
-            part__in=parts, report__status=ReportStatus.SIGNED,
-            report__kind__in=[ReportKind.PRIMARY, ReportKind.AMENDMENT],
-        )
+        ReportSection.objects.filter(part__in=parts, report__in=Report.objects.reported())
         .order_by("part_id", "-report__signed_at", "-report_id")
         .values("part_id", "text", "report_id", "id")
     )
     out: dict[int, tuple[str, dict]] = {}
-    for row in sections:  # first per part = latest signed
+    for row in sections:
         if row["part_id"] not in out and row["text"].strip():
             out[row["part_id"]] = (row["text"], {"report": row["report_id"], "section": row["id"]})
     return out
@@ -76,16 +71,15 @@ def _signed_texts(parts: QuerySet[Part]) -> dict[int, tuple[str, dict]]:
 
 def _ai_texts(parts: QuerySet[Part]) -> dict[tuple[int, str], tuple[str, dict]]:
     """{(part id, source key): (latest draft text, ref)} over primary reports' sections."""
-    from webapp.reports.models import AIDraft, ReportKind
-
     drafts = (
         AIDraft.objects.filter(section__part__in=parts, section__report__kind=ReportKind.PRIMARY)
-        .order_by("section__part_id", "method", "bundle", "-created_at", "-id")
-        .values("section__part_id", "method", "bundle", "text", "id", "section_id")
+        .annotate(bundle_key=Concat(F("bundle__name"), Value("@"), F("bundle__version")))  # ModelBundle.key
+        .order_by("section__part_id", "method", "bundle_key", "-created_at", "-id")
+        .values("section__part_id", "method", "bundle_key", "text", "id", "section_id")
     )
     out: dict[tuple[int, str], tuple[str, dict]] = {}
     for row in drafts:
-        key = (row["section__part_id"], _ai_key(row["method"], row["bundle"]))
+        key = (row["section__part_id"], _ai_key(row["method"], row["bundle_key"] or "unknown model"))
         if key not in out and row["text"].strip():
             out[key] = (row["text"], {"ai_draft": row["id"], "section": row["section_id"]})
     return out

@@ -12,12 +12,12 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template import TemplateDoesNotExist
-from django.template.loader import get_template
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from webapp.accounts.decorators import lab_admin_required, role_required
 from webapp.audit.log import record
+from webapp.slides.tile_access import grant_deidentified_access
+from webapp.slides.viewer_views import viewer_context
 
 from . import results, sources, studies
 from .forms import RatingForm, StudyForm
@@ -197,15 +197,9 @@ def rater_continue(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 def _viewer(request: HttpRequest, assignment: Assignment) -> dict:
-    """The de-identified viewer for the item's slide, when the viewer app provides it."""
+    """The de-identified viewer for the item's slide (none for an item without a slide)."""
     slide = assignment.item.slide
     if slide is None:
-        return {"viewer_available": False}
-    try:
-        get_template("slides/_viewer.html")
-        from webapp.slides.tile_access import grant_deidentified_access
-        from webapp.slides.viewer_views import viewer_context
-    except (ImportError, TemplateDoesNotExist):
         return {"viewer_available": False}
     grant_deidentified_access(request, slide)
     context = viewer_context([slide], str(slide.pk), None, deidentified=True)

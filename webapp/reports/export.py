@@ -6,13 +6,20 @@ import base64
 import hashlib
 import io
 from typing import Any
+from xml.sax.saxutils import escape  # noqa: S406 - escaping our own text for reportlab's markup
 
 from django.utils import timezone
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import HRFlowable, Paragraph, SimpleDocTemplate, Spacer, Table
 
 from webapp.cases.models import Case
 
 from .models import Report, ReportKind, ReportStatus
+from .services import is_superseded
 
 FHIR_STATUS = {ReportKind.PRIMARY: "final", ReportKind.AMENDMENT: "amended", ReportKind.ADDENDUM: "appended"}
 LOINC_PATHOLOGY_STUDY = {"system": "http://loinc.org", "code": "11526-1", "display": "Pathology study"}
@@ -105,14 +112,6 @@ def fhir_diagnostic_report(report: Report, pdf_url: str | None = None) -> dict[s
 
 def report_pdf(case: Case, reports: list[Report]) -> bytes:
     """The case's report history as a PDF: each signed report under its kind, signer and time."""
-    from xml.sax.saxutils import escape  # noqa: S406 - escaping our own text for reportlab's markup
-
-    from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
-    from reportlab.lib.units import mm
-    from reportlab.platypus import HRFlowable, Paragraph, SimpleDocTemplate, Spacer, Table
-
     styles = getSampleStyleSheet()
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm,
@@ -124,8 +123,6 @@ def report_pdf(case: Case, reports: list[Report]) -> bytes:
     if case.clinical_history:
         story += [Paragraph("<b>Clinical history</b>", styles["Normal"]),
                   Paragraph(escape(case.clinical_history), styles["Normal"]), Spacer(1, 4 * mm)]
-    from .services import is_superseded
-
     for report in reports:
         heading = report.get_kind_display()
         if report.status != ReportStatus.SIGNED:

@@ -12,10 +12,11 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
-EMBED_DIM = 256
+from webapp.analysis.models import EMBED_DIM
 
 
 class ReportLocked(Exception):
@@ -81,6 +82,15 @@ class DraftMethod(models.TextChoices):
 
 
 class ReportQuerySet(models.QuerySet):
+    def reported(self) -> ReportQuerySet:
+        """What is reported now, the one definition: for each case, its latest signed primary report or
+        amendment (a later signed amendment replaces the text before it; addenda add, never replace)."""
+        diagnostic = [ReportKind.PRIMARY, ReportKind.AMENDMENT]
+        later = Report.objects.filter(
+            case=OuterRef("case"), status=ReportStatus.SIGNED, kind=ReportKind.AMENDMENT
+        ).filter(Q(signed_at__gt=OuterRef("signed_at")) | Q(signed_at=OuterRef("signed_at"), id__gt=OuterRef("id")))
+        return self.filter(status=ReportStatus.SIGNED, kind__in=diagnostic).exclude(Exists(later))
+
     # Bulk paths skip Model.save(); refuse them here too so no ORM route changes a signed report.
     def update(self, **kwargs):
         if self.filter(status=ReportStatus.SIGNED).exists():
@@ -107,7 +117,7 @@ class Report(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # A plain id, not a constraint: deleting old jobs must never try to touch a signed report.
     draft_job = models.ForeignKey(
-        "analysis.Job", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        "jobs.Job", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     signed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -206,7 +216,8 @@ class AIDraft(models.Model):
     job_id = models.BigIntegerField(null=True, blank=True)
     method = models.CharField(max_length=12, choices=DraftMethod.choices)
     text = models.TextField()
-    bundle = models.CharField(max_length=200, help_text="name@version of the model bundle.")
+    bundle = models.ForeignKey("analysis.ModelBundle", null=True, on_delete=models.PROTECT, related_name="+",
+                               help_text="The model bundle that wrote it.")
     # Similar signed-out cases the draft drew on: [{"section": id, "case": id, "score": s, "snippet": ...}].
     evidence = models.JSONField(default=list, blank=True)
     slides = models.JSONField(default=list, blank=True, help_text="Slide ids whose patches were read.")
@@ -265,7 +276,7 @@ class Classification(_GuardedBySignedReport):
     scores = models.JSONField(default=dict, help_text="{label: probability}, from model.classify.")
     model_label = models.CharField(max_length=120)
     model_confidence = models.FloatField()
-    bundle = models.CharField(max_length=200)
+    bundle = models.ForeignKey("analysis.ModelBundle", null=True, on_delete=models.PROTECT, related_name="+")
     job_id = models.BigIntegerField(null=True, blank=True)
     decision = models.CharField(max_length=10, choices=Decision.choices, default=Decision.PENDING)
     decided_label = models.CharField(max_length=120, blank=True)
@@ -299,7 +310,7 @@ class ReportTextEmbedding(models.Model):
     """The text embedding of a signed section, for retrieval drafts (PathAlign-R). One per model bundle."""
 
     section = models.ForeignKey(ReportSection, on_delete=models.CASCADE, related_name="embeddings")
-    bundle = models.CharField(max_length=200)
+    bundle = models.ForeignKey("analysis.ModelBundle", on_delete=models.CASCADE, related_name="+")
     embedding = VectorField(dimensions=EMBED_DIM)
     created_at = models.DateTimeField(auto_now_add=True)
 

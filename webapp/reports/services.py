@@ -27,6 +27,7 @@ from .models import (
     ReportVersion,
     VersionSource,
 )
+from .signals import report_signed
 
 
 class StaleVersion(Exception):
@@ -167,9 +168,7 @@ def sign(report: Report, user, versions: dict[int, int] | None = None) -> SignRe
         elif locked.kind == ReportKind.PRIMARY:
             case.status = CaseStatus.SIGNED_OUT
         case.save(update_fields=["status", "updated_at"])
-        from .drafting import queue_text_embedding
-
-        transaction.on_commit(lambda: queue_text_embedding(locked.pk, user))
+        transaction.on_commit(lambda: report_signed.send(sender=Report, report=locked, user=user))
     locked.refresh_from_db()
     return SignResult(locked, case.status)
 
@@ -202,11 +201,8 @@ def start_followup(case: Case, kind: str, user, reason: str = "") -> Report:
 
 
 def current_text_by_part(case: Case) -> list[tuple]:
-    """(part, heading, text) as currently reported: the latest signed primary report or amendment."""
-    latest = (
-        case.reports.filter(status=ReportStatus.SIGNED, kind__in=[ReportKind.PRIMARY, ReportKind.AMENDMENT])
-        .order_by("-signed_at", "-id").first()
-    )
+    """(part, heading, text) as currently reported (`Report.objects.reported()`)."""
+    latest = Report.objects.reported().filter(case=case).first()
     if latest is None:
         return []
     return [(s.part, s.heading, s.text) for s in latest.sections.select_related("part")]
@@ -220,9 +216,7 @@ def discard_draft(report: Report) -> None:
 
 
 def is_superseded(report: Report) -> bool:
-    """True when a later signed amendment replaces this report's text."""
+    """True when a later signed amendment replaces this report's text (it is no longer what is reported)."""
     if report.kind == ReportKind.ADDENDUM or not report.is_signed:
         return False
-    return report.case.reports.filter(
-        kind=ReportKind.AMENDMENT, status=ReportStatus.SIGNED, signed_at__gt=report.signed_at
-    ).exists()
+    return not Report.objects.reported().filter(pk=report.pk).exists()

@@ -3,6 +3,7 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
+    path("worklist/", views.worklist_view, name="worklist"),
     path("cases/<int:case_id>/workspace/", views.workspace, name="report_workspace"),
     path("cases/<int:case_id>/report/start/", views.report_start, name="report_start"),
     path("cases/<int:case_id>/report/draft/", views.draft_start, name="report_draft"),

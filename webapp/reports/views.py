@@ -12,29 +12,32 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import select_template
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.accounts.decorators import lab_admin_required
-from webapp.analysis.models import Job, JobState
 from webapp.audit.log import record
 from webapp.audit.models import AuditEvent
 from webapp.cases.access import can_work_on, visible_cases
+from webapp.jobs.models import ACTIVE_STATES, Job, JobState
 from webapp.slides.models import Slide
+from webapp.slides.viewer_views import viewer_context
 
 from . import access, services
-from .drafting import method_options, queue_draft
+from .drafting import DRAFT, method_options, queue_draft
 from .export import fhir_diagnostic_report, report_chain, report_pdf
 from .forms import FollowupForm, LabelFormSet, LabelSetForm
+from .labelsets import ensure_default_label_sets
 from .models import LabelSet, ReportKind, ReportLocked, ReportSection, ReportStatus
 from .worklist import report_state_label, worklist_cases
 
 SIGN_FAILURES_SHOWN = 5
 
 
-# --- worklist (cases.views.worklist delegates here) --------------------------------------------------------
+# --- worklist -------------------------------------------------------------------------------------------
+@login_required
 def worklist_view(request: HttpRequest) -> HttpResponse:
+    """A pathologist's assigned cases with analysis, report and AI triage state (see worklist.py)."""
     cases, form, sort = worklist_cases(request.user, request.GET)
     cases = list(cases[:200])
     for case in cases:
@@ -47,15 +50,9 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
 
 # --- the workspace ---------------------------------------------------------------------------------------
 def _viewer(case, request) -> dict:
-    """The slide viewer's context if the viewer app provides it (reports do not depend on it)."""
+    """The slide viewer's context for the case's slides (the one asked for in ?slide= first)."""
     slides = list(Slide.objects.filter(part__case=case).select_related("part")
                   .order_by("part__label", "block_label", "created_at"))
-    try:
-        from webapp.slides.viewer_views import viewer_context
-
-        select_template(["slides/_viewer.html"])
-    except Exception:  # noqa: BLE001 - no viewer yet: the workspace shows thumbnails instead
-        return {"slides": slides, "has_viewer": False}
     wanted = request.GET.get("slide")
     ids = {str(s.pk) for s in slides}
     return {"slides": slides, "has_viewer": bool(slides),
@@ -161,7 +158,7 @@ def draft_start(request: HttpRequest, case_id: int) -> HttpResponse:
         report = services.open_report(case) or services.start_report(case, request.user)
     except services.ReportError as exc:
         return HttpResponse(str(exc), status=409)
-    active = Job.objects.filter(pk=report.draft_job_id, state__in=[JobState.QUEUED, JobState.RUNNING]).first()
+    active = Job.objects.filter(pk=report.draft_job_id, state__in=ACTIVE_STATES).first()
     job = active or queue_draft(report, method, request.user)
     record(request, "report.draft_requested", case=case, obj=report, method=method, job=job.pk)
     if not request.htmx:
@@ -173,7 +170,7 @@ def draft_start(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_GET
 def draft_status(request: HttpRequest, case_id: int, job_id: int) -> HttpResponse:
     case = access.get_case_for_report(request.user, case_id)
-    job = get_object_or_404(Job, pk=job_id, case=case, kind="draft_report")
+    job = get_object_or_404(Job, pk=job_id, case=case, kind=DRAFT)
     response = render(request, "reports/_job.html", {"case": case, "job": job})
     if job.state == JobState.SUCCEEDED and request.GET.get("reload") != "0":
         response["HX-Refresh"] = "true"  # the new text, classifications and evidence: simplest as a reload
@@ -259,7 +256,8 @@ def classification_decide(request: HttpRequest, report_id: int, classification_i
         return HttpResponse("This report is signed out.", status=409)
     record(request, "classification.decide", case=item.section.report.case_id, obj=item, before=before,
            after={"label": item.final_label, "decision": item.decision}, label_set=item.label_set.name,
-           model_label=item.model_label, confidence=item.model_confidence, bundle=item.bundle)
+           model_label=item.model_label, confidence=item.model_confidence,
+           bundle=item.bundle.key if item.bundle else "")
     if request.htmx:
         return render(request, "reports/_classification.html", {"c": item, "report": item.section.report,
                                                                 "can_work": True})
@@ -381,8 +379,6 @@ def report_fhir(request: HttpRequest, report_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def labelset_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and request.POST.get("action") == "defaults":
-        from .labelsets import ensure_default_label_sets
-
         created = ensure_default_label_sets()
         record(request, "labelset.defaults", created=created)
         messages.success(request, f"{created} default label sets added.")

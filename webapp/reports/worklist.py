@@ -11,10 +11,13 @@ from django.db.models import Case as When_
 from django.db.models import Count, Exists, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, NullIf
 
-from webapp.analysis.models import Job, JobState
+from webapp.analysis.models import SlideEmbedding
+from webapp.analysis.runtime import active_bundle
 from webapp.cases.access import visible_cases
 from webapp.cases.models import Case, CaseStatus, Priority
+from webapp.jobs.models import ACTIVE_STATES, Job
 
+from .drafting import DRAFT, EMBED_REPORT
 from .models import Classification, Report, ReportStatus
 
 SORTS = {
@@ -41,14 +44,9 @@ class WorklistFilter(forms.Form):
 def _analysis_annotations(cases: QuerySet[Case]) -> QuerySet[Case]:
     """Slides analysed by the active model, and whether any analysis job of the case is still running."""
     running = Job.objects.filter(
-        Q(case=OuterRef("pk")) | Q(slide__part__case=OuterRef("pk")), state__in=[JobState.QUEUED, JobState.RUNNING]
-    ).exclude(kind__in=["draft_report", "embed_report"])
+        Q(case=OuterRef("pk")) | Q(slide__part__case=OuterRef("pk")), state__in=ACTIVE_STATES
+    ).exclude(kind__in=[DRAFT, EMBED_REPORT])
     cases = cases.annotate(analysis_running=Exists(running))
-    try:
-        from webapp.analysis.models import SlideEmbedding
-        from webapp.analysis.runtime import active_bundle
-    except ImportError:  # the analysis app without embeddings yet
-        return cases.annotate(analysed_count=Value(0))
     bundle = active_bundle()
     if bundle is None:
         return cases.annotate(analysed_count=Value(0))

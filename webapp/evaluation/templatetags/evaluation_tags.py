@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from django import template
 
+from webapp.evaluation.models import Study, StudyStatus
+from webapp.evaluation.studies import progress
+
 register = template.Library()
 
 
@@ -24,9 +27,6 @@ def get(mapping: dict, key):
 @register.simple_tag
 def rater_studies(user) -> list[dict]:
     """For the home page: the open studies this evaluator rates in, with their progress."""
-    from webapp.evaluation.models import Study, StudyStatus
-    from webapp.evaluation.studies import progress
-
     if not getattr(user, "is_evaluator", False):
         return []
     studies = Study.objects.filter(assignments__evaluator=user, status=StudyStatus.OPEN).distinct()

@@ -1,4 +1,7 @@
-"""Celery shells around `webapp.analysis.jobs`: serialization, retries and worker heartbeats only."""
+"""Worker heartbeats: each Celery worker writes its row every few seconds and sweeps for stale jobs.
+
+Connected to Celery's worker signals when the jobs app is ready; in web processes they never fire.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,43 +10,17 @@ import socket
 import threading
 import time
 
-from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from . import jobs
 from .models import WorkerHeartbeat
+from .runner import requeue_stale
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
-# Every worker sweeps for stale jobs (dead workers, broker outages) this often; see jobs.requeue_stale.
-SWEEP_SECONDS = float(os.environ.get("PATHALIGN_SWEEP_SECONDS", 60))
 _stop = threading.Event()
-
-
-@shared_task(bind=True, acks_late=True, max_retries=3, name="analysis.run_job")
-def run_job(self, job_id: int) -> str:
-    from .models import Job
-
-    if not Job.objects.filter(pk=job_id).exists():
-        return "gone"  # deleted while queued
-    try:
-        return jobs.execute(job_id).state
-    except jobs.JobFailed:
-        return "failed"
-    except Exception as exc:
-        from .models import JobState
-
-        if self.request.retries < self.max_retries and not isinstance(exc, (ValueError, TypeError)):
-            Job.objects.filter(pk=job_id).update(state=JobState.QUEUED, message="Retrying after an error.")
-            raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 2)) from exc
-        return "failed"
-
-
-@shared_task(name="analysis.sweep_stale_jobs")
-def sweep_stale_jobs() -> int:
-    return jobs.requeue_stale()
 
 
 def _beat(hostname: str, queues: str) -> None:
@@ -56,7 +33,7 @@ def _beat(hostname: str, queues: str) -> None:
 
 def _sweep() -> None:
     try:
-        touched = jobs.requeue_stale()
+        touched = requeue_stale()
         if touched:
             log.info("stale-job sweeper requeued or failed %d job(s)", touched)
     except Exception as exc:  # noqa: BLE001 - never let the sweeper kill the heartbeat thread
@@ -64,17 +41,20 @@ def _sweep() -> None:
 
 
 def _heartbeat_loop(hostname: str, queues: str) -> None:
-    next_sweep = time.monotonic()  # sweep at once: jobs left by a worker that died before this one started
+    # Every worker sweeps for stale jobs (dead workers, broker outages) every JOB_SWEEP_SECONDS, the first
+    # time at once: jobs left by a worker that died before this one started.
+    sweep_seconds = float(settings.JOB_SWEEP_SECONDS)
+    next_sweep = time.monotonic()
     while True:
         try:
             close_old_connections()
             if time.monotonic() >= next_sweep:
                 _sweep()
-                next_sweep = time.monotonic() + SWEEP_SECONDS
+                next_sweep = time.monotonic() + sweep_seconds
             _beat(hostname, queues)
         except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again next beat
             log.warning("worker heartbeat failed: %s", exc)
-        if _stop.wait(min(HEARTBEAT_SECONDS, SWEEP_SECONDS)):
+        if _stop.wait(min(HEARTBEAT_SECONDS, sweep_seconds)):
             return
 
 

@@ -1,7 +1,10 @@
-"""Job handlers and the plain functions that run them; `tasks.py` only wraps these for Celery.
+"""Running jobs: the handler registry, dispatch to Celery, execution, the one retry policy, the sweeper.
 
 A handler is `fn(job, progress)`: it does the work, calls `progress(fraction, message)` now and then and
-returns a JSON-able result. Handlers must be idempotent: a job can run twice after a worker dies.
+returns a JSON-able result. Handlers must be idempotent: a job can run twice after a worker dies. Apps
+register theirs with `@job_handler("kind", queue=...)` in a module their AppConfig.ready() imports.
+
+The Celery task `run_job` is a thin shell around `execute`, which tests call directly.
 """
 from __future__ import annotations
 
@@ -14,13 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import Job, JobState
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -31,15 +39,6 @@ class Handler:
 
 
 HANDLERS: dict[str, Handler] = {}
-
-# A running job whose heartbeat is older than this lost its worker (killed, host down). Every running job
-# beats every PULSE_SECONDS from a thread of its own, so this only has to exceed a few pulses.
-PULSE_SECONDS = float(os.environ.get("PATHALIGN_JOB_PULSE_SECONDS", 10))
-MAX_ATTEMPTS = 3
-
-
-def stale_after() -> timedelta:
-    return timedelta(seconds=float(os.environ.get("PATHALIGN_STALE_JOB_SECONDS", 120)))
 
 
 def job_handler(kind: str, queue: str = "default", time_limit: int | None = None):
@@ -53,13 +52,35 @@ def job_handler(kind: str, queue: str = "default", time_limit: int | None = None
 
 
 class JobFailed(Exception):
-    """A handler's clear, user-facing reason for failing (no traceback shown)."""
+    """A handler's clear, user-facing reason for failing (no traceback shown, never retried)."""
 
 
 class JobCancelled(Exception):
     """Raised inside a handler at its next progress report once a lab admin cancelled the job."""
 
 
+# --- the retry policy --------------------------------------------------------------------------------
+def retry_delay(attempts: int, error: BaseException | None) -> float | None:
+    """The one retry policy: seconds to wait before the next attempt of a job that has made `attempts`
+    attempts and ended with `error` (None: its worker stopped responding), or None to give up.
+
+    A handler's own JobFailed, a programming error (ValueError, TypeError) and a job over its time limit
+    would fail the same way again; anything else (a lost worker, a database restart, out of memory) gets
+    up to MAX_ATTEMPTS attempts in all, 4 s then 8 s apart.
+    """
+    if isinstance(error, JobFailed | ValueError | TypeError | SoftTimeLimitExceeded):
+        return None
+    if attempts >= MAX_ATTEMPTS:
+        return None
+    return float(2 ** (attempts + 1))
+
+
+def stale_after() -> timedelta:
+    """A running job whose heartbeat is older than this lost its worker (killed, host down)."""
+    return timedelta(seconds=settings.STALE_JOB_SECONDS)
+
+
+# --- queueing ----------------------------------------------------------------------------------------
 def create_job(kind: str, *, slide=None, case=None, user=None, params: dict | None = None) -> Job:
     """Create a queued job and send it to Celery once the surrounding transaction commits."""
     if kind not in HANDLERS:
@@ -71,17 +92,15 @@ def create_job(kind: str, *, slide=None, case=None, user=None, params: dict | No
     return job
 
 
-def dispatch(job_id: int) -> bool:
+def dispatch(job_id: int, countdown: float | None = None) -> bool:
     """Send a job to the broker. With the broker down the job stays queued; `requeue_stale` resends it."""
-    from .tasks import run_job
-
     job = Job.objects.only("queue", "kind").get(pk=job_id)
     handler = HANDLERS.get(job.kind)
-    limits = {}
+    options: dict = {"countdown": countdown} if countdown else {}
     if handler and handler.time_limit:
-        limits = {"time_limit": handler.time_limit, "soft_time_limit": max(1, handler.time_limit - 30)}
+        options.update(time_limit=handler.time_limit, soft_time_limit=max(1, handler.time_limit - 30))
     try:
-        run_job.apply_async(args=[job_id], queue=job.queue, retry=False, **limits)
+        run_job.apply_async(args=[job_id], queue=job.queue, retry=False, **options)
     except Exception as exc:  # noqa: BLE001 - any broker error: keep the job queued, log, and go on
         log.warning("broker unreachable, job %s stays queued: %s", job_id, exc)
         Job.objects.filter(pk=job_id).update(
@@ -92,6 +111,28 @@ def dispatch(job_id: int) -> bool:
     return True
 
 
+def cancel_job(job: Job) -> bool:
+    """Cancel a queued or running job. A queued one never starts; a running one stops at its next progress
+    report (handlers write their results in one transaction at the end, so nothing half-written remains)."""
+    return bool(
+        Job.objects.filter(pk=job.pk, state__in=[JobState.QUEUED, JobState.RUNNING]).update(
+            state=JobState.CANCELLED, finished_at=timezone.now(), message="Cancelled by a lab admin."
+        )
+    )
+
+
+def retry_job(job: Job) -> Job:
+    """Put a failed or cancelled job back in the queue (lab admins' retry button)."""
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(
+            state=JobState.QUEUED, progress=0.0, message="", error="", started_at=None, finished_at=None
+        )
+        transaction.on_commit(lambda: dispatch(job.pk))
+    job.refresh_from_db()
+    return job
+
+
+# --- running -----------------------------------------------------------------------------------------
 def _progress_writer(job_id: int) -> Progress:
     def progress(fraction: float, message: str = "") -> None:
         updated = Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
@@ -109,14 +150,13 @@ class _Pulse:
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
+        self.seconds = float(settings.JOB_PULSE_SECONDS)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"job-{job_id}-pulse")
 
     def run(self) -> None:
-        from django.db import connection
-
         try:
-            while not self.stop.wait(PULSE_SECONDS):
+            while not self.stop.wait(self.seconds):
                 try:
                     Job.objects.filter(pk=self.job_id, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
                 except Exception as exc:  # noqa: BLE001 - the database may be restarting; beat again later
@@ -135,7 +175,10 @@ class _Pulse:
 
 def execute(job_id: int) -> Job:
     """Run one job to completion in this process. Safe to call twice: finished jobs are left alone, and a
-    job another live worker is running (fresh heartbeat) is not started a second time."""
+    job another live worker is running (fresh heartbeat) is not started a second time.
+
+    A failure goes through `retry_delay`: the job is queued again after a delay, or marked failed and the
+    error raised to the caller."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
         if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
@@ -161,13 +204,23 @@ def execute(job_id: int) -> Job:
     except JobCancelled:
         log.info("job %s stopped: cancelled", job.pk)
         return Job.objects.get(pk=job.pk)
-    except JobFailed as exc:
-        _finish(job.pk, JobState.FAILED, error=str(exc))
-        raise
     except Exception as exc:
-        log.exception("job %s failed", job.pk)
-        _finish(job.pk, JobState.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
-        raise
+        delay = retry_delay(job.attempts, exc)
+        error = str(exc) if isinstance(exc, JobFailed) else (
+            f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}"
+        )
+        if delay is None:
+            if not isinstance(exc, JobFailed):
+                log.exception("job %s failed", job.pk)
+            _finish(job.pk, JobState.FAILED, error=error)
+            raise
+        log.warning("job %s failed (attempt %d), retrying in %.0f s: %s", job.pk, job.attempts, delay, exc)
+        Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+            state=JobState.QUEUED, error=error[:10000], dispatched_at=None,
+            message=f"Retrying after an error (attempt {job.attempts} of {MAX_ATTEMPTS} failed).",
+        )
+        dispatch(job.pk, countdown=delay)
+        return Job.objects.get(pk=job.pk)
     return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
 
 
@@ -180,37 +233,28 @@ def _finish(job_id: int, state: str, *, error: str = "", result: dict | None = N
     return Job.objects.get(pk=job_id)
 
 
-def cancel_job(job: Job) -> bool:
-    """Cancel a queued or running job. A queued one never starts; a running one stops at its next progress
-    report (handlers write their results in one transaction at the end, so nothing half-written remains)."""
-    return bool(
-        Job.objects.filter(pk=job.pk, state__in=[JobState.QUEUED, JobState.RUNNING]).update(
-            state=JobState.CANCELLED, finished_at=timezone.now(), message="Cancelled by a lab admin."
-        )
-    )
+@shared_task(acks_late=True, name="jobs.run_job")
+def run_job(job_id: int) -> str:
+    """The Celery shell: run the job; `execute` records failures and retries (the policy is not Celery's)."""
+    if not Job.objects.filter(pk=job_id).exists():
+        return "gone"  # deleted while queued
+    try:
+        return execute(job_id).state
+    except Exception:  # noqa: BLE001 - recorded on the job by execute; the message is done with either way
+        return JobState.FAILED
 
 
-def retry_job(job: Job) -> Job:
-    """Put a failed or cancelled job back in the queue (lab admins' retry button)."""
-    with transaction.atomic():
-        Job.objects.filter(pk=job.pk).update(
-            state=JobState.QUEUED, progress=0.0, message="", error="", started_at=None, finished_at=None
-        )
-        transaction.on_commit(lambda: dispatch(job.pk))
-    job.refresh_from_db()
-    return job
-
-
+# --- the stale-job sweeper ---------------------------------------------------------------------------
 def requeue_stale(
     running_after: timedelta | None = None,
     queued_after: timedelta | None = None,
     resend_after: timedelta | None = None,
 ) -> int:
-    """The stale-job sweeper: jobs whose worker stopped sending heartbeats go back to the queue.
+    """Jobs whose worker stopped sending heartbeats go back to the queue; unsent jobs are sent again.
 
-    - A running job with no heartbeat for `running_after` (default PATHALIGN_STALE_JOB_SECONDS) lost its
-      worker (killed, host down; the embedded broker never redelivers an unacked message): it is queued
-      again, or failed after MAX_ATTEMPTS attempts.
+    - A running job with no heartbeat for `running_after` (default STALE_JOB_SECONDS) lost its worker
+      (killed, host down; the embedded broker never redelivers an unacked message): it is queued again or
+      failed, as `retry_delay` says.
     - A queued job the broker never accepted (it was down), older than `queued_after` (default 30 s), is
       sent again: this is how jobs created during a broker outage run once it is back.
     - A queued job sent longer than `resend_after` ago (default 6 h, more than the Redis visibility timeout)
@@ -226,7 +270,7 @@ def requeue_stale(
     touched = 0
     for job in Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=now - running_after):
         claim = Job.objects.filter(pk=job.pk, state=JobState.RUNNING, heartbeat_at=job.heartbeat_at)
-        if job.attempts >= MAX_ATTEMPTS:
+        if retry_delay(job.attempts, None) is None:
             if claim.update(state=JobState.FAILED, finished_at=now,
                             error=f"The worker stopped responding {job.attempts} times; giving up."):
                 touched += 1
@@ -234,11 +278,8 @@ def requeue_stale(
                           message="Requeued after its worker stopped responding."):
             dispatch(job.pk)
             touched += 1
-    from django.db.models import Q
-
-    unsent = Q(dispatched_at__isnull=True, created_at__lt=now - queued_after) & models_q_no_recent_heartbeat(
-        now - queued_after
-    )
+    quiet = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - queued_after)
+    unsent = Q(dispatched_at__isnull=True, created_at__lt=now - queued_after) & quiet
     for job in Job.objects.filter(Q(state=JobState.QUEUED) & (unsent | Q(dispatched_at__lt=now - resend_after))):
         claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, dispatched_at=job.dispatched_at,
                                    heartbeat_at=job.heartbeat_at)
@@ -246,12 +287,6 @@ def requeue_stale(
             dispatch(job.pk)
             touched += 1
     return touched
-
-
-def models_q_no_recent_heartbeat(before):
-    from django.db.models import Q
-
-    return Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=before)
 
 
 @job_handler("selftest")

@@ -1,0 +1,46 @@
+"""The signed-out archive as the analysis app sees it, registered from above (see ReportsConfig.ready):
+
+- `signed_reports_by_case(case_ids)`: {case id: [{"report", "kind", "signed_at", "text"}]}, newest first,
+  for "slide -> signed-out reports of similar cases" (webapp.analysis.search).
+- `training_pairs()`: (slide, text) pairs for training a bundle (webapp.analysis.training): each part's
+  reported text (`Report.objects.reported()`) goes with the slides of that part.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from webapp.analysis.training import TrainingPair
+from webapp.slides.models import Slide
+
+from .models import Report, ReportSection, ReportStatus
+
+
+def signed_reports_by_case(case_ids: Iterable[int]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    reports = (
+        Report.objects.filter(case_id__in=list(case_ids), status=ReportStatus.SIGNED)
+        .order_by("case_id", "-signed_at", "-id")
+        .prefetch_related("sections")
+    )
+    for report in reports:
+        out.setdefault(report.case_id, []).append(
+            {"report": report, "kind": report.get_kind_display(), "signed_at": report.signed_at,
+             "text": report.full_text()}
+        )
+    return out
+
+
+def training_pairs() -> list[TrainingPair]:
+    """Slide/text pairs from the archive's reported texts (empty when nothing is signed out)."""
+    sections = (
+        ReportSection.objects.filter(report__in=Report.objects.reported(), part__isnull=False)
+        .exclude(text="").select_related("report").order_by("report__case_id", "order", "id")
+    )
+    pairs = []
+    for section in sections:
+        text = section.text.strip()
+        if not text:
+            continue
+        for slide_id in Slide.objects.filter(part_id=section.part_id).values_list("pk", flat=True):
+            pairs.append(TrainingPair(str(slide_id), text, section.report.case_id, section.part_id))
+    return pairs
