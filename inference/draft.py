@@ -70,7 +70,10 @@ def top_patches(
     order = np.argsort(-attention, kind="stable")[: max(k, 0)]  # ties: the earlier patch first
     return [
         PatchWeight(
-            x=int(coords[i, 0]), y=int(coords[i, 1]), size=int(patch_size_level0), weight=round(float(attention[i]), 5)
+            x=int(coords[i, 0]),
+            y=int(coords[i, 1]),
+            size=int(patch_size_level0),
+            weight=round(float(attention[i]), 5),
         )
         for i in order
     ]

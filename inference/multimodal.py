@@ -186,5 +186,7 @@ class MultimodalReporter:
         cfg = resolve(config, overrides)
         coords = np.asarray(features.coords)
         chosen = select_patches(attention, coords, k=k)
-        images = read_patch_images(slide_path, coords, int(features.patch_size_level0), chosen, out_size=patch_px)
+        images = read_patch_images(
+            slide_path, coords, int(features.patch_size_level0), chosen, out_size=patch_px
+        )
         return self.describe(images, cfg, prompt=prompt, context=context), chosen

@@ -201,9 +201,7 @@ class PathAlign:
     def _queries(self, item: SlideEmbedding | Features) -> np.ndarray:
         return item.queries if isinstance(item, SlideEmbedding) else self.embed(item).queries
 
-    def similarity(
-        self, slide: SlideEmbedding | np.ndarray | Features, text_embs: np.ndarray
-    ) -> np.ndarray:
+    def similarity(self, slide: SlideEmbedding | np.ndarray | Features, text_embs: np.ndarray) -> np.ndarray:
         """Query-max cosine between a slide and each text embedding [n, E] -> [n].
 
         ``slide`` may be a SlideEmbedding, its [Q, E] query matrix, a single [E] vector, or features.
@@ -296,7 +294,9 @@ class PathAlign:
         features = torch.cat(xs)  # [N, D], a part = all its slides' patches
         embedding = self.embed(features)
         text = self.generate(features, config)
-        return Draft(text=text, per_slide_attention=split_attention(embedding.attention, sizes), embedding=embedding)
+        return Draft(
+            text=text, per_slide_attention=split_attention(embedding.attention, sizes), embedding=embedding
+        )
 
     @property
     def bridge(self) -> SoftPromptBridge:
@@ -321,15 +321,11 @@ class PathAlign:
     ) -> list[tuple[int, float]]:
         return retrieve(query_emb, candidate_embs, k, rerank, rerank_top)
 
-    def text_reranker(
-        self, features: Features, texts: Sequence[str]
-    ) -> Callable[[list[int]], np.ndarray]:
+    def text_reranker(self, features: Features, texts: Sequence[str]) -> Callable[[list[int]], np.ndarray]:
         """For slide -> text retrieval: ITM scores of the chosen candidate texts against this slide."""
         return lambda idx: self.itm_scores(features, [texts[i] for i in idx])
 
-    def slide_reranker(
-        self, text: str, features: Sequence[Features]
-    ) -> Callable[[list[int]], np.ndarray]:
+    def slide_reranker(self, text: str, features: Sequence[Features]) -> Callable[[list[int]], np.ndarray]:
         """For text -> slide retrieval: ITM scores of this text against the chosen candidate slides."""
         return lambda idx: np.array([self.itm_scores(features[i], [text])[0] for i in idx])
 

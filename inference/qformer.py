@@ -790,7 +790,9 @@ class _CachedDecoder:
         seqs = torch.zeros(k, 0, dtype=torch.long, device=logits.device)
         finished: list[tuple[float, list[int]]] = []
         for step in range(gen.max_new_tokens):
-            logp = self._process(logits, seqs, step, gen.min_new_tokens, gen.repetition_penalty).log_softmax(-1)
+            logp = self._process(logits, seqs, step, gen.min_new_tokens, gen.repetition_penalty).log_softmax(
+                -1
+            )
             total = (beam_scores[:, None] + logp).view(-1)  # [k * V]
             top, idx = total.topk(2 * k)
             beam_idx, tokens = idx // logp.shape[1], idx % logp.shape[1]

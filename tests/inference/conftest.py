@@ -15,3 +15,22 @@ def small_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     manifest = generate_corpus(out, n_cases=PER_DIAGNOSIS * len(DIAGNOSES), seed=3, size=SMALL_SIZE, workers=1)
     return manifest, load_manifest(manifest)
+
+
+TINY_ENCODER = {"kind": "random", "seed": 0, "dim": 24, "input_size": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_pathalign(tmp_path_factory):
+    """A real, untrained PathAlign (one-layer Q-Former) over a seeded random 24-d patch encoder, loaded
+    from a saved bundle; the feature width is ``model.model.config.vision_width``."""
+    import torch
+
+    from inference.bundle import save_bundle
+    from inference.pathalign import PathAlign
+    from inference.qformer import QFormer
+
+    torch.manual_seed(0)
+    qformer, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=24)
+    path = save_bundle(tmp_path_factory.mktemp("tiny") / "bundle", qformer, tok, TINY_ENCODER)
+    return PathAlign.load(path)
