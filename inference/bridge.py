@@ -15,12 +15,15 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from inference.generation import GenerationConfig, resolve, seeded
+
+if TYPE_CHECKING:  # transformers loads only with an LM (load_causal_lm)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_INSTRUCTION = "Write the pathology report for this slide:"
 
@@ -79,7 +82,9 @@ class BridgeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_causal_lm(lm_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str = "cpu"):
+def load_causal_lm(
+    lm_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a local directory only; the model is frozen and in eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ensure_transformers_importable()

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Images = np.ndarray | torch.Tensor  # uint8 RGB patches [N, H, W, 3] (or one [H, W, 3])
 
 
 class PatchEncoder(nn.Module):
@@ -47,7 +49,8 @@ class PatchEncoder(nn.Module):
     # differences in optical density that bf16 would round away).
     autocast: bool = True
 
-    def __init__(self, spec: dict[str, Any], input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, spec: dict[str, Any], input_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.spec = dict(spec)
         self.input_size = int(input_size)
@@ -58,7 +61,7 @@ class PatchEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
-    def _to_float(self, images) -> torch.Tensor:
+    def _to_float(self, images: Images) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, S, S] in 0..1 on the encoder's device, resized to input_size."""
         x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
         if x.ndim == 3:
@@ -71,11 +74,11 @@ class PatchEncoder(nn.Module):
                               align_corners=False)
         return x
 
-    def preprocess(self, images) -> torch.Tensor:
+    def preprocess(self, images: Images) -> torch.Tensor:
         return (self._to_float(images) - self.mean) / self.std
 
     @torch.no_grad()
-    def encode(self, images, batch_size: int = 64) -> torch.Tensor:
+    def encode(self, images: Images, batch_size: int = 64) -> torch.Tensor:
         """float32 CPU features [N, dim] for uint8 images [N, H, W, 3]."""
         n = len(images)
         if n == 0:
@@ -143,7 +146,7 @@ class HETextureEncoder(PatchEncoder):
         with torch.no_grad():
             self.dim = int(self.forward(torch.rand(1, 3, self.input_size, self.input_size)).shape[1])
 
-    def preprocess(self, images) -> torch.Tensor:
+    def preprocess(self, images: Images) -> torch.Tensor:
         return self._to_float(images)  # 0..1 RGB; the optical-density transform happens in forward
 
     # -- helpers on [B, C, H, W]

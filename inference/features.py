@@ -121,10 +121,13 @@ class SlideFeatures:
         meta = _raw_meta(path)
         tensors = load_file(str(path))
         known = {f.name for f in fields(cls)} - {"features", "coords"}
-        kwargs = {k: v for k, v in meta.items() if k in known}
-        kwargs["dimensions"] = tuple(kwargs["dimensions"])
-        return cls(features=tensors["features"].float(), coords=tensors["coords"].numpy().astype(np.int64),
-                   **kwargs)
+        kwargs = {k: v for k, v in meta.items() if k in known}  # a newer writer's extra keys are skipped
+        try:
+            kwargs["dimensions"] = tuple(kwargs["dimensions"])
+            return cls(features=tensors["features"].float(), coords=tensors["coords"].numpy().astype(np.int64),
+                       **kwargs)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: incomplete slide-features metadata ({exc!r})") from None
 
     @staticmethod
     def meta_of(path: str | Path) -> FeaturesMeta:

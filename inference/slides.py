@@ -20,6 +20,7 @@ are chosen by downsample, never by index, because vendors' pyramids differ (fact
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def read_patch(slide: openslide.OpenSlide, grid: PatchGrid, x: int, y: int) -> n
     return rgb
 
 
-def read_patches(slide: openslide.OpenSlide, grid: PatchGrid, indices=None) -> np.ndarray:
+def read_patches(slide: openslide.OpenSlide, grid: PatchGrid, indices: Sequence[int] | None = None) -> np.ndarray:
     """uint8 [N, patch_size, patch_size, 3] for the given patch indices (all when None)."""
     idx = range(len(grid)) if indices is None else indices
     out = [read_patch(slide, grid, *grid.coords[i]) for i in idx]
