@@ -1,9 +1,32 @@
-"""Shared by the benchmarks that serve the app with gunicorn: wait until it answers, or fail clearly."""
+"""Shared by the benchmarks: their database server, and waiting until a gunicorn answers."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import subprocess
 import time
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def bench_database(name: str, separate: bool = False) -> Iterator[str]:
+    """The URL of the bench's database for the length of the block.
+
+    Without DATABASE_URL: database `name` on the embedded server, started here as `make run` does (settings
+    never start it) and stopped at the end if this started it; the app processes a bench starts find that
+    server by themselves when given PATHALIGN_DB_NAME=`name`. With DATABASE_URL: that database, or with
+    `separate` a database `name` on the same server.
+    """
+    from webapp import embedded_db
+
+    external = os.environ.get("DATABASE_URL")
+    if external and not separate:
+        yield external
+        return
+    with contextlib.ExitStack() as stack:
+        server = external or stack.enter_context(embedded_db.running())
+        yield embedded_db.ensure_database(server, name)
 
 
 def wait_until_serving(process: subprocess.Popen, port: int, path: str = "/healthz",

@@ -40,7 +40,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench" / "load"
 sys.path.insert(0, str(ROOT))
-from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
+from bench_server import bench_database, wait_until_serving  # noqa: E402 - bench/ is the script directory
 
 PASSWORD = "bench-load-password-42"  # noqa: S105 - bench-only accounts in the bench database
 SLIDE_SIZE = (4096, 6144)  # height, width
@@ -115,9 +115,6 @@ def start_gunicorn(port: int, workers: int, threads: int) -> subprocess.Popen:
     env = bench_env()
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings_production", DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
                DJANGO_ALLOWED_HOSTS="127.0.0.1", PATHALIGN_SSL_REDIRECT="0")
-    from webapp.embedded_db import embedded_database_url
-
-    env.setdefault("DATABASE_URL", embedded_database_url(env["PATHALIGN_DB_NAME"]))
     # Production settings serve hashed static names from a manifest: collect them as a deploy would.
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                    check=True)
@@ -319,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
+    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
     data = prepare(args.slides, args.editors)
     port = free_port()
     server = start_gunicorn(port, args.workers, args.threads)

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 sys.path.insert(0, str(ROOT))
-from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
+from bench_server import bench_database, wait_until_serving  # noqa: E402 - bench/ is the script directory
 
 PASSWORD = "bench-password-1234"  # noqa: S105 - a bench-only account in the bench database
 
@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signs", type=int, default=10)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
+    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     bundle_dir = args.bundle or tiny_bundle()
     bundle, user = setup(bundle_dir)
     import torch

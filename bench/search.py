@@ -32,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_server import bench_database  # noqa: E402 - bench/ is the script directory
+
 DIM = 256
 SITES = 20
 TARGET_RECALL, TARGET_P95_MS = 0.95, 20.0
@@ -118,15 +120,10 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10, mask: np.nd
 
 
 # --- database ----------------------------------------------------------------------------------------
-def connect(database: str):
+def connect(url: str):
     import psycopg
     from pgvector.psycopg import register_vector
 
-    from webapp.embedded_db import database_url_for, embedded_database_url, ensure_database
-
-    base = os.environ.get("DATABASE_URL") or embedded_database_url("postgres")
-    url = ensure_database(base, database) if not os.environ.get("DATABASE_URL") else ensure_database(
-        database_url_for(base, "postgres"), database)
     conn = psycopg.connect(url, autocommit=True)
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     register_vector(conn)
@@ -245,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the tables (default: drop them at the end)")
     args = ap.parse_args(argv)
     efs = [int(x) for x in args.ef.split(",")]
-    conn = connect(args.database)
+    with bench_database(args.database, separate=True) as url, connect(url) as conn:
+        return run(args, efs, conn)
+
+
+def run(args: argparse.Namespace, efs: list[int], conn) -> int:
     version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
     memory = ", ".join(
         f"{name}={conn.execute(f'SHOW {name}').fetchone()[0]}" for name in ("shared_buffers", "effective_cache_size")

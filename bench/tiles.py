@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 sys.path.insert(0, str(ROOT))
-from bench_server import wait_until_serving  # noqa: E402 - bench/ is the script directory
+from bench_server import bench_database, wait_until_serving  # noqa: E402 - bench/ is the script directory
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,6 +58,7 @@ def ensure_slide(size: int, seed: int) -> Path:
     path = BENCH_DIR / f"synthetic-{size}x{size}-s{seed}.svs"
     if path.exists():
         return path
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)  # a fresh clone has no var/ yet
     try:
         from inference.synthetic.wsi import write_large_synthetic_slide  # another engineer's, when present
     except ImportError:
@@ -257,6 +258,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "tiles-latest.json")
     args = parser.parse_args()
 
+    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     path = ensure_slide(args.size, args.seed)
     tiles = pick_tiles(path, args.tiles, args.seed)
     extra = [t for t in pick_tiles(path, args.tiles * 2, args.seed + 1) if t not in set(tiles)][: args.tiles]

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from webapp import embedded_db, settings  # settings only read the environment: nothing starts here
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=settings.RUN_HOST, help="PATHALIGN_HOST")
-    parser.add_argument("--port", type=int, default=settings.RUN_PORT, help="PATHALIGN_PORT")
+    parser.add_argument("--host", default=settings.RUN_HOST, help="default: $PATHALIGN_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, default=settings.RUN_PORT, help="default: $PATHALIGN_PORT or 8000")
     parser.add_argument("--no-worker", action="store_true", help="serve the app without a Celery worker")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo data")
     args = parser.parse_args(argv)
