@@ -160,13 +160,17 @@ def _worker_env() -> dict:
     return env
 
 
-def start_worker(queues: str = "default,gpu", name: str = "test", extra_env: dict | None = None) -> subprocess.Popen:
+def start_worker(queues: str = "default,gpu", name: str = "test", extra_env: dict | None = None,
+                 include: str = "") -> subprocess.Popen:
+    """A worker process; `include` names extra modules it imports at start (test-only hooks, e.g.
+    tests.worker_hooks.slow_steps), so production code carries no test hooks."""
     env = _worker_env()
     env.update(extra_env or {})
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"pathalign-worker-{name}.log", "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", queues, "--pool=solo",
-         "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip", "--without-mingle"],
+         "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+         *(["--include", include] if include else [])],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
 

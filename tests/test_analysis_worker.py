@@ -79,7 +79,7 @@ def test_upload_is_embedded_by_a_worker_then_searchable_with_a_heatmap(
 def test_worker_killed_mid_job_then_a_new_worker_completes_it_once(
     live_bundle, cast, case_factory, client_for, small_slides, tmp_path
 ):
-    slow = start_worker(name="analysis-slow", extra_env=_env(tmp_path, PATHALIGN_TEST_STEP_SLEEP="4"))
+    slow = start_worker(name="analysis-slow", extra_env=_env(tmp_path), include="tests.worker_hooks.slow_steps")
     try:
         slide_id = _upload(client_for(cast.admin), case_factory(), small_slides[1])
         wait_for(lambda: _job_of(slide_id).state == JobState.RUNNING and _job_of(slide_id).progress >= 0.02,

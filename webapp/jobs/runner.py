@@ -289,6 +289,12 @@ def requeue_stale(
     return touched
 
 
+@shared_task(name="jobs.sweep_stale_jobs")
+def sweep_stale_jobs() -> int:
+    """The sweeper as a Celery task, for deployments that prefer Celery beat to the workers' own sweeps."""
+    return requeue_stale()
+
+
 @job_handler("selftest")
 def selftest(job: Job, progress: Progress) -> dict:
     """A job that proves the plumbing: it reports progress and echoes its parameters."""
