@@ -87,6 +87,7 @@ class SlideFeatures:
     read_wait_seconds: float = 0.0
     encode_seconds: float = 0.0
     wall_seconds: float = 0.0
+    path: Path | None = None  # the file these features were loaded from (None when freshly computed)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -120,12 +121,12 @@ class SlideFeatures:
         features always float32, coords int64."""
         meta = _raw_meta(path)
         tensors = load_file(str(path))
-        known = {f.name for f in fields(cls)} - {"features", "coords"}
+        known = {f.name for f in fields(cls)} - {"features", "coords", "path"}
         kwargs = {k: v for k, v in meta.items() if k in known}  # a newer writer's extra keys are skipped
         try:
             kwargs["dimensions"] = tuple(kwargs["dimensions"])
             return cls(features=tensors["features"].float(), coords=tensors["coords"].numpy().astype(np.int64),
-                       **kwargs)
+                       path=Path(path), **kwargs)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: incomplete slide-features metadata ({exc!r})") from None
 
