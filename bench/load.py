@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
-    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+    os.environ.update(bench_env())  # before anything imports the settings, which read it once
+    with bench_database(os.environ["PATHALIGN_DB_NAME"]):
         return run(args)
 
 

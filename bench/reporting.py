@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signs", type=int, default=10)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
-    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+    os.environ.update(bench_env())  # before anything imports the settings, which read it once
+    with bench_database(os.environ["PATHALIGN_DB_NAME"]):
         return run(args)
 
 
@@ -264,9 +265,9 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"PathAlign reporting bench · {platform.processor() or platform.machine()} · torch threads "
           f"{torch.get_num_threads()} · bundle {bundle_dir}")
-    from webapp.reports.drafting import generation_options
+    from webapp.analysis.runtime import generation_config
 
-    print(f"generation: {generation_options()}")
+    print(f"generation: {generation_config()}")
     bench_drafts(bundle, user, args.runs, args.patches)
     bench_signout(user, args.signs, args.port)
     return 0

@@ -258,7 +258,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "tiles-latest.json")
     args = parser.parse_args()
 
-    with bench_database(bench_env()["PATHALIGN_DB_NAME"]):
+    os.environ.update(bench_env())  # before anything imports the settings, which read it once
+    with bench_database(os.environ["PATHALIGN_DB_NAME"]):
         return run(args)
 
 
