@@ -30,8 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # Every benchmark at a size that finishes in minutes (about 3 on the 2-core dev machine); `make bench FULL=1`
-# at the sizes behind the figures in README.md and docs/ (the search bench's million rows alone take about
-# an hour).
+# at the sizes behind the figures in README.md and docs/ (the search bench's million rows alone take over
+# half an hour on 2 cores).
 ifndef FULL
 BENCH_tiles := --size 20000 --tiles 100
 BENCH_search := --rows 100000 --queries 100 --ef 40,100
