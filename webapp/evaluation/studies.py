@@ -13,7 +13,7 @@ from datetime import date
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 
-from webapp.cases.models import CaseStatus, Part
+from webapp.cases.models import SIGNED_OUT_STATUSES, Part
 from webapp.slides.models import Slide
 
 from . import sources
@@ -65,7 +65,7 @@ def select_parts(selection: Selection) -> QuerySet[Part]:
     if selection.received_to:
         parts = parts.filter(case__received_date__lte=selection.received_to)
     if selection.signed_out_only:
-        parts = parts.filter(case__status__in=[CaseStatus.SIGNED_OUT, CaseStatus.AMENDED])
+        parts = parts.filter(case__status__in=SIGNED_OUT_STATUSES)
     if selection.accessions:
         wanted = Q(pk__in=[])
         for entry in selection.accessions:

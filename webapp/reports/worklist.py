@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce, NullIf
 from webapp.analysis.models import SlideEmbedding
 from webapp.analysis.runtime import active_bundle
 from webapp.cases.access import visible_cases
-from webapp.cases.models import Case, CaseStatus, Priority
+from webapp.cases.models import SIGNED_OUT_STATUSES, Case, CaseStatus, Priority
 from webapp.jobs.models import ACTIVE_STATES, Job
 
 from .drafting import DRAFT, EMBED_REPORT
@@ -66,7 +66,7 @@ def worklist_cases(user, data) -> tuple[QuerySet[Case], WorklistFilter, str]:
         in_progress = Report.objects.filter(case=OuterRef("pk"), status=ReportStatus.DRAFT)
         cases = cases.filter(Q(status__in=OPEN_STATUSES) | Exists(in_progress))
     elif show == "signed":
-        cases = cases.filter(status__in=[CaseStatus.SIGNED_OUT, CaseStatus.AMENDED])
+        cases = cases.filter(status__in=SIGNED_OUT_STATUSES)
     if params.get("q"):
         cases = cases.filter(accession_number__icontains=params["q"].strip())
     if params.get("priority"):
