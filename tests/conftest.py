@@ -42,6 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SERVER] = server = contextlib.ExitStack()
     if settings.EMBEDDED_DATABASE:  # else DATABASE_URL names a server someone else runs
         server.enter_context(embedded_db.running())
+        if embedded_db.url(settings.DATABASE_NAME) != settings.DATABASE_URL:
+            # Only for a new data directory whose path is too long for a socket inside it: pgserver then
+            # names the socket's directory after the new directory's inode, unknown when settings loaded.
+            server.close()
+            pytest.exit("The embedded server started in a new data directory; run the tests again.", 3)
     # This run's broker and result backend, shared with the workers it starts.
     embedded_db.ensure_database(settings.DATABASE_URL, settings.TEST_BROKER_DATABASE)
     make_data_directories(settings)

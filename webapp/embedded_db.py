@@ -6,7 +6,7 @@ anything. Only the launcher (`make run`), the test setup (tests/conftest.py) and
 each inside `with running():`, which also stops it at the end when one of them started it and no other
 is still using it (several test runs may share one server).
 
-    python -m webapp.embedded_db start|stop|url [database]
+    python -m webapp.embedded_db start|stop|url [database]    (by hand, e.g. to use manage.py alone)
 """
 from __future__ import annotations
 
@@ -88,9 +88,7 @@ def url(database: str = "postgres") -> str:
 def is_running() -> bool:
     """Whether a postmaster is alive on our data directory (started by us or by another process)."""
     try:
-        pid = int((pgdata() / "postmaster.pid").read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-        return True
+        return _alive(int((pgdata() / "postmaster.pid").read_text().split("\n", 1)[0]))
     except (OSError, ValueError):
         return False
 
