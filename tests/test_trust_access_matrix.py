@@ -14,7 +14,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from tests.access_matrix import MATRIX, PARAMS, ROLES, SKIPPED_NAMESPACES
 from tests.model_fixtures import bundle_row
-from webapp.middleware import PLAIN_KWARGS, resource_kwargs
+from webapp.middleware import PLAIN_KWARGS, RESOURCE_KWARGS
 
 
 def walk(patterns=None, namespace: str = "") -> list[tuple[str, URLPattern]]:
@@ -62,10 +62,10 @@ def test_resource_parameters_are_known_to_the_denial_log():
         for param in url_params(pattern) - extra:
             if param in PLAIN_KWARGS and param in PARAMS:
                 continue
-            if param not in resource_kwargs() or param not in PARAMS:
+            if param not in RESOURCE_KWARGS or param not in PARAMS:
                 unknown.setdefault(param, []).append(name)
     assert not unknown, (
-        f"URL parameters {unknown}: add them to webapp.middleware.resource_kwargs() (model, path to case id) and "
+        f"URL parameters {unknown}: add them to webapp.middleware.RESOURCE_KWARGS (model, path to case id) and "
         f"to PARAMS in tests/access_matrix.py, or give a fixed value in the entry's \"kwargs\".")
 
 

@@ -136,7 +136,7 @@ def test_logs_carry_no_accession_numbers_or_pseudonyms(cast, case_factory, clien
 
 
 def test_query_strings_are_dropped_from_request_log_lines():
-    from webapp.middleware import RedactQueryStringFilter
+    from webapp.log_filters import RedactQueryStringFilter
 
     gunicorn_style = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, '%(h)s "%(r)s" %(s)s',
                                        None, None)

@@ -8,7 +8,6 @@ access attempt on anyone's data and is not recorded (it would only fill the log 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import uuid
@@ -18,38 +17,33 @@ from django.db import InterfaceError, OperationalError
 from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
+from webapp.accounts.models import User
+from webapp.analysis.models import ModelBundle
+from webapp.audit.log import record
+from webapp.cases.models import Case, Part
+from webapp.evaluation.models import Study
+from webapp.jobs.models import Job
+from webapp.reports.models import Classification, LabelSet, Report, ReportSection
+from webapp.slides.models import Slide
+
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def resource_kwargs() -> dict[str, tuple[type[Model], str]]:
-    """URL keyword -> (model, path from that model to its case id). Other apps' resources go here too;
-    `tests/test_trust_access_matrix.py` fails when a URL keyword is not listed."""
-    # Imported on first call, not at the top: production LOGGING loads RedactQueryStringFilter from this
-    # module while django.setup() configures logging, before any model class can be defined.
-    from webapp.accounts.models import User
-    from webapp.analysis.models import ModelBundle
-    from webapp.cases.models import Case, Part
-    from webapp.evaluation.models import Study
-    from webapp.jobs.models import Job
-    from webapp.reports.models import Classification, LabelSet, Report, ReportSection
-    from webapp.slides.models import Slide
-
-    return {
-        "case_id": (Case, "pk"),
-        "part_id": (Part, "case_id"),
-        "slide_id": (Slide, "part__case_id"),
-        "user_id": (User, ""),
-        "report_id": (Report, "case_id"),
-        "section_id": (ReportSection, "report__case_id"),
-        "classification_id": (Classification, "section__report__case_id"),
-        "labelset_id": (LabelSet, ""),
-        "job_id": (Job, "case_id"),
-        "bundle_id": (ModelBundle, ""),
-        "study_id": (Study, ""),
-    }
-
-
+# URL keyword -> (model, path from that model to its case id). Other apps' resources go here too;
+# `tests/test_trust_access_matrix.py` fails when a URL keyword is not listed.
+RESOURCE_KWARGS: dict[str, tuple[type[Model], str]] = {
+    "case_id": (Case, "pk"),
+    "part_id": (Part, "case_id"),
+    "slide_id": (Slide, "part__case_id"),
+    "user_id": (User, ""),
+    "report_id": (Report, "case_id"),
+    "section_id": (ReportSection, "report__case_id"),
+    "classification_id": (Classification, "section__report__case_id"),
+    "labelset_id": (LabelSet, ""),
+    "job_id": (Job, "case_id"),
+    "bundle_id": (ModelBundle, ""),
+    "study_id": (Study, ""),
+}
 # URL keywords that name no resource of their own (positions, versions, formats, tile coordinates).
 PLAIN_KWARGS = {"number", "position", "what", "name", "level", "col", "row", "fmt", "region", "size", "rotation",
                 "quality_format"}
@@ -59,7 +53,7 @@ def existing_resource(kwargs: dict) -> tuple[bool, int | None]:
     """Whether any object named by the URL exists, and the case it belongs to (if any)."""
     found, case_id = False, None
     for name, value in kwargs.items():
-        spec = resource_kwargs().get(name)
+        spec = RESOURCE_KWARGS.get(name)
         if spec is None:
             continue
         model = spec[0]
@@ -111,8 +105,6 @@ class DeniedAccessAuditMiddleware:
         return None  # Django's normal 403/404 handling continues
 
     def _record(self, request: HttpRequest, status: int, reason: str, case_id: int | None = None) -> None:
-        from webapp.audit.log import record  # imports a model: see resource_kwargs() for why not at the top
-
         request._denied_recorded = True
         match = getattr(request, "resolver_match", None)
         if case_id is None and match is not None and "case_id" in match.kwargs:
@@ -170,25 +162,3 @@ class DatabaseUnavailableMiddleware:
                 status=503, content_type="text/html; charset=utf-8")
         response["Retry-After"] = "5"
         return response
-
-
-# --- logging -----------------------------------------------------------------------------------------
-_QUERY = re.compile(r"(\?[^\s\"']*)")
-
-
-class RedactQueryStringFilter(logging.Filter):
-    """Drop query strings from log lines (request lines of runserver/gunicorn, Django's request warnings).
-
-    App URLs carry only integer ids and UUIDs in their paths, but a search form's GET parameters could hold an
-    accession number or a pseudonym; the path is enough to debug with.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "?" in record.msg:
-            record.msg = _QUERY.sub("?…", record.msg)
-        if record.args:
-            if isinstance(record.args, dict):
-                record.args = {k: _QUERY.sub("?…", v) if isinstance(v, str) else v for k, v in record.args.items()}
-            else:
-                record.args = tuple(_QUERY.sub("?…", a) if isinstance(a, str) else a for a in record.args)
-        return True

@@ -68,7 +68,7 @@ STORAGES = {
 # --- logs: no query strings (a search box could put an accession number there), no SQL
 LOGGING = {
     **LOGGING,
-    "filters": {"no_query_strings": {"()": "webapp.middleware.RedactQueryStringFilter"}},
+    "filters": {"no_query_strings": {"()": "webapp.log_filters.RedactQueryStringFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["no_query_strings"]}},
     "loggers": {
