@@ -16,6 +16,8 @@ from itertools import combinations
 
 import numpy as np
 
+from inference.metrics import generation_report
+
 SCORES = (1, 2, 3, 4, 5)
 ACCEPTABLE_MIN = 4
 
@@ -196,8 +198,6 @@ def edit_distance(a: str, b: str) -> float:
 def text_metrics(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict]:
     """Per source: BLEU-4, METEOR, ROUGE-L (inference.metrics) and mean normalised edit distance of its
     texts (hypotheses) against the signed-out texts of the same parts (references)."""
-    from inference.metrics import generation_report
-
     out = {}
     for source, source_pairs in pairs.items():
         if not source_pairs:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from inference.synthetic.catalog import CATEGORIES, DIAGNOSES, ORGANS
+
 from .models import Label, LabelSet
 
 
 def default_label_sets() -> list[dict]:
-    from inference.synthetic.catalog import CATEGORIES, DIAGNOSES, ORGANS
-
     organ = {
         "name": "Organ", "description": "Which organ the tissue comes from.", "order": 0,
         "labels": [{"name": o.display, "prompts": [f"{o.display.lower()} tissue", f"{o.display.lower()} biopsy",
