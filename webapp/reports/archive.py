@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 from webapp.analysis.training import TrainingPair
@@ -36,11 +37,16 @@ def training_pairs() -> list[TrainingPair]:
         ReportSection.objects.filter(report__in=Report.objects.reported(), part__isnull=False)
         .exclude(text="").select_related("report").order_by("report__case_id", "order", "id")
     )
+    # One query for every part's slides, not one per section: the archive may hold 100,000 cases.
+    slides_by_part: dict[int, list[str]] = defaultdict(list)
+    reported_slides = Slide.objects.filter(part_id__in=sections.values("part_id")).order_by("pk")
+    for part_id, slide_id in reported_slides.values_list("part_id", "pk"):
+        slides_by_part[part_id].append(str(slide_id))
     pairs = []
     for section in sections:
         text = section.text.strip()
         if not text:
             continue
-        for slide_id in Slide.objects.filter(part_id=section.part_id).values_list("pk", flat=True):
-            pairs.append(TrainingPair(str(slide_id), text, section.report.case_id, section.part_id))
+        for slide_id in slides_by_part[section.part_id]:
+            pairs.append(TrainingPair(slide_id, text, section.report.case_id, section.part_id))
     return pairs

@@ -141,14 +141,18 @@ def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBu
            context: dict):
     """(draft, text, evidence) for one part by `method`."""
     config = runtime.generation_config()
+    # The library writes the text for the Q-Former decoder and the stage-2 bridge; for retrieval and the
+    # multimodal model it gives the part's embedding and attention only, and the text is chosen here.
     if method == DraftMethod.QFORMER:
-        draft = model.draft_part(feature_sets, config.with_(backend="qformer"))
-        return draft, draft.text, similar_reports(model, draft.embedding, bundle, exclude_case=case_id)
-    if method == DraftMethod.LLM and model.bundle.config.get("has_bridge"):
-        draft = model.draft_part(feature_sets, config.with_(backend="llm"))
-        return draft, draft.text, similar_reports(model, draft.embedding, bundle, exclude_case=case_id)
-    draft = model.draft_part(feature_sets, config.with_(backend="none"))
+        backend = "qformer"
+    elif method == DraftMethod.LLM and model.bundle.config.get("has_bridge"):
+        backend = "llm"
+    else:
+        backend = "none"
+    draft = model.draft_part(feature_sets, config.with_(backend=backend))
     evidence = similar_reports(model, draft.embedding, bundle, exclude_case=case_id)
+    if backend != "none":
+        return draft, draft.text, evidence
     if method == DraftMethod.RETRIEVAL:
         if not evidence:
             raise JobFailed("No signed-out reports are embedded with this model yet: choose another method.")
