@@ -6,12 +6,8 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    from django.conf import settings
     from django.core.management import execute_from_command_line
 
-    from webapp.settings import make_data_directories
-
-    make_data_directories(settings)  # commands (import_slides, seed_demo, runserver) work on a fresh machine
     execute_from_command_line(sys.argv)
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-7"
 
 
-# --- the database server and the run's folders -----------------------------------------------------
+# --- the database server ---------------------------------------------------------------------------
 _SERVER = pytest.StashKey[contextlib.ExitStack]()
 
 
@@ -37,7 +37,6 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     from webapp import embedded_db
-    from webapp.settings import make_data_directories
 
     config.stash[_SERVER] = server = contextlib.ExitStack()
     if settings.EMBEDDED_DATABASE:  # else DATABASE_URL names a server someone else runs
@@ -49,7 +48,6 @@ def pytest_configure(config: pytest.Config) -> None:
             pytest.exit("The embedded server started in a new data directory; run the tests again.", 3)
     # This run's broker and result backend, shared with the workers it starts.
     embedded_db.ensure_database(settings.DATABASE_URL, settings.TEST_BROKER_DATABASE)
-    make_data_directories(settings)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

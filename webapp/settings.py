@@ -4,7 +4,7 @@ Production deployments use `webapp.settings_production`, which imports this modu
 Every `PATHALIGN_*` variable is read here, once, and checked: a bad value stops the import with
 ImproperlyConfigured naming the variable (the README lists them all). Importing this module starts no
 server, connects to nothing and creates no folder: the launcher and the test setup start the embedded
-database, and `make_data_directories` runs at start-up (manage.py, wsgi/asgi, the Celery worker).
+database, and the folders are made when Django starts (ProjectConfig.ready in webapp/apps.py).
 """
 from __future__ import annotations
 
@@ -210,13 +210,6 @@ FILE_UPLOAD_TEMP_DIR = str(env_path("PATHALIGN_UPLOAD_TMP", VAR_DIR / "upload-tm
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2  # larger uploads stream to FILE_UPLOAD_TEMP_DIR
 FILE_UPLOAD_PERMISSIONS = 0o640
 MODEL_BUNDLE_DIR = env_path("PATHALIGN_MODEL_DIR", VAR_DIR / "models")
-
-
-def make_data_directories(conf) -> None:
-    """Create the folders the app writes to, from `conf` (django.conf.settings). Called at start-up by
-    manage.py, wsgi/asgi, the Celery worker and the test setup; never at import."""
-    for directory in (conf.SLIDE_STORE_DIR, conf.SLIDE_DROP_DIR, conf.FILE_UPLOAD_TEMP_DIR, conf.MODEL_BUNDLE_DIR):
-        Path(directory).mkdir(parents=True, exist_ok=True)
 
 
 # --- tiles (webapp/slides/tiles.py): per-process caches, sizes in MiB
