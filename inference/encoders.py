@@ -2,19 +2,32 @@
 
 API (stable):
 
-- `PatchEncoder(nn.Module)`: `.dim`, `.spec` (JSON-able dict that `build_encoder` rebuilds it from),
-  `.input_size`, `.preprocess(images) -> float [N, 3, S, S]` on the encoder's device, `forward(x) -> [N, dim]`
-  and `encode(images, batch_size=64) -> float32 CPU Tensor [N, dim]` (batched, no grad, bf16 autocast on CUDA
-  for the neural kinds). `images`: uint8 ndarray or tensor [N, H, W, 3] (RGB), any H, W.
-- `build_encoder(spec, device="cpu") -> PatchEncoder`, with spec["kind"] one of:
+- `PatchEncoder(nn.Module)`: `.dim`, `.spec` (complete, JSON-able: `build_encoder(spec)` rebuilds the same
+  encoder), `.input_size`, `.weight_files` (the files its weights came from), `.preprocess(images) -> float
+  [N, 3, S, S]` on the encoder's device, `forward(x) -> [N, dim]`, `encode(images, batch_size=None) -> float32
+  CPU Tensor [N, dim]` and `encode_on_device(images, batch_size=None) -> Tensor [N, dim]` on the encoder's
+  device (no host sync: what the slide pipeline uses). `images`: uint8 ndarray or tensor [N, H, W, 3] (RGB),
+  any H, W.
+- `build_encoder(spec, device="cpu", dtype=None, compile=False) -> PatchEncoder`. On CUDA the neural kinds
+  hold bf16 weights (`dtype` overrides); `compile=True` wraps the network in `torch.compile`. spec["kind"]:
   - "builtin" (default name "he-texture-v1"): `HETextureEncoder`, described below. No weights.
-  - "hf": any local Hugging Face vision model directory, `{"kind": "hf", "path": DIR, "pooling": "cls" |
-    "mean" | "pooler"}`; mean/std/size come from DIR's preprocessor_config.json unless given in the spec.
-    Loaded with `AutoModel.from_pretrained(DIR, local_files_only=True)` (Phikon is ViTModel + CLS).
-  - "timm": `{"kind": "timm", "model_name": "vit_large_patch16_224", "weights": FILE (.safetensors/.bin/.pth),
-    "model_kwargs": {...}, "mean": [...], "std": [...], "input_size": 224}`: `timm.create_model(name,
-    pretrained=False, num_classes=0, **model_kwargs)` then a local state dict (UNI / Virchow / H-optimus style).
   - "random": a randomly initialised conv net (seeded). A baseline for probes and benches, not a model.
+  - "hf": any local Hugging Face vision model directory: `{"kind": "hf", "path": DIR, "pooling": "cls" |
+    "mean" | "cls+mean" | "pooler", "model_class": optional transformers class name, "mean", "std",
+    "input_size"}`; mean/std/size from DIR's preprocessor_config.json unless given; none at all is an error.
+  - "timm": `{"kind": "timm", "model_name": ..., "path": DIR or "weights": FILE, "model_kwargs": {...},
+    "pooling": "head" | "cls" | "cls+mean" | "mean", "mean": [...], "std": [...], "input_size": 224}`;
+    layer classes are named by strings (`"mlp_layer": "SwiGLUPacked"`, `"act_layer": "SiLU"`), so every spec
+    is JSON. mean and std are required (timm's defaults for an untrained model are not the model's).
+  - "conch": CONCH v1 (the open_clip CoCa layout its authors publish: `visual.trunk.*`, the attentional
+    pooler, `text.*`) and CONCH v1.5 (`trunk.*`, `attn_pool_contrast.*`): the image tower only.
+  - `{"preset": NAME, "path": DIR}`: a published foundation model (`inference.presets`, `python -m
+    inference.encoders --list`), expanded into the complete spec above.
+- Loading is strict: a missing file, a missing or unexpected weight and a wrong shape are an
+  `EncoderLoadError` that names them (only parts a preset declares unused, e.g. CONCH's text tower, are
+  skipped, and they are listed in the spec).
+- `weights_fingerprint(spec) -> str`: SHA-256 over the weight files a spec loads ("" for weightless kinds),
+  memoised per file by (size, mtime); the feature caches are keyed by it.
 - `ensure_torchvision_importable()`: lets timm import next to a CPU torch when PyPI's CUDA torchvision is
   installed (see its docstring).
 
@@ -22,10 +35,14 @@ Nothing here downloads anything: every path must exist locally.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import hashlib
 import importlib.util
 import json
 import math
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +55,11 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Images = np.ndarray | torch.Tensor  # uint8 RGB patches [N, H, W, 3] (or one [H, W, 3])
+CPU_BATCH, CUDA_BATCH = 64, 256  # default encode batch sizes
+
+
+class EncoderLoadError(ValueError):
+    """Weights that do not fit the encoder: the message names the missing, unexpected or mis-shaped keys."""
 
 
 class PatchEncoder(nn.Module):
@@ -45,7 +67,7 @@ class PatchEncoder(nn.Module):
 
     dim: int
     input_size: int
-    # Neural encoders run under bf16 autocast on CUDA; the built-in one keeps fp32 (it measures small
+    # Neural encoders hold bf16 weights on CUDA; the built-in one keeps fp32 (it measures small
     # differences in optical density that bf16 would round away).
     autocast: bool = True
 
@@ -54,6 +76,7 @@ class PatchEncoder(nn.Module):
         super().__init__()
         self.spec = dict(spec)
         self.input_size = int(input_size)
+        self.weight_files: list[Path] = []
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -61,13 +84,28 @@ class PatchEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network's weights are held in (bf16 on CUDA for the neural kinds)."""
+        for p in self.parameters():
+            return p.dtype
+        return torch.float32
+
+    def default_batch_size(self) -> int:
+        return CUDA_BATCH if self.device.type == "cuda" else CPU_BATCH
+
     def _to_float(self, images: Images) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> float [N, 3, S, S] in 0..1 on the encoder's device, resized to input_size."""
+        """uint8 [N, H, W, 3] -> float [N, 3, S, S] in 0..1 on the encoder's device, resized to input_size.
+
+        The uint8 batch crosses to the GPU (a quarter of the float bytes) from pinned memory without a
+        host sync; conversion and resizing run on the device."""
         x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images [N, H, W, 3], got {tuple(x.shape)}")
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
@@ -78,19 +116,25 @@ class PatchEncoder(nn.Module):
         return (self._to_float(images) - self.mean) / self.std
 
     @torch.no_grad()
-    def encode(self, images: Images, batch_size: int = 64) -> torch.Tensor:
-        """float32 CPU features [N, dim] for uint8 images [N, H, W, 3]."""
+    def encode_on_device(self, images: Images, batch_size: int | None = None) -> torch.Tensor:
+        """Features [N, dim] left on the encoder's device (float32): no host sync per batch."""
         n = len(images)
         if n == 0:
-            return torch.zeros(0, self.dim)
+            return torch.zeros(0, self.dim, device=self.device)
+        bs = int(batch_size or self.default_batch_size())
+        dtype = self.compute_dtype
+        use_amp = self.autocast and self.device.type == "cuda" and dtype == torch.float32
         outs = []
-        use_amp = self.autocast and self.device.type == "cuda"
-        for i in range(0, n, batch_size):
-            x = self.preprocess(images[i:i + batch_size])
+        for i in range(0, n, bs):
+            x = self.preprocess(images[i:i + bs]).to(dtype)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                y = self(x)
-            outs.append(y.float().cpu())
+                outs.append(self(x).float())
         return torch.cat(outs)
+
+    @torch.no_grad()
+    def encode(self, images: Images, batch_size: int | None = None) -> torch.Tensor:
+        """float32 CPU features [N, dim] for uint8 images [N, H, W, 3]."""
+        return self.encode_on_device(images, batch_size).cpu()
 
 
 # ---------------------------------------------------------------------------------------------- built-in
@@ -373,14 +417,157 @@ def ensure_torchvision_importable() -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------- strict loading
+def _names(keys: Sequence[str], n: int = 8) -> str:
+    keys = list(keys)
+    more = f" (and {len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str,
+                      ignore_prefixes: Sequence[str] = ()) -> None:
+    """`module.load_state_dict(state)` that refuses any difference and says which keys differ.
+
+    Keys starting with one of `ignore_prefixes` (parts of a checkpoint a spec declares unused, e.g. a text
+    tower) are dropped first; every other missing or unexpected key and every wrong shape is an error."""
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shape(s): {_names(wrong)}")
+    if problems:
+        raise EncoderLoadError(f"{what}: the weights do not fit the architecture: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _weights_file(spec: dict[str, Any], candidates: Sequence[str] = WEIGHT_NAMES) -> Path:
+    """The weight file a spec names: `weights` (absolute, or relative to `path`), else the first of
+    `candidates` present in `path`. FileNotFoundError naming what was looked for."""
+    root = Path(spec["path"]) if spec.get("path") else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"encoder directory not found: {root}")
+    if spec.get("weights"):
+        f = Path(spec["weights"])
+        f = f if f.is_absolute() or root is None else root / f
+        if not f.is_file():
+            raise FileNotFoundError(f"encoder weights not found: {f}")
+        return f
+    if root is None:
+        raise FileNotFoundError("the encoder spec names no weights: give 'path' (a directory) or 'weights'")
+    for name in candidates:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"no weights in {root}: expected one of {', '.join(candidates)}")
+
+
+def weight_files(spec: dict[str, Any]) -> list[Path]:
+    """The files whose bytes define the encoder's weights (empty for the weightless kinds)."""
+    spec = resolve_spec(spec)
+    kind = spec.get("kind", "builtin")
+    if kind in ("builtin", "random"):
+        return []
+    if kind == "hf":
+        root = Path(spec["path"])
+        found = sorted(p for p in root.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+        if not found:
+            raise FileNotFoundError(f"no weights in {root}: expected model.safetensors or pytorch_model.bin")
+        return [root / "config.json", *found] if (root / "config.json").is_file() else found
+    if kind == "timm" and not spec.get("path") and not spec.get("weights"):
+        return []  # an explicitly random-init timm model (benches): its seed is in the spec
+    return [_weights_file(spec, spec.get("weight_names") or WEIGHT_NAMES)]
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _digest_lock:
+        if key in _digests:
+            return _digests[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    with _digest_lock:
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def weights_fingerprint(spec: dict[str, Any]) -> str:
+    """SHA-256 over the encoder's weight files ("" when it has none): same bytes, same fingerprint."""
+    files = weight_files(spec)
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\0")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- pooling
+POOLINGS = ("cls", "mean", "cls+mean", "pooler", "head")
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str, prefix_tokens: int = 1) -> torch.Tensor:
+    """[B, T, D] tokens -> [B, D] (or [B, 2D] for "cls+mean": the CLS token beside the mean of the patch
+    tokens, registers excluded: Virchow's documented embedding)."""
+    if pooling == "cls":
+        return tokens[:, 0]
+    if pooling == "mean":
+        return tokens[:, prefix_tokens:].mean(1)
+    if pooling == "cls+mean":
+        return torch.cat([tokens[:, 0], tokens[:, prefix_tokens:].mean(1)], dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def _require_norm(spec: dict[str, Any], what: str) -> tuple[list[float], list[float]]:
+    mean, std = spec.get("mean"), spec.get("std")
+    if not mean or not std or len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{what}: the spec must give the model's normalisation, 'mean' and 'std' (3 values "
+                         "each): a model normalised with other statistics gives wrong features silently")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+# ---------------------------------------------------------------------------------------------- hf
 class HFEncoder(PatchEncoder):
-    """Any local Hugging Face vision backbone (ViT, Phikon, DINOv2, ConvNeXt...)."""
+    """Any local Hugging Face vision backbone (ViT/Phikon, DINOv2/Phikon-v2, DINOv2 with registers/Hibou,
+    ConvNeXt...), loaded strictly."""
 
     def __init__(self, spec: dict[str, Any]):
         path = Path(spec["path"])
         if not path.is_dir():
             raise FileNotFoundError(f"HF encoder directory not found: {path}")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"HF encoder directory {path} has no config.json")
+        weight_files(spec)  # a directory without weights is a FileNotFoundError, not a random model
         ensure_torchvision_importable()
+        import transformers
         from transformers import AutoConfig, AutoModel
 
         proc = {}
@@ -388,22 +575,57 @@ class HFEncoder(PatchEncoder):
             if (path / name).exists():
                 proc = json.loads((path / name).read_text())
                 break
-        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-        size = spec.get("input_size") or _proc_size(proc) or getattr(cfg, "image_size", 224)
+        raw = json.loads((path / "config.json").read_text())
+        model_class = spec.get("model_class")
+        if model_class:
+            cls = getattr(transformers, model_class, None)
+            if cls is None:
+                raise ValueError(f"transformers has no class {model_class!r}")
+            cfg_cls = cls.config_class
+            fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map",
+                                                                "transformers_version")}
+            cfg = cfg_cls(**fields)
+        else:
+            cls, cfg = AutoModel, AutoConfig.from_pretrained(path, local_files_only=True)
+        size = spec.get("input_size") or _proc_size(proc) or getattr(cfg, "image_size", None)
         if isinstance(size, list | tuple):
             size = size[0]
-        mean = spec.get("mean") or proc.get("image_mean") or IMAGENET_MEAN
-        std = spec.get("std") or proc.get("image_std") or IMAGENET_STD
-        full = {"kind": "hf", "path": str(path), "pooling": spec.get("pooling", "cls"), "input_size": int(size),
-                "mean": list(mean), "std": list(std)}
+        if not size:
+            raise ValueError(f"{path}: no input size in the spec, the preprocessor config or the model config")
+        norm = {"mean": spec.get("mean") or proc.get("image_mean"), "std": spec.get("std") or proc.get("image_std")}
+        mean, std = _require_norm(norm, f"HF encoder {path}")
+        pooling = spec.get("pooling", "cls")
+        if pooling not in ("cls", "mean", "cls+mean", "pooler"):
+            raise ValueError(f"HF pooling must be cls, mean, cls+mean or pooler; got {pooling!r}")
+        ignore = list(spec.get("ignore_prefixes", []))
+        full = {**spec, "kind": "hf", "path": str(path), "pooling": pooling, "input_size": int(size),
+                "mean": mean, "std": std, "ignore_prefixes": ignore}
         super().__init__(full, int(size), mean, std)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False) \
-            if getattr(cfg, "model_type", "") in ("vit", "dinov2", "deit") else \
-            AutoModel.from_pretrained(path, local_files_only=True)
-        self.model.eval()
-        self.pooling = full["pooling"]
-        hidden = getattr(cfg, "hidden_size", None) or (getattr(cfg, "hidden_sizes", None) or [None])[-1]
-        self.dim = int(hidden) if hidden else int(self._probe_dim())
+        kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
+        if model_class:
+            kwargs["config"] = cfg
+        if getattr(cfg, "model_type", "") in ("vit", "deit") and pooling != "pooler":
+            kwargs["add_pooling_layer"] = False
+        model, info = cls.from_pretrained(path, **kwargs)
+        problems = []
+        missing = sorted(info.get("missing_keys") or [])
+        unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith(tuple(ignore)))
+        wrong = sorted(str(k) for k in info.get("mismatched_keys") or [])
+        if missing:
+            problems.append(f"{len(missing)} missing key(s): {_names(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+        if wrong:
+            problems.append(f"{len(wrong)} wrong shape(s): {_names(wrong)}")
+        if problems:
+            raise EncoderLoadError(f"HF encoder {path}: the weights do not fit {type(model).__name__}: "
+                                   + "; ".join(problems))
+        self.model = model.eval()
+        self.pooling = pooling
+        self.prefix_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
+        self.weight_files = weight_files(full)
+        self.dim = int(self._probe_dim())
+        self.spec["dim"] = self.dim
 
     def _probe_dim(self) -> int:
         with torch.no_grad():
@@ -412,14 +634,11 @@ class HFEncoder(PatchEncoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=x)
         if self.pooling == "pooler" or getattr(out, "last_hidden_state", None) is None:
-            pooled = out.pooler_output
-            return pooled.flatten(1)
+            return out.pooler_output.flatten(1)
         hs = out.last_hidden_state
         if hs.ndim == 4:  # conv nets: [B, C, H, W]
             return hs.mean((2, 3))
-        if self.pooling == "mean":
-            return hs[:, 1:].mean(1)
-        return hs[:, 0]
+        return pool_tokens(hs, self.pooling, self.prefix_tokens)
 
 
 def _proc_size(proc: dict) -> int | None:
@@ -434,62 +653,298 @@ def _proc_size(proc: dict) -> int | None:
     return None
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+# --------------------------------------------------------------------------------------------- timm
+def _layer(name: str) -> Any:
+    """A layer class named in a JSON spec: timm.layers.<name> or torch.nn.<name>."""
+    import timm.layers
 
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    return sd
+    for module in (timm.layers, nn):
+        found = getattr(module, name, None)
+        if callable(found):  # a class, or a partial of one (timm's SwiGLUPacked)
+            return found
+    raise ValueError(f"unknown layer {name!r}: name a class of timm.layers or torch.nn (e.g. SwiGLUPacked, SiLU)")
+
+
+LAYER_KWARGS = ("mlp_layer", "act_layer", "norm_layer", "embed_layer", "block_fn")
+
+
+def timm_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """JSON model kwargs -> timm.create_model kwargs (layer names -> classes)."""
+    out = dict(model_kwargs)
+    for key in LAYER_KWARGS:
+        if isinstance(out.get(key), str):
+            out[key] = _layer(out[key])
+    out.setdefault("num_classes", 0)
+    return out
+
+
+def _check_timm_config(root: Path | None, model_name: str) -> None:
+    """A timm hub directory's config.json names its architecture: refuse a preset for another one."""
+    if root is None or not (root / "config.json").is_file():
+        return
+    try:
+        arch = json.loads((root / "config.json").read_text()).get("architecture")
+    except (ValueError, AttributeError):
+        return
+    if arch and arch != model_name:
+        raise EncoderLoadError(f"{root}/config.json says architecture {arch!r}, but the spec builds "
+                               f"{model_name!r}: wrong preset for this directory?")
+
+
+def _resample_pos_embed(model: nn.Module, state: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    """Checkpoints saved at another input size (CONCH v1.5): resample the position table to the model's grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    own = dict(model.named_parameters()).get(key)
+    if own is None or key not in state or state[key].shape == own.shape:
+        return state
+    prefix = 0 if getattr(model if "." not in key else model.trunk, "no_embed_class", False) else 1
+    grid = (model if "." not in key else model.trunk).patch_embed.grid_size
+    state = dict(state)
+    state[key] = resample_abs_pos_embed(state[key], new_size=list(grid), num_prefix_tokens=prefix,
+                                        interpolation="bicubic", antialias=False, verbose=False)
+    return state
 
 
 class TimmEncoder(PatchEncoder):
-    """A timm backbone with a local state dict (UNI, Virchow, H-optimus and their like)."""
+    """A timm backbone with a local state dict (UNI, UNI2-h, Virchow, H-optimus, Prov-GigaPath and their like)."""
 
     def __init__(self, spec: dict[str, Any]):
         if not ensure_torchvision_importable():
             raise RuntimeError("timm needs an importable torchvision; install one matching torch")
         import timm
 
-        weights = Path(spec["weights"]) if spec.get("weights") else None
-        if weights is not None and not weights.is_file():
-            raise FileNotFoundError(f"timm weights not found: {weights}")
-        kwargs = dict(spec.get("model_kwargs", {}))
-        kwargs.setdefault("num_classes", 0)
-        model = timm.create_model(spec["model_name"], pretrained=False, **kwargs)
+        name = spec["model_name"]
+        root = Path(spec["path"]) if spec.get("path") else None
+        random_init = root is None and not spec.get("weights")
+        weights = None if random_init else _weights_file(spec, spec.get("weight_names") or WEIGHT_NAMES)
+        _check_timm_config(root, name)
+        mean, std = _require_norm(spec, f"timm encoder {name}")
+        pooling = spec.get("pooling", "head")
+        if pooling not in ("head", "cls", "mean", "cls+mean"):
+            raise ValueError(f"timm pooling must be head, cls, mean or cls+mean; got {pooling!r}")
+        kwargs = timm_kwargs(spec.get("model_kwargs", {}))
+        if random_init:
+            torch.manual_seed(int(spec.get("seed", 0)))
+        model = timm.create_model(name, pretrained=False, **kwargs)
         if weights is not None:
-            sd = _load_state_dict(weights)
-            sd = {k.removeprefix("module."): v for k, v in sd.items()}
-            missing, unexpected = model.load_state_dict(sd, strict=bool(spec.get("strict", True)))
-            if missing or unexpected:  # only reachable with strict=False
-                print(f"timm encoder: {len(missing)} missing, {len(unexpected)} unexpected keys", file=sys.stderr)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        size = spec.get("input_size") or kwargs.get("img_size") or (cfg.get("input_size") or (3, 224, 224))[-1]
-        mean = spec.get("mean") or cfg.get("mean") or IMAGENET_MEAN
-        std = spec.get("std") or cfg.get("std") or IMAGENET_STD
-        full = {"kind": "timm", "model_name": spec["model_name"], "weights": str(weights) if weights else None,
-                "model_kwargs": spec.get("model_kwargs", {}), "input_size": int(size), "mean": list(mean),
-                "std": list(std)}
+            state = _load_state_dict(weights)
+            if spec.get("resample_pos_embed"):
+                state = _resample_pos_embed(model, state, "pos_embed")
+            load_state_strict(model, state, f"timm encoder {name} from {weights}", spec.get("ignore_prefixes", ()))
+        size = spec.get("input_size") or kwargs.get("img_size") or 224
+        size = size[-1] if isinstance(size, list | tuple) else size
+        full = {**spec, "kind": "timm", "model_name": name, "model_kwargs": dict(spec.get("model_kwargs", {})),
+                "pooling": pooling, "input_size": int(size), "mean": mean, "std": std}
+        if weights is not None:
+            full["weights"] = str(weights)
         super().__init__(full, int(size), mean, std)
         self.model = model.eval()
-        self.dim = int(getattr(model, "num_features", 0)) or int(
-            self.forward(torch.zeros(1, 3, self.input_size, self.input_size)).shape[1])
+        self.pooling = pooling
+        self.prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.weight_files = [weights] if weights is not None else []
+        width = int(getattr(model, "num_features", 0))
+        self.dim = 2 * width if pooling == "cls+mean" else width
+        if not self.dim:
+            self.dim = int(self.forward(torch.zeros(1, 3, self.input_size, self.input_size)).shape[1])
+        self.spec["dim"] = self.dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.pooling == "head":
+            return self.model(x)
+        tokens = self.model.forward_features(x)
+        return pool_tokens(tokens, self.pooling, self.prefix_tokens)
 
 
-KINDS = {"builtin": HETextureEncoder, "random": RandomConvEncoder, "hf": HFEncoder, "timm": TimmEncoder}
+# -------------------------------------------------------------------------------------------- conch
+class _MHAPooler(nn.Module):
+    """CONCH v1's AttentionalPooler (open_clip CoCa): learned queries attend to the tokens through
+    nn.MultiheadAttention (kdim = the trunk's width). Keys: query, attn.*, ln_q.*, ln_k.*."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int, n_queries: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.attn = nn.MultiheadAttention(d_model, n_head, kdim=context_dim, vdim=context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C] -> [B, n_queries, d_model]
+        x = self.ln_k(x).permute(1, 0, 2)
+        q = self.ln_q(self.query).unsqueeze(1).expand(-1, x.shape[1], -1)
+        return self.attn(q, x, x, need_weights=False)[0].permute(1, 0, 2)
 
 
-def build_encoder(spec: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> PatchEncoder:
-    """Build (or rebuild from `encoder.spec`) an encoder on `device`, in eval mode."""
+class _LinearPooler(nn.Module):
+    """CONCH v1.5's AttentionalPooler (TITAN/TRIDENT): bias-free to_q / to_kv / to_out projections."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int, n_queries: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.heads = n_head
+        inner = (d_model // n_head) * n_head
+        self.scale = (d_model // n_head) ** -0.5
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C] -> [B, n_queries, d_model]
+        b, h = x.shape[0], self.heads
+        q = self.to_q(self.ln_q(self.query)).expand(b, -1, -1)  # [B, Q, inner]
+        k, v = self.to_kv(self.ln_k(x)).chunk(2, dim=-1)  # [B, N, inner] each
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, t.shape[1], h, -1).transpose(1, 2)  # [B, h, T, d]
+
+        q, k, v = split(q) * self.scale, split(k), split(v)
+        sim = q @ k.transpose(-1, -2)
+        attn = (sim - sim.amax(-1, keepdim=True).detach()).softmax(-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, -1, h * q.shape[-1])
+        return self.to_out(out)
+
+
+CONCH_V1_DEFAULTS = {  # conch_ViT-B-16.json of mahmoodlab/CONCH
+    "embed_dim": 512, "vision_cfg": {"image_size": 448, "patch_size": 16, "layers": 12, "width": 768,
+                                     "num_heads": 12, "mlp_ratio": 4, "attn_pooler_heads": 8,
+                                     "n_queries_contrast": 1}}
+CONCH_V15_DEFAULTS = {"image_size": 448, "patch_size": 16, "layers": 24, "width": 1024, "num_heads": 16,
+                      "mlp_ratio": 4, "init_values": 1.0, "embed_dim": 768, "attn_pooler_heads": 8,
+                      "n_queries_contrast": 1}
+CONCH_V1_UNUSED = ("text.", "text_decoder.", "logit_scale", "visual.attn_pool_caption.", "visual.ln_caption.")
+
+
+class ConchEncoder(PatchEncoder):
+    """CONCH's image tower: timm ViT trunk -> attentional pooler (1 query) -> LayerNorm [-> proj_contrast].
+
+    v1: MahmoodLab/CONCH `pytorch_model.bin` (keys `visual.*`, plus the text tower and the captioning pooler,
+    which are declared unused); architecture from `open_clip_config.json` when the directory has one, else
+    conch_ViT-B-16. The default feature is `encode_image(x, proj_contrast=False, normalize=False)` (512-d),
+    what the authors use for linear probes; `"proj_contrast": true` applies the contrastive projection.
+    v1.5: MahmoodLab/conchv1_5 `pytorch_model_vision.bin` (keys `trunk.*`, `attn_pool_contrast.*`,
+    `ln_contrast.*`), ViT-L/16 at 448 px, 768-d.
+    """
+
+    def __init__(self, spec: dict[str, Any]):
+        if not ensure_torchvision_importable():
+            raise RuntimeError("timm needs an importable torchvision; install one matching torch")
+        from timm.models.vision_transformer import VisionTransformer
+
+        version = spec.get("version", "v1")
+        if version not in ("v1", "v1.5"):
+            raise ValueError(f"CONCH version must be v1 or v1.5, got {version!r}")
+        v1 = version == "v1"
+        weights = _weights_file(spec, spec.get("weight_names") or (
+            ("pytorch_model.bin",) if v1 else ("pytorch_model_vision.bin", "pytorch_model.bin")))
+        root = Path(spec["path"]) if spec.get("path") else weights.parent
+        if v1:
+            cfg = copy.deepcopy(CONCH_V1_DEFAULTS)
+            if (root / "open_clip_config.json").is_file():
+                model_cfg = json.loads((root / "open_clip_config.json").read_text()).get("model_cfg", {})
+                cfg["embed_dim"] = model_cfg.get("embed_dim", cfg["embed_dim"])
+                cfg["vision_cfg"].update(model_cfg.get("vision_cfg", {}))
+            cfg["vision_cfg"].update(spec.get("arch", {}))
+            vc, embed = cfg["vision_cfg"], int(cfg["embed_dim"])
+        else:
+            vc = {**CONCH_V15_DEFAULTS, **spec.get("arch", {})}
+            embed = int(vc["embed_dim"])
+        mean, std = _require_norm(spec, "CONCH encoder")
+        size = int(spec.get("input_size") or vc["image_size"])
+        trunk = VisionTransformer(img_size=int(vc["image_size"]), patch_size=int(vc["patch_size"]),
+                                  embed_dim=int(vc["width"]), depth=int(vc["layers"]), num_heads=int(vc["num_heads"]),
+                                  mlp_ratio=float(vc["mlp_ratio"]), num_classes=0, dynamic_img_size=True,
+                                  init_values=vc.get("init_values"))
+        pooler = (_MHAPooler if v1 else _LinearPooler)(embed, int(vc["width"]), int(vc["attn_pooler_heads"]),
+                                                       int(vc["n_queries_contrast"]))
+        tower = nn.Module()
+        tower.trunk, tower.attn_pool_contrast, tower.ln_contrast = trunk, pooler, nn.LayerNorm(embed)
+        proj = bool(spec.get("proj_contrast", False))
+        if v1:
+            tower.proj_contrast = nn.Parameter(torch.zeros(embed, embed))
+        state = _load_state_dict(weights)
+        if v1:
+            if not any(k.startswith("visual.") for k in state):
+                raise EncoderLoadError(f"{weights}: no visual.* keys; not a CONCH v1 (open_clip CoCa) checkpoint")
+            ignore = list(spec.get("ignore_prefixes", CONCH_V1_UNUSED))
+            state = {k.removeprefix("visual."): v for k, v in state.items() if not k.startswith(tuple(ignore))}
+        else:
+            ignore = list(spec.get("ignore_prefixes", ()))
+            if "trunk.pos_embed" in state and state["trunk.pos_embed"].shape != trunk.pos_embed.shape:
+                state = _resample_pos_embed(tower, state, "trunk.pos_embed")
+        load_state_strict(tower, state, f"CONCH {version} from {weights}", ignore)
+        full = {**spec, "kind": "conch", "version": version, "weights": str(weights), "input_size": size,
+                "mean": mean, "std": std, "proj_contrast": proj, "ignore_prefixes": ignore, "dim": embed}
+        super().__init__(full, size, mean, std)
+        self.tower, self.proj = tower, proj
+        self.weight_files = [weights]
+        self.dim = embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.tower
+        pooled = t.ln_contrast(t.attn_pool_contrast(t.trunk.forward_features(x))[:, 0])
+        return pooled @ t.proj_contrast if self.proj else pooled
+
+
+# ------------------------------------------------------------------------------------------ building
+KINDS = {"builtin": HETextureEncoder, "random": RandomConvEncoder, "hf": HFEncoder, "timm": TimmEncoder,
+         "conch": ConchEncoder}
+
+
+def resolve_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A spec with its preset (if it names one) expanded: the complete description `build_encoder` uses."""
     spec = dict(spec or {"kind": "builtin"})
+    if spec.get("preset"):
+        from inference.presets import expand_preset
+
+        spec = expand_preset(spec)
+    return spec
+
+
+def build_encoder(spec: dict[str, Any] | None = None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None, compile: bool = False) -> PatchEncoder:
+    """Build (or rebuild from `encoder.spec`) an encoder on `device`, in eval mode.
+
+    On CUDA the neural kinds hold bf16 weights unless `dtype` says otherwise; `compile=True` compiles the
+    network with `torch.compile` (first batches are slow while it compiles)."""
+    spec = resolve_spec(spec)
     kind = spec.get("kind", "builtin")
     if kind not in KINDS:
         raise ValueError(f"unknown encoder kind {kind!r}; one of {sorted(KINDS)}")
     enc = KINDS[kind](spec)
-    return enc.to(device).eval()
+    stated = spec.get("dim")
+    if kind != "random" and isinstance(stated, int) and stated != enc.dim:
+        raise EncoderLoadError(f"the spec states {stated}-d features but the model gives {enc.dim}-d "
+                               f"({spec.get('preset') or kind}): wrong architecture for these weights?")
+    device = torch.device(device)
+    if dtype is None and device.type == "cuda" and enc.autocast:
+        dtype = torch.bfloat16
+    enc = enc.to(device).eval()
+    if dtype is not None and enc.autocast:
+        for name, child in enc.named_children():
+            setattr(enc, name, child.to(dtype))
+    if compile:
+        for name in ("model", "tower", "net"):
+            if isinstance(getattr(enc, name, None), nn.Module):
+                setattr(enc, name, torch.compile(getattr(enc, name)))
+    return enc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.encoders",
+                                     description="Patch encoders: the published foundation-model presets.")
+    parser.add_argument("--list", action="store_true", help="print every preset (name, architecture, width)")
+    parser.add_argument("--show", metavar="NAME", help="print one preset's complete spec as JSON")
+    args = parser.parse_args(argv)
+    from inference.presets import PRESETS, describe
+
+    if args.show:
+        if args.show not in PRESETS:
+            parser.error(f"no preset {args.show!r}; --list shows them")
+        print(json.dumps(PRESETS[args.show], indent=2))
+        return 0
+    print(describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
