@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from inference.synthetic.wsi import write_pyramidal_tiff
+from tests.db_roles import django_db_setup  # noqa: F401 - the tests run as the application role
 
 # Playwright's sync API keeps an event loop running in the test thread; Django's ORM would then refuse
 # to run there. The tests are sequential, so the check guards against nothing real here.
@@ -41,13 +42,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SERVER] = server = contextlib.ExitStack()
     if settings.EMBEDDED_DATABASE:  # else DATABASE_URL names a server someone else runs
         server.enter_context(embedded_db.running())
-        if embedded_db.url(settings.DATABASE_NAME) != settings.DATABASE_URL:
+        if not embedded_db.serves(settings.DATABASE_URL):
             # Only for a new data directory whose path is too long for a socket inside it: pgserver then
             # names the socket's directory after the new directory's inode, unknown when settings loaded.
             server.close()
             pytest.exit("The embedded server started in a new data directory; run the tests again.", 3)
     # This run's broker and result backend, shared with the workers it starts.
-    embedded_db.ensure_database(settings.DATABASE_URL, settings.TEST_BROKER_DATABASE)
+    if settings.EMBEDDED_DATABASE:  # and the test database the owner's, the broker's the app role's
+        embedded_db.prepare_test_run(settings.DATABASES["default"]["TEST"]["NAME"], settings.TEST_BROKER_DATABASE)
+    else:
+        embedded_db.ensure_database(settings.DATABASE_URL, settings.TEST_BROKER_DATABASE)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -79,7 +79,7 @@ def test_the_server_runs_while_someone_uses_it_and_stops_after_the_last(tmp_path
     first, second = tmp_path / "first-leaves", tmp_path / "second-leaves"
     a = _python(pgdata, "-c", HOLD, str(first))
     assert a.stdout.readline().split()[:2] == ["running", "True"]  # started by a
-    url = f"postgresql://postgres:@/postgres?host={pgdata.resolve()}"
+    url = f"postgresql://postgres@/postgres?host={pgdata.resolve()}&passfile={pgdata.resolve()}.auth/pgpass"
     b = _python(pgdata, "-c", HOLD, str(second))
     assert b.stdout.readline().split() == ["running", "True", url]  # b attaches to the same server
     first.touch()

@@ -29,8 +29,17 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_check_deploy_is_clean_under_production_settings():
-    result = _manage("check", "--deploy", "--fail-level", "WARNING",
+def test_check_deploy_is_clean_under_production_settings(db):
+    # `check --deploy` also checks the database role (webapp/db_roles.py): connected as the application
+    # role, here to this run's test database.
+    from django.conf import settings
+    from django.db import connection
+
+    from webapp import embedded_db
+
+    url = (embedded_db.url(connection.settings_dict["NAME"], embedded_db.APP_ROLE) if settings.EMBEDDED_DATABASE
+           else os.environ["DATABASE_URL"])
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", DATABASE_URL=url,
                      DJANGO_SECRET_KEY=secrets.token_urlsafe(64), DJANGO_ALLOWED_HOSTS="pathalign.example.org")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -16,3 +16,9 @@ class ProjectConfig(AppConfig):
         for directory in (settings.SLIDE_STORE_DIR, settings.SLIDE_DROP_DIR, settings.FILE_UPLOAD_TEMP_DIR,
                           settings.MODEL_BUNDLE_DIR):
             Path(directory).mkdir(parents=True, exist_ok=True)
+        # The application role's grants after every migrate by the owner, and the role check (db_roles).
+        from django.db.models.signals import post_migrate
+
+        from webapp import db_roles
+
+        post_migrate.connect(db_roles.grant_after_migrate, dispatch_uid="webapp.db_roles.grant")

@@ -4,6 +4,11 @@
 `manage.py restore DIR` loads them into the database and store the current settings point at
 (DATABASE_URL, PATHALIGN_SLIDE_STORE), which should be empty: a new server, a new database.
 
+The dump keeps owners and grants (the application role's rights, db_roles.py), so a restored database
+has the same least privilege as the original; restore runs as the owner role (PATHALIGN_DB_ROLE=owner)
+and the server needs the same role names (the embedded server provisions them). Everything a backup
+writes is the whole PHI database: the folder is 0700 and each file 0600 from the moment it exists.
+
 The database is dumped first and the store second: a slide's file is written before its row is committed
 (webapp.slides.ingest), so every slide row in the dump has its file in the later tar. Files added between
 the two steps are extra, never missing. pg_dump takes a consistent snapshot while the app keeps running.
@@ -17,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,30 +81,39 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _private_file(path: Path):
+    """A new file only its owner may read (0600 from its creation, whatever the umask)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def backup(destination: Path, *, slides: bool = True) -> dict:
-    """Write a backup into `destination` (created; must be empty). Returns the manifest."""
-    destination.mkdir(parents=True, exist_ok=True)
+    """Write a backup into `destination` (created 0700; must be empty). Returns the manifest."""
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(destination.iterdir()):
         raise BackupError(f"{destination} is not empty; back up into a new directory.")
+    destination.chmod(0o700)
     counts = {"cases": Case.objects.count(), "slides": Slide.objects.count(), "audit_events": AuditEvent.objects.count()}
     args, env = _connection_args()
     dump = destination / "db.dump"
-    result = subprocess.run([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
-                             "--file", str(dump), *args], env=env, capture_output=True, text=True)
+    _private_file(dump).close()  # pg_dump writes into the 0600 file (it would create one under the umask)
+    result = subprocess.run([pg_tool("pg_dump"), "--format=custom", "--file", str(dump), *args], env=env,
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise BackupError(f"pg_dump failed: {result.stderr.strip()[-2000:]}")
     files = {"db.dump": {"bytes": dump.stat().st_size, "sha256": _sha256(dump)}}
     if slides:
         store = Path(settings.SLIDE_STORE_DIR)
         archive = destination / "slides.tar"
-        with tarfile.open(archive, "w") as tar:  # slides are compressed already; gzip would only cost time
+        # slides are compressed already; gzip would only cost time
+        with _private_file(archive) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
             for path in sorted(store.rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     tar.add(path, arcname=str(path.relative_to(store)), recursive=False)
         files["slides.tar"] = {"bytes": archive.stat().st_size, "sha256": _sha256(archive)}
     manifest = {"created": datetime.now(UTC).isoformat(), "database": connection.settings_dict["NAME"],
                 "server_major": _server_major(), "counts": counts, "files": files, "format": 1}
-    (destination / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with _private_file(destination / "manifest.json") as handle:
+        handle.write((json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
@@ -122,11 +137,29 @@ def restore(source: Path, *, force: bool = False) -> dict:
     store = Path(settings.SLIDE_STORE_DIR)
     if "slides.tar" in manifest["files"] and any(p.is_file() for p in store.rglob("*")) and not force:
         raise BackupError(f"The slide store {store} is not empty; restore into a new directory.")
+    if settings.DATABASE_ROLE != "owner":
+        raise BackupError("Restore as the database's owner role: PATHALIGN_DB_ROLE=owner (with DATABASE_URL "
+                          "naming the owner), so the tables get their owner and the application role its grants.")
     args, env = _connection_args()
-    command = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", *args]
+    tool = pg_tool("pg_restore")
+    # Everything but the comment on the vector extension, which only the extension's owner (the superuser
+    # who created it on the new server) may set; the extension itself is CREATE ... IF NOT EXISTS.
+    contents = subprocess.run([tool, "--list", str(source / "db.dump")], capture_output=True, text=True)
+    if contents.returncode != 0:
+        raise BackupError(f"pg_restore could not read the dump: {contents.stderr.strip()[-2000:]}")
+    handle, name = tempfile.mkstemp(prefix="pathalign-restore-", suffix=".list")  # 0600
+    os.close(handle)
+    entries = Path(name)
+    wanted = [line for line in contents.stdout.splitlines() if " COMMENT - EXTENSION " not in line]
+    command = [tool, "--exit-on-error", "--use-list", str(entries), *args]
     if force:
         command += ["--clean", "--if-exists"]
-    result = subprocess.run([*command, str(source / "db.dump")], env=env, capture_output=True, text=True)
+    try:
+        with _private_file(entries) as handle:
+            handle.write(("\n".join(wanted) + "\n").encode())
+        result = subprocess.run([*command, str(source / "db.dump")], env=env, capture_output=True, text=True)
+    finally:
+        entries.unlink(missing_ok=True)
     if result.returncode != 0:
         raise BackupError(f"pg_restore failed: {result.stderr.strip()[-2000:]}")
     if "slides.tar" in manifest["files"]:

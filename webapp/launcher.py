@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _manage(*args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
+def _manage(*args: str, **env: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True, env={**os.environ, **env})
 
 
 def _stop(children: list[subprocess.Popen]) -> None:
@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         if settings.EMBEDDED_DATABASE:
             # Stopped when this block ends, if this run started it and no test run still uses it.
             database.enter_context(embedded_db.running())
-            embedded_db.ensure_database(embedded_db.url(), settings.DATABASE_NAME)
+            # The app's database is the owner role's, the broker's the application role's (db_roles.py).
+            embedded_db.ensure_database(embedded_db.url(), settings.DATABASE_NAME, owner=embedded_db.OWNER_ROLE)
+            embedded_db.ensure_database(embedded_db.url(), settings.BROKER_DATABASE, owner=embedded_db.APP_ROLE)
         status = _serve(args)
     print("Stopped.", flush=True)
     return status
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _manage("migrate", "--no-input")
+    _manage("migrate", "--no-input", PATHALIGN_DB_ROLE="owner")  # the owner migrates and grants the app role
+    _manage("check", "--database", "default")  # everything from here on runs as the application role
     if not args.no_demo:
         _manage("seed_demo")
 

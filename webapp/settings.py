@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from webapp.embedded_db import server_url
+from webapp.embedded_db import APP_ROLE, OWNER_ROLE, server_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -161,8 +161,15 @@ EMBEDDED_PG_SHARED_BUFFERS = env_str(  # "": a quarter of the machine's RAM (emb
 DATABASE_NAME = env_str("PATHALIGN_DB_NAME", "pathalign", r"[A-Za-z0-9_-]{1,63}",
                         "a database name (letters, digits, _ and -)")
 EMBEDDED_DATABASE = not os.environ.get("DATABASE_URL")
-DATABASE_URL = (server_url(EMBEDDED_PGDATA, DATABASE_NAME) if EMBEDDED_DATABASE
-                else os.environ["DATABASE_URL"])
+# Two roles (docs/security.md): the app and its workers connect as the application role; migrations,
+# restores and the test setup run as the owner (PATHALIGN_DB_ROLE=owner). On the embedded server that picks
+# the role; with DATABASE_URL the URL names it, and the setting tells the role check (webapp/db_roles.py)
+# that this process is the owner's on purpose.
+DATABASE_ROLE = env_str("PATHALIGN_DB_ROLE", "app", "app|owner", "app or owner")
+DATABASE_APP_ROLE, DATABASE_OWNER_ROLE = APP_ROLE, OWNER_ROLE  # role names the grants and checks use
+DATABASE_URL = (server_url(EMBEDDED_PGDATA, DATABASE_NAME, OWNER_ROLE if DATABASE_ROLE == "owner" else APP_ROLE)
+                if EMBEDDED_DATABASE else os.environ["DATABASE_URL"])
+DATABASE_ROLE_CHECK = "warning"  # a superuser or table owner as the app's role; production: "error"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 DATABASES["default"]["TEST"] = {"NAME": env_str("PATHALIGN_TEST_DB", "test_pathalign")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -253,11 +260,16 @@ def _sqlalchemy_url(url: str, scheme: str) -> str:
     return scheme + url.split("://", 1)[1]
 
 
+# The embedded default keeps the broker's tables in a database of their own, owned by the application role
+# (kombu creates them on first use; the app's own schema gives that role no CREATE).
+BROKER_DATABASE = DATABASE_NAME + "_broker"
+_BROKER_DATABASE_URL = (server_url(EMBEDDED_PGDATA, BROKER_DATABASE, APP_ROLE) if EMBEDDED_DATABASE
+                        else DATABASE_URL)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _sqlalchemy_url(
-    DATABASE_URL, "sqla+postgresql+psycopg://"
+    _BROKER_DATABASE_URL, "sqla+postgresql+psycopg://"
 )
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or _sqlalchemy_url(
-    DATABASE_URL, "db+postgresql+psycopg://"
+    _BROKER_DATABASE_URL, "db+postgresql+psycopg://"
 )
 CELERY_TASK_ACKS_LATE = True  # a worker that dies mid-task leaves the message to be redelivered
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -20,6 +20,7 @@ from .settings import *  # noqa: F403
 from .settings import BEHIND_PROXY, HSTS_PRELOAD, HSTS_SECONDS, LOGGING, PROXY_COUNT, SSL_REDIRECT, env_list
 
 DEBUG = False  # whatever DJANGO_DEBUG says
+DATABASE_ROLE_CHECK = "error"  # connected as a superuser or table owner: `check` fails (webapp/db_roles.py)
 
 # --- the secret key: required, long and not the development default
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")

@@ -19,20 +19,26 @@ os.environ.setdefault("PATHALIGN_MODEL_DIR", str(_var / "models"))
 os.environ.setdefault("PATHALIGN_UPLOAD_TMP", str(_var / "upload-tmp"))
 os.environ.setdefault("PATHALIGN_UPLOAD_MAX_BYTES", str(64 * 1024**2))
 
-from .embedded_db import database_url_for  # noqa: E402
+from .embedded_db import APP_ROLE, OWNER_ROLE, database_url_for, server_url  # noqa: E402
 from .settings import *  # noqa: E402,F403
-from .settings import DATABASE_URL, env_bool  # noqa: E402
+from .settings import DATABASE_URL, EMBEDDED_DATABASE, EMBEDDED_PGDATA, env_bool  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # noqa: S303 - tests only
 
 # A worker process started by the tests talks to the test database, not the development one.
-if env_bool("PATHALIGN_USE_TEST_DB", False):
+USE_TEST_DB = env_bool("PATHALIGN_USE_TEST_DB", False)
+if USE_TEST_DB:
     DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]  # noqa: F405
+# On the embedded server the pytest process creates and migrates the test database as the owner, then
+# runs every test as the application role (tests/db_roles.py); the workers it starts are the app role.
+if EMBEDDED_DATABASE:
+    DATABASES["default"]["USER"] = APP_ROLE if USE_TEST_DB else OWNER_ROLE  # noqa: F405
 
 # Each test run gets its own broker database, also its result backend, unless the environment names a
 # real broker (Redis) or backend.
 TEST_BROKER_DATABASE = f"broker_{_tag}"
-_broker = database_url_for(DATABASE_URL, TEST_BROKER_DATABASE).split("://", 1)[1]
+_broker = (server_url(EMBEDDED_PGDATA, TEST_BROKER_DATABASE, APP_ROLE) if EMBEDDED_DATABASE
+           else database_url_for(DATABASE_URL, TEST_BROKER_DATABASE)).split("://", 1)[1]
 if not os.environ.get("CELERY_BROKER_URL"):
     CELERY_BROKER_URL = "sqla+postgresql+psycopg://" + _broker
 if not os.environ.get("CELERY_RESULT_BACKEND"):
