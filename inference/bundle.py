@@ -2,6 +2,7 @@
 
     <bundle>/
       bundle.json          format, name, version, creation date, Q-Former config, encoder spec, dims,
+                           tiling (um/px, patch size, overlap, tissue threshold of its training features),
                            library versions, training-data summary
       model.safetensors    Q-Former weights (the tied LM decoder is stored once)
       tokenizer/           the text tokenizer (with [DEC])
@@ -46,6 +47,40 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "safetensors": safetensors.__version__,
     }
+
+
+# The tiling of bundles written before tiling was recorded: what `PathAlign.extract` always did then.
+DEFAULT_TILING = {"mpp": 1.0, "patch_size": 224, "overlap": 0, "min_tissue": 0.4}
+
+
+def normalise_tiling(tiling: dict[str, Any] | None) -> dict[str, Any]:
+    """A complete, checked tiling dict (missing keys from DEFAULT_TILING)."""
+    t = {**DEFAULT_TILING, **(tiling or {})}
+    t = {"mpp": float(t["mpp"]), "patch_size": int(t["patch_size"]), "overlap": int(t["overlap"]),
+         "min_tissue": float(t["min_tissue"])}
+    if not (t["mpp"] > 0 and t["patch_size"] > 0 and 0 <= t["overlap"] < t["patch_size"] and 0 <= t["min_tissue"] <= 1):
+        raise ValueError(f"invalid tiling {t}")
+    return t
+
+
+def bundle_tiling(config: dict[str, Any]) -> dict[str, Any]:
+    """How slides must be tiled for this bundle: bundle.json's `tiling`, else its encoder spec's, else the
+    old fixed default (224 px at 1.0 um/px)."""
+    return normalise_tiling(config.get("tiling") or (config.get("encoder") or {}).get("tiling"))
+
+
+def features_key(config: dict[str, Any], max_patches: int | None = None) -> str:
+    """The identity of the patch features this bundle reads: encoder architecture + the SHA-256 of its weight
+    files + tiling + patch cap. Feature caches are keyed by it, so a feature set made with other weights or
+    other tiling is never reused (and bundles that share all of it share files)."""
+    from inference.encoders import resolve_spec, weights_fingerprint
+
+    spec = resolve_spec(config.get("encoder") or {"kind": "builtin"})
+    identity = {k: v for k, v in spec.items()
+                if k not in ("path", "weights", "title", "source", "architecture", "notes", "tiling")}
+    blob = json.dumps({"encoder": identity, "weights": weights_fingerprint(spec), "tiling": bundle_tiling(config),
+                       "max_patches": max_patches}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def encoder_dim(spec: dict[str, Any]) -> int | None:
@@ -96,8 +131,14 @@ def save_bundle(
     storage_dtype: torch.dtype = torch.float32,
     reference_text_dir: str | os.PathLike | None = None,
     extra: dict[str, Any] | None = None,
+    tiling: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle directory (created if needed; files inside are replaced).
+
+    ``tiling``: how the training features were tiled (um/px, patch size, overlap, tissue threshold); default:
+    the encoder spec's ``tiling`` (presets and feature caches record it), else DEFAULT_TILING. Extraction
+    with the bundle uses it everywhere, and it is also written into the stored encoder spec, so a bundle
+    trained on this bundle's features inherits it.
 
     ``reference_text_dir``: when the word-embedding table is still exactly the one of this local BERT
     directory (trained with frozen word embeddings), it is stored by reference (path hint + SHA-256) instead
@@ -114,6 +155,8 @@ def save_bundle(
             f"encoder spec says {dim}-d features but the model reads {model.config.vision_width}-d"
         )
     cfg = model.config
+    tiling = normalise_tiling(tiling or encoder_spec.get("tiling"))
+    encoder_spec = {**encoder_spec, "tiling": tiling}
     config = {
         "format": FORMAT,
         "name": name,
@@ -122,6 +165,7 @@ def save_bundle(
         "variant": "G" if "itg" in cfg.losses else "R",
         "model": cfg.to_dict(),
         "encoder": dict(encoder_spec),
+        "tiling": tiling,
         "dims": {
             "feature": cfg.vision_width,
             "embed": cfg.embed_dim,

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -245,15 +245,46 @@ class _ThreadSlides:
         self.handles.clear()
 
 
-def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_size: int = 64, workers: int = 4,
-                progress: Progress | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Read the grid's patches on `workers` threads and encode them in batches; returns (features, timings)."""
+def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_size: int | None = None,
+                workers: int = 4, progress: Progress | None = None,
+                readers: str = "threads") -> tuple[torch.Tensor, dict[str, float]]:
+    """Read the grid's patches in parallel and encode them in batches; returns (features, timings).
+
+    `readers="threads"`: a thread pool, one OpenSlide handle per thread (OpenSlide releases the GIL while it
+    decodes). `readers="processes"`: `workers` spawned processes decode chunks of patches (no GIL at all:
+    what a GPU needs so that reading never starves it). Either way a window of patches stays in flight and
+    the features stay on the encoder's device until the end (no host sync per batch). `batch_size` None:
+    the encoder's default (256 on CUDA, 64 on the CPU)."""
     n = len(grid)
     timings = {"read_seconds": 0.0, "read_wait_seconds": 0.0, "encode_seconds": 0.0}
     if n == 0:
         if progress:
             progress(0, 0)
         return torch.zeros(0, encoder.dim), timings
+    if readers not in ("threads", "processes"):
+        raise ValueError(f"readers must be 'threads' or 'processes', got {readers!r}")
+    bs = int(batch_size or encoder.default_batch_size())
+    outs: list[torch.Tensor] = []
+    done = 0
+
+    def encode(batch: np.ndarray) -> None:
+        nonlocal done
+        t0 = time.perf_counter()
+        outs.append(encoder.encode_on_device(batch, batch_size=bs))
+        timings["encode_seconds"] += time.perf_counter() - t0
+        done += len(batch)
+        if progress:
+            progress(done, n)
+
+    if readers == "processes":
+        _encode_with_processes(path, grid, bs, workers, timings, encode)
+    else:
+        _encode_with_threads(path, grid, bs, workers, timings, encode)
+    return torch.cat(outs).float().cpu(), timings  # the one device -> host copy
+
+
+def _encode_with_threads(path, grid: PatchGrid, bs: int, workers: int, timings: dict, encode) -> None:
+    n = len(grid)
     slides = _ThreadSlides(str(path))
     read_lock = threading.Lock()
 
@@ -265,9 +296,7 @@ def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_
             timings["read_seconds"] += dt
         return img
 
-    window = max(2 * batch_size, 4 * max(1, workers))  # patches in flight: enough to cover one encode step
-    outs: list[torch.Tensor] = []
-    done = 0
+    window = max(2 * bs, 4 * max(1, workers))  # patches in flight: enough to cover one encode step
     try:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="patch-read") as pool:
             pending: deque = deque()
@@ -283,32 +312,66 @@ def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_
                 while nxt < n and len(pending) < window:
                     pending.append(pool.submit(read_one, nxt))
                     nxt += 1
-                if len(batch) == batch_size or not pending:
-                    t0 = time.perf_counter()
-                    outs.append(encoder.encode(np.stack(batch), batch_size=batch_size))
-                    timings["encode_seconds"] += time.perf_counter() - t0
-                    done += len(batch)
+                if len(batch) == bs or not pending:
+                    encode(np.stack(batch))
                     batch = []
-                    if progress:
-                        progress(done, n)
     finally:
         slides.close()
-    return torch.cat(outs).float(), timings
+
+
+def _encode_with_processes(path, grid: PatchGrid, bs: int, workers: int, timings: dict, encode) -> None:
+    import multiprocessing
+
+    from .slides import read_chunk, reader_init
+
+    n = len(grid)
+    chunk = max(4, min(64, bs // max(1, workers)))
+    starts = list(range(0, n, chunk))
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
+    with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=reader_init,
+                             initargs=(str(path), grid.level, grid.read_size, grid.patch_size)) as pool:
+        window = max(2, 2 * max(1, workers), (2 * bs) // chunk)
+        pending: deque = deque()
+        nxt = 0
+        while nxt < len(starts) and len(pending) < window:
+            pending.append(pool.submit(read_chunk, grid.coords[starts[nxt]:starts[nxt] + chunk]))
+            nxt += 1
+        buffered: list[np.ndarray] = []
+        have = 0
+        while pending:
+            t0 = time.perf_counter()
+            images, seconds = pending.popleft().result()
+            timings["read_wait_seconds"] += time.perf_counter() - t0
+            timings["read_seconds"] += seconds
+            while nxt < len(starts) and len(pending) < window:
+                pending.append(pool.submit(read_chunk, grid.coords[starts[nxt]:starts[nxt] + chunk]))
+                nxt += 1
+            buffered.append(images)
+            have += len(images)
+            while have >= bs or (not pending and have):
+                stacked = np.concatenate(buffered)
+                encode(stacked[:bs])
+                rest = stacked[bs:]
+                buffered, have = ([rest] if len(rest) else []), len(rest)
 
 
 def extract_slide_features(slide_path: str | Path, encoder: PatchEncoder, patch_size: int = 224,
-                           target_mpp: float = 1.0, max_patches: int | None = None, batch_size: int = 64,
+                           target_mpp: float = 1.0, max_patches: int | None = None, batch_size: int | None = None,
                            workers: int = 4, fallback_mpp: float | None = None, min_tissue: float = 0.4,
-                           progress: Progress | None = None) -> SlideFeatures:
-    """Tissue mask -> patch grid at target_mpp -> parallel reads -> batched encoding."""
+                           progress: Progress | None = None, overlap: int = 0, mpp: float | None = None,
+                           readers: str = "threads") -> SlideFeatures:
+    """Tissue mask -> patch grid at target_mpp -> parallel reads -> batched encoding.
+
+    `mpp` overrides the file's microns per pixel (a value set for this slide); `readers` "threads" or
+    "processes" (decoding in worker processes: see `encode_grid`)."""
     t_start = time.perf_counter()
     slide = open_slide(slide_path)
     try:
         grid = patch_grid(slide, patch_size=patch_size, target_mpp=target_mpp, max_patches=max_patches,
-                          min_tissue=min_tissue, fallback_mpp=fallback_mpp)
+                          min_tissue=min_tissue, fallback_mpp=fallback_mpp, overlap=overlap, mpp=mpp)
     finally:
         slide.close()
-    feats, timings = encode_grid(slide_path, grid, encoder, batch_size, workers, progress)
+    feats, timings = encode_grid(slide_path, grid, encoder, batch_size, workers, progress, readers=readers)
     return SlideFeatures(features=feats, coords=grid.coords.copy(), patch_size_level0=grid.patch_size_level0,
                          patch_size=grid.patch_size, target_mpp=grid.target_mpp, slide_mpp=grid.slide_mpp,
                          dimensions=grid.dimensions, encoder_spec=dict(encoder.spec),
@@ -331,7 +394,9 @@ def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, ou
     records = load_manifest(manifest_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim}, indent=2))
+    tiling = {"mpp": target_mpp, "patch_size": patch_size, "overlap": 0, "min_tissue": 0.4}
+    (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim, "tiling": tiling},
+                                                 indent=2))
     index = []
     for i, rec in enumerate(records):
         path = out / _feature_name(rec)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.bridge import SoftPromptBridge
-from inference.bundle import BRIDGE_DIR, Bundle, check_feature_width, load_bundle
+from inference.bundle import BRIDGE_DIR, Bundle, bundle_tiling, check_feature_width, features_key, load_bundle
 from inference.draft import Draft, split_attention
 from inference.encoders import PatchEncoder, build_encoder
 from inference.features import Features, SlideFeatures, extract_slide_features, features_tensor
@@ -96,8 +96,10 @@ def tidy_text(text: str) -> str:
 
 
 class PathAlign:
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", lm_dir: str | None = None) -> None:
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", lm_dir: str | None = None,
+                 compile_encoder: bool = False) -> None:
         self.bundle = bundle
+        self.compile_encoder = compile_encoder
         self.model = bundle.model.to(device).eval()
         self.tokenizer = bundle.tokenizer
         self.device = torch.device(device)
@@ -106,9 +108,12 @@ class PathAlign:
         self._lm_dir = lm_dir
 
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, device: str = "cpu", lm_dir: str | None = None) -> PathAlign:
-        """Load a bundle from a local directory. ``lm_dir`` points a stage-2 bridge at its local LM."""
-        return cls(load_bundle(bundle_dir, device=device), device=device, lm_dir=lm_dir)
+    def load(cls, bundle_dir: str | os.PathLike, device: str = "cpu", lm_dir: str | None = None,
+             compile_encoder: bool = False) -> PathAlign:
+        """Load a bundle from a local directory. ``lm_dir`` points a stage-2 bridge at its local LM;
+        ``compile_encoder`` compiles the patch encoder with torch.compile on first use."""
+        return cls(load_bundle(bundle_dir, device=device), device=device, lm_dir=lm_dir,
+                   compile_encoder=compile_encoder)
 
     # ---- description
 
@@ -121,6 +126,7 @@ class PathAlign:
             "variant": c.get("variant"),
             "created": c.get("created"),
             "encoder": c["encoder"],
+            "tiling": self.tiling,
             "dims": c["dims"],
             "path": str(self.bundle.path),
         }
@@ -132,16 +138,33 @@ class PathAlign:
     # ---- features (delegated to the data side)
 
     @property
+    def tiling(self) -> dict[str, Any]:
+        """How this bundle's slides are tiled: {"mpp", "patch_size", "overlap", "min_tissue"} (bundle.json)."""
+        return bundle_tiling(self.bundle.config)
+
+    def features_key(self, max_patches: int | None = None) -> str:
+        """Identity of the features this bundle reads (encoder, SHA-256 of its weights, tiling, cap)."""
+        return features_key(self.bundle.config, max_patches)
+
+    @property
     def encoder(self) -> PatchEncoder:
         """The patch encoder named by the bundle's encoder spec (built once, on first use)."""
         if self._encoder is None:
-            self._encoder = build_encoder(self.bundle.config["encoder"], device=str(self.device))
+            self._encoder = build_encoder(self.bundle.config["encoder"], device=str(self.device),
+                                          compile=self.compile_encoder)
         return self._encoder
 
-    def extract(self, slide_path: str | os.PathLike, progress: Progress | None = None) -> SlideFeatures:
-        """Tissue mask -> patch grid -> patch features for one slide (``inference.features``);
-        ``progress(done, total)`` counts encoded patches."""
-        return extract_slide_features(slide_path, self.encoder, progress=progress)
+    def extract(self, slide_path: str | os.PathLike, progress: Progress | None = None, mpp: float | None = None,
+                max_patches: int | None = None, batch_size: int | None = None, workers: int = 4,
+                readers: str = "threads") -> SlideFeatures:
+        """Tissue mask -> patch grid at the bundle's tiling -> patch features for one slide
+        (``inference.features``). ``mpp`` overrides the file's microns per pixel; ``max_patches`` caps the
+        grid (even spatial sampling); ``progress(done, total)`` counts encoded patches."""
+        t = self.tiling
+        return extract_slide_features(slide_path, self.encoder, patch_size=t["patch_size"], target_mpp=t["mpp"],
+                                      max_patches=max_patches, batch_size=batch_size, workers=workers,
+                                      min_tissue=t["min_tissue"], overlap=t["overlap"], mpp=mpp,
+                                      progress=progress, readers=readers)
 
     # ---- embeddings
 

@@ -3,12 +3,14 @@
 API (stable; the model side, the web app's jobs and the benches use it):
 
 - `open_slide(path) -> openslide.OpenSlide`; raises `SlideError` for unreadable files.
-- `slide_mpp(slide, fallback_mpp=None) -> float`: level-0 microns per pixel; `MissingMPPError` if the slide
-  has none and no fallback is given (a guessed magnification would silently change every patch).
+- `slide_mpp(slide, fallback_mpp=None, mpp=None) -> float`: level-0 microns per pixel: `mpp` when given (a
+  value someone set for this slide), else the file's when plausible (`PLAUSIBLE_MPP`, 0.1-20 um/px), else
+  `fallback_mpp`; otherwise `MissingMPPError` (a guessed magnification would silently change every patch;
+  TIFF writers' 72-dpi default reads as 352.8 um/px and would make every pixel its own patch).
 - `tissue_mask(slide, max_side=1024) -> TissueMask` and `tissue_mask_from_rgb(rgb) -> bool ndarray`:
   Otsu on HSV saturation with an optical-density floor, then closing, hole filling and small-object removal.
-- `patch_grid(slide, patch_size=224, target_mpp=1.0, max_patches=None, min_tissue=0.4, ...) -> PatchGrid`:
-  a non-overlapping grid of patches covering tissue at a physical resolution chosen from the slide's MPP,
+- `patch_grid(slide, patch_size=224, target_mpp=1.0, max_patches=None, min_tissue=0.4, overlap=0, ...) ->
+  PatchGrid`: a grid (`overlap` px shared by neighbours, at target_mpp) of patches covering tissue at a physical resolution chosen from the slide's MPP,
   capped with even spatial sampling (deterministic), with level-0 coordinates kept for heatmaps.
 - `read_patch(slide, grid, x, y) -> uint8 (patch_size, patch_size, 3)` and `read_patches(slide, grid, idx)`.
 - `choose_level(slide, downsample) -> int`: the best pyramid level whose downsample is <= the one needed.
@@ -35,7 +37,16 @@ class SlideError(ValueError):
 
 
 class MissingMPPError(SlideError):
-    """The slide has no microns-per-pixel metadata and no fallback was given."""
+    """The slide has no (plausible) microns-per-pixel metadata and no fallback was given."""
+
+
+# Microns per pixel a real scan can have: 0.1 (beyond 100x oil) to 20 (a 0.5x overview). Outside it the
+# value is a default of the writer (72 dpi = 352.8 um/px) or a unit mix-up, not a resolution.
+PLAUSIBLE_MPP = (0.1, 20.0)
+
+
+def plausible_mpp(value: float | None) -> bool:
+    return value is not None and PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1]
 
 
 def open_slide(path: str | Path) -> openslide.OpenSlide:
@@ -45,24 +56,34 @@ def open_slide(path: str | Path) -> openslide.OpenSlide:
         raise SlideError(f"cannot open slide {path}: {exc}") from exc
 
 
-def slide_mpp(slide: openslide.OpenSlide, fallback_mpp: float | None = None) -> float:
-    """Level-0 microns per pixel (mean of x and y)."""
+def slide_mpp(slide: openslide.OpenSlide, fallback_mpp: float | None = None, mpp: float | None = None) -> float:
+    """Level-0 microns per pixel (mean of x and y): `mpp` if given, else the file's if plausible, else
+    `fallback_mpp`, else MissingMPPError."""
+    if mpp is not None:
+        if not mpp > 0:
+            raise ValueError("mpp must be positive")
+        return float(mpp)
     props = slide.properties
+    found = None
     try:
         mx = float(props[openslide.PROPERTY_NAME_MPP_X])
         my = float(props.get(openslide.PROPERTY_NAME_MPP_Y, mx))
         if mx > 0 and my > 0:
-            return (mx + my) / 2
+            found = (mx + my) / 2
     except (KeyError, ValueError):
         pass
+    if plausible_mpp(found):
+        return float(found)
     if fallback_mpp is not None:
         if fallback_mpp <= 0:
             raise ValueError("fallback_mpp must be positive")
         return float(fallback_mpp)
     vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+    what = (f"an implausible resolution ({found:.4g} um/px, outside {PLAUSIBLE_MPP[0]}-{PLAUSIBLE_MPP[1]})"
+            if found is not None else "no microns-per-pixel metadata")
     raise MissingMPPError(
-        f"slide has no microns-per-pixel metadata (vendor {vendor}, no openslide.mpp-x); patch sizes cannot be "
-        "set in microns. Pass fallback_mpp=<microns per pixel> (e.g. 0.25 for 40x, 0.5 for 20x) if known.")
+        f"slide has {what} (vendor {vendor}); patch sizes cannot be set in microns. Pass mpp= (or fallback_mpp=) <microns per "
+        "pixel> (e.g. 0.25 for 40x, 0.5 for 20x) if known.")
 
 
 def choose_level(slide: openslide.OpenSlide, downsample: float) -> int:
@@ -127,13 +148,14 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def tissue_mask(slide: openslide.OpenSlide, max_side: int | None = None, mask_um: float = 8.0) -> TissueMask:
+def tissue_mask(slide: openslide.OpenSlide, max_side: int | None = None, mask_um: float = 8.0,
+                mpp: float | None = None) -> TissueMask:
     """Tissue mask on a thumbnail of about `mask_um` microns per pixel (256..2048 px on the long side), or
     `max_side` pixels when given or when the slide has no MPP."""
     w, h = slide.dimensions
     if max_side is None:
         try:
-            max_side = int(np.clip(max(w, h) * slide_mpp(slide) / mask_um, 256, 2048))
+            max_side = int(np.clip(max(w, h) * slide_mpp(slide, mpp=mpp) / mask_um, 256, 2048))
         except MissingMPPError:
             max_side = 1024
     thumb = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
@@ -195,33 +217,36 @@ def even_sample(cells: np.ndarray, k: int) -> np.ndarray:
 
 def patch_grid(slide: openslide.OpenSlide, patch_size: int = 224, target_mpp: float = 1.0,
                max_patches: int | None = None, min_tissue: float = 0.4, mask: TissueMask | None = None,
-               fallback_mpp: float | None = None) -> PatchGrid:
-    """Non-overlapping patches of `patch_size` px at `target_mpp` covering tissue.
+               fallback_mpp: float | None = None, overlap: int = 0, mpp: float | None = None) -> PatchGrid:
+    """Patches of `patch_size` px at `target_mpp` covering tissue, neighbours sharing `overlap` px.
 
     A patch is kept when at least `min_tissue` of it is tissue (or, if no cell reaches that, the cells
     with at least half the best cell's tissue, so a slide with tissue never yields an empty grid); if more than `max_patches` remain, an even
     spatial subset is kept (see `even_sample`). The grid is centred on the slide.
     """
-    mpp = slide_mpp(slide, fallback_mpp)
+    if not 0 <= overlap < patch_size:
+        raise ValueError(f"overlap must be in [0, patch_size); got {overlap}")
+    mpp = slide_mpp(slide, fallback_mpp, mpp)
     factor = target_mpp / mpp
     ps0 = max(1, int(round(patch_size * factor)))
+    step = max(1, int(round((patch_size - overlap) * factor)))  # level-0 stride between neighbours
     level = choose_level(slide, factor)
     ds = float(slide.level_downsamples[level])
     read_size = max(1, int(round(ps0 / ds)))
     w, h = slide.dimensions
-    nx, ny = w // ps0, h // ps0
+    nx, ny = (w - ps0) // step + 1 if w >= ps0 else 0, (h - ps0) // step + 1 if h >= ps0 else 0
     if nx == 0 or ny == 0:
         return PatchGrid(np.zeros((0, 2), np.int64), patch_size, ps0, target_mpp, mpp, level, ds, read_size, (w, h))
-    ox, oy = (w - nx * ps0) // 2, (h - ny * ps0) // 2
+    ox, oy = (w - (nx - 1) * step - ps0) // 2, (h - (ny - 1) * step - ps0) // 2
     if mask is None:
-        mask = tissue_mask(slide)
+        mask = tissue_mask(slide, mpp=mpp)
     # Tissue fraction of each cell from an integral image of the mask.
     m = mask.mask.astype(np.float64)
     sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1))
     sat[1:, 1:] = m.cumsum(0).cumsum(1)
     col, row = np.meshgrid(np.arange(nx), np.arange(ny))
     col, row = col.ravel(), row.ravel()
-    x0, y0 = ox + col * ps0, oy + row * ps0
+    x0, y0 = ox + col * step, oy + row * step
     d = mask.downsample
 
     def mpos(v: np.ndarray, limit: int) -> np.ndarray:
@@ -263,3 +288,27 @@ def read_patches(slide: openslide.OpenSlide, grid: PatchGrid, indices: Sequence[
     if not out:
         return np.zeros((0, grid.patch_size, grid.patch_size, 3), np.uint8)
     return np.stack(out)
+
+
+# ---------------------------------------------------------------------------- reading in worker processes
+# Used by inference.features.encode_grid(readers="processes"): each worker process opens the slide once and
+# decodes whole chunks of patches, so JPEG decoding and resizing never run in the encoder's process. This
+# module imports no torch, so a spawned reader starts in well under a second.
+_READER: tuple[openslide.OpenSlide, PatchGrid] | None = None
+
+
+def reader_init(path: str, level: int, read_size: int, patch_size: int) -> None:
+    global _READER
+    grid = PatchGrid(np.zeros((0, 2), np.int64), patch_size, 0, 0.0, 0.0, level, 0.0, read_size, (0, 0))
+    _READER = (open_slide(path), grid)
+
+
+def read_chunk(coords: np.ndarray) -> tuple[np.ndarray, float]:
+    """uint8 [n, patch_size, patch_size, 3] for level-0 corners `coords` [n, 2], and the seconds it took."""
+    import time
+
+    assert _READER is not None, "reader_init was not called in this process"
+    slide, grid = _READER
+    t0 = time.perf_counter()
+    out = np.stack([read_patch(slide, grid, int(x), int(y)) for x, y in coords])
+    return out, time.perf_counter() - t0

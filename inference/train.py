@@ -117,7 +117,10 @@ def load_examples(
         examples.append(Example(feats, text_fn(rec["report"]), rec))
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
-    return examples, dict(encoder.get("spec", {}))
+    spec = dict(encoder.get("spec", {}))
+    if encoder.get("tiling"):  # how the features were tiled travels into the bundle (save_bundle)
+        spec["tiling"] = encoder["tiling"]
+    return examples, spec
 
 
 def _manifest(corpus: str | os.PathLike) -> list[dict[str, Any]]:

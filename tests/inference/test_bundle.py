@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from inference.bundle import check_feature_width, load_bundle, read_bundle_config, save_bundle, write_eval
+from inference.bundle import (
+    DEFAULT_TILING,
+    check_feature_width,
+    load_bundle,
+    read_bundle_config,
+    save_bundle,
+    write_eval,
+)
 from inference.qformer import QFormer
 
 WIDTH = 24
@@ -62,7 +69,10 @@ def test_config_records_what_a_deployment_needs(saved):
     _, _, path = saved
     config = read_bundle_config(path)
     assert config["name"] == "t" and config["version"] == "1.2" and config["created"]
-    assert config["encoder"] == SPEC and config["training"] == {"slides": 3}
+    # The tiling its features were made with (here the default) is recorded, also inside the encoder spec so
+    # that a bundle trained from this one's features inherits it.
+    assert config["tiling"] == DEFAULT_TILING and config["encoder"] == SPEC | {"tiling": DEFAULT_TILING}
+    assert config["training"] == {"slides": 3}
     assert config["dims"] == {"feature": WIDTH, "embed": 256, "queries": 4, "hidden": 384}
     assert {"torch", "transformers"} <= set(config["versions"])
     assert load_bundle(path).eval == {"acc": 0.5}

@@ -126,7 +126,7 @@ def test_extract_then_embed_a_real_slide(tmp_path):
     torch.manual_seed(0)
     qformer, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=encoder.dim, num_query_tokens=4)
     model = PathAlign.load(save_bundle(tmp_path / "b", qformer, tok, encoder.spec))
-    assert model.encoder.dim == encoder.dim and model.encoder.spec == encoder.spec
+    assert model.encoder.dim == encoder.dim and model.encoder.spec == encoder.spec | {"tiling": model.tiling}
     rgb = render_case(plan_cases(1, seed=0)[0], size=(672, 672), mpp=1.0)
     slide = write_pyramidal_tiff(tmp_path / "s.svs", rgb, mpp=1.0, min_level_size=4096)
     seen = []
