@@ -19,15 +19,18 @@ from typing import Protocol
 
 from PIL import Image
 
+from . import pixel_budget
+
 CONTEXT = "http://iiif.io/api/image/3/context.json"
 PROTOCOL = "http://iiif.io/api/image"
 PROFILE_URI = "http://iiif.io/api/image/3/level1.json"
 TILE_SIZE = 512
 MAX_WIDTH = 4096
 MAX_HEIGHT = 4096
-# Pixels read from the slide for one request, at the chosen pyramid level. Bounds the work of one request
-# on slides with few pyramid levels (a single-level slide asked for "full/max" would read every pixel).
-MAX_READ_PIXELS = 64 * 1024 * 1024
+# Pixels read from the slide for one request, at the chosen pyramid level, in chunks of READ_CHUNK squared
+# (webapp/slides/pixel_budget.py). Bounds the work of one request on slides with few pyramid levels (a
+# single-level slide asked for "full/max" would read every pixel).
+MAX_READ_PIXELS = pixel_budget.REQUEST_PIXELS
 READ_CHUNK = 2048
 EXTRA_FORMATS = ["png"]
 EXTRA_QUALITIES = ["color", "gray"]

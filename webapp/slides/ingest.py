@@ -16,6 +16,7 @@ import openslide
 from django.conf import settings
 from django.db import transaction
 
+from . import pixel_budget
 from .models import Slide
 from .signals import slide_stored
 
@@ -197,7 +198,9 @@ def ingest_slide(
         slide_file = staged if staged.is_file() else _main_file_in(staged)
         metadata, handle = inspect_slide(slide_file)
         try:
-            thumbnail = handle.get_thumbnail(THUMBNAIL_SIZE).convert("RGB")
+            thumbnail = pixel_budget.thumbnail(handle, THUMBNAIL_SIZE)  # never a whole unbounded level
+        except pixel_budget.OverBudget as exc:
+            raise SlideRejected(str(exc)) from None
         finally:
             handle.close()
         size = staged.stat().st_size if staged.is_file() else sum(

@@ -26,6 +26,8 @@ from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
+from . import pixel_budget
+
 # Deep Zoom parameters of openslide-python's examples/deepzoom: 254 + 2 x 1 overlap = 256-pixel requests.
 DZ_TILE_SIZE = 254
 DZ_OVERLAP = 1
@@ -220,9 +222,23 @@ def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> by
     cols, rows = dz.level_tiles[level]
     if not (0 <= col < cols and 0 <= row < rows):
         raise TileNotFound(f"Tile {col}_{row} is outside level {level} ({cols}x{rows} tiles).")
+    # The pixel budget: a slide without a pyramid would decode its whole level 0 for the coarse levels.
+    try:
+        pixel_budget.check(pixel_budget.deepzoom_read_pixels(dz, level, (col, row)), f"Deep Zoom level {level}")
+    except pixel_budget.OverBudget as exc:
+        raise TileNotFound(str(exc)) from None
     return cached_render(
         opened, ("dz", level, col, row, fmt), lambda: encode(dz.get_tile(level, (col, row)), fmt)
     )
+
+
+def associated_image(osr: openslide.AbstractSlide, name: str) -> Image.Image:
+    """A label or macro image, within the pixel budget (OpenSlide decodes them whole); SlideUnreadable if not."""
+    try:
+        pixel_budget.check_associated(osr, name)
+    except pixel_budget.OverBudget as exc:
+        raise SlideUnreadable(str(exc)) from None
+    return osr.associated_images[name]
 
 
 def bounds(osr: openslide.AbstractSlide) -> tuple[int, int, int, int]:

@@ -227,7 +227,7 @@ def associated_image(request: HttpRequest, slide_id, name: str) -> HttpResponse:
             opened,
             ("associated", name),
             lambda: tiles.encode(
-                iiif._flatten(opened.osr.associated_images[name].convert("RGBA"), _background(opened.osr)),
+                iiif._flatten(tiles.associated_image(opened.osr, name).convert("RGBA"), _background(opened.osr)),
                 "jpeg",
             ),
         )
