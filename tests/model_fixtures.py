@@ -36,8 +36,10 @@ def tiny_bundle_root(kind: str) -> Path:
     return Path(tempfile.gettempdir()) / f"pathalign-test-{tag}-{kind}" / digest
 
 
-def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
-    """An untrained one-layer bundle over the seeded random encoder, with made-up evaluation figures."""
+def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0, encoder: dict | None = None,
+                      tiling: dict | None = None, version: str = TINY_VERSION) -> Path:
+    """An untrained one-layer bundle over the seeded random encoder (or `encoder`, a spec with "dim"), with
+    made-up evaluation figures; `tiling` as bundle.json records it (default: the library's)."""
     import torch
 
     from inference.bundle import save_bundle, write_eval
@@ -46,10 +48,11 @@ def build_tiny_bundle(out: Path, name: str = "tiny", seed: int = 0) -> Path:
     if (out / "bundle.json").exists():
         return out
     torch.manual_seed(seed)
-    model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=TINY_ENCODER["dim"], max_text_len=48)
+    encoder = encoder or TINY_ENCODER
+    model, tokenizer = QFormer.from_text_model(num_hidden_layers=1, vision_width=encoder["dim"], max_text_len=48)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
-    save_bundle(staging, model, tokenizer, TINY_ENCODER, name=name, version=TINY_VERSION,
+    save_bundle(staging, model, tokenizer, encoder, name=name, version=version, tiling=tiling,
                 training={"slides": 0, "source": "untrained test bundle"})
     write_eval(staging, {"retrieval": {"i2t_R@1": 0.5, "t2i_R@1": 0.25}, "zero_shot_accuracy": 0.5})
     staging.rename(out)
@@ -86,7 +89,7 @@ def prime_features(slide, bundle, n: int = 48, seed: int = 0, dim: int = TINY_EN
     import torch
 
     from inference.features import SlideFeatures
-    from webapp.analysis.runtime import features_path
+    from webapp.analysis.runtime import features_key, features_path
 
     rng = np.random.default_rng(seed)
     features = torch.from_numpy(rng.normal(size=(n, dim)).astype(np.float32))
@@ -95,7 +98,8 @@ def prime_features(slide, bundle, n: int = 48, seed: int = 0, dim: int = TINY_EN
     made = SlideFeatures(features=features, coords=coords, patch_size_level0=256, patch_size=TINY_ENCODER["input_size"],
                          target_mpp=1.0, slide_mpp=0.5, dimensions=(side * 256, side * 256),
                          encoder_spec=dict(bundle.encoder))
-    return made.save(features_path(slide, bundle), extra={"slide": str(slide.pk)}, dtype=torch.float16)
+    return made.save(features_path(slide, bundle), extra={"slide": str(slide.pk), "features_key": features_key(bundle)},
+                     dtype=torch.float16)
 
 
 def bundle_row(key: str):

@@ -242,6 +242,12 @@ SKIP_DEMO_MODEL = env_bool("PATHALIGN_SKIP_DEMO_MODEL", False)
 DRAFT_NUM_BEAMS = env_int("PATHALIGN_DRAFT_BEAMS", 3)
 DRAFT_MAX_NEW_TOKENS = env_int("PATHALIGN_DRAFT_MAX_TOKENS", 160)
 MULTIMODAL_MODEL_DIR = env_path("PATHALIGN_MULTIMODAL_DIR", None)  # a local multimodal LM for "llm" drafts
+# Patch extraction in the analysis job: at most this many patches per slide (an even spatial sample beyond);
+# the encode batch (0: 256 on CUDA, 64 on the CPU); torch.compile of the patch encoder; readers in processes.
+MAX_PATCHES_PER_SLIDE = env_int("PATHALIGN_MAX_PATCHES_PER_SLIDE", 20000)
+EMBED_BATCH_SIZE = env_int("PATHALIGN_EMBED_BATCH_SIZE", 0, minimum=0)
+COMPILE_ENCODER = env_bool("PATHALIGN_COMPILE_ENCODER", False)
+PATCH_READERS = env_str("PATHALIGN_PATCH_READERS", "threads", r"threads|processes", "threads or processes")
 
 # --- `make run` (webapp/launcher.py)
 RUN_HOST = env_str("PATHALIGN_HOST", "127.0.0.1")

@@ -22,6 +22,7 @@ from django.utils import timezone
 from webapp.jobs.models import ACTIVE_STATES, Job
 from webapp.jobs.runner import JobFailed, Progress, create_job, job_handler
 from webapp.slides.models import Slide
+from webapp.slides.resolution import known_q, resolution_set
 from webapp.slides.signals import slide_stored
 
 from . import runtime
@@ -121,7 +122,8 @@ def mark_complete_if_done(bundle: ModelBundle) -> bool:
     """Record the moment every slide has an embedding from `bundle`; search may then switch to it."""
     if bundle.archive_complete_at is not None:
         return True
-    missing = Slide.objects.exclude(Exists(SlideEmbedding.objects.filter(slide=OuterRef("pk"), bundle=bundle)))
+    missing = Slide.objects.filter(known_q()).exclude(  # a slide waiting for its um/px cannot be embedded yet
+        Exists(SlideEmbedding.objects.filter(slide=OuterRef("pk"), bundle=bundle)))
     if missing.exists():
         return False
     ModelBundle.objects.filter(pk=bundle.pk, archive_complete_at__isnull=True).update(
@@ -150,6 +152,8 @@ def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job 
         features = runtime.slide_features(
             slide, bundle, progress=lambda done, total: progress(0.05 + 0.8 * done / max(total, 1),
                                                                  f"Encoding patches ({done}/{total})"))
+    except runtime.ResolutionUnknown as exc:
+        raise JobFailed(str(exc)) from None
     except (ValueError, OSError) as exc:  # unreadable slide, no MPP, no tissue ...
         raise JobFailed(f"Could not extract patch features: {exc}") from None
     if len(features) == 0:
@@ -187,6 +191,9 @@ def queue_slide_analysis(slide: Slide, user=None, bundle: ModelBundle | None = N
     if bundle is None:
         log.info("slide %s not queued for analysis: no active model bundle", slide.pk)
         return None
+    if slide.resolution_unknown:  # waits for a lab admin's um/px (resolution_set queues it then)
+        log.info("slide %s not queued for analysis: resolution unknown", slide.pk)
+        return None
     with transaction.atomic():
         return create_job(ANALYZE, slide=slide, case=slide.part.case, user=user, params={"bundle": bundle.pk})
 
@@ -197,6 +204,15 @@ def on_slide_stored(sender, slide: Slide, user=None, **kwargs) -> None:
     try:
         queue_slide_analysis(slide, user=user)
     except Exception:  # noqa: BLE001 - never break an upload because analysis could not be queued
+        log.exception("could not queue analysis of slide %s", slide.pk)
+
+
+@receiver(resolution_set, dispatch_uid="analysis_queue_after_resolution_set")
+def on_resolution_set(sender, slide: Slide, user=None, **kwargs) -> None:
+    """A lab admin set the slide's um/px: the analysis that waited for it is queued now."""
+    try:
+        queue_slide_analysis(slide, user=user)
+    except Exception:  # noqa: BLE001 - setting the resolution must not fail because queueing did
         log.exception("could not queue analysis of slide %s", slide.pk)
 
 
@@ -238,7 +254,7 @@ def reembed_archive_job(job: Job, progress: Progress) -> dict:
     pending = Exists(
         Job.objects.filter(slide=OuterRef("pk"), kind=ANALYZE, state__in=ACTIVE_STATES, params__bundle=bundle.pk)
     )
-    todo = list(Slide.objects.exclude(has_row).exclude(pending).values_list("pk", flat=True))
+    todo = list(Slide.objects.filter(known_q()).exclude(has_row).exclude(pending).values_list("pk", flat=True))
     queued = 0
     for start in range(0, len(todo), QUEUE_BATCH):
         with transaction.atomic():

@@ -7,16 +7,18 @@ patch-feature cache, and the generation settings. Other apps call only these:
     slide_features(slide, bundle=None, progress=None) -> SlideFeatures   cached on disk, extracted on first use
     generation_config() -> GenerationConfig        the drafting settings (DRAFT_NUM_BEAMS, ...)
 
-Features live in VAR_DIR/features/<bundle>/<slide>.safetensors, written by `SlideFeatures.save` in float16.
-Bundles with the same encoder spec share them (a hard link), so re-embedding the archive with a newly
-trained Q-Former does not re-tile.
+Features live in VAR_DIR/features/<bundle>/<slide>.safetensors, written by `SlideFeatures.save` in float16,
+extracted with the bundle's tiling (bundle.json), the slide's resolution (the file's um/px when plausible,
+else the lab admin's; unknown: the job refuses) and MAX_PATCHES_PER_SLIDE. Each file records its
+`features_key` (encoder, SHA-256 of the encoder's weight files, tiling, cap) and the um/px it was made at;
+a file whose key or um/px differs is re-made, never reused. Bundles with the same key share files (a hard
+link), so re-embedding the archive with a newly trained Q-Former does not re-tile.
 
 torch and the model library are imported inside these functions: web processes that never touch a model
 (most page views) do not pay for loading them.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -96,11 +98,11 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(path: str | os.PathLike, device: str) -> PathAlign:
+def load_model(path: str | os.PathLike, device: str, compile_encoder: bool = False) -> PathAlign:
     """A bundle loaded from its local directory, not cached (registration checks, training comparisons)."""
     from inference.pathalign import PathAlign  # torch: see the module docstring
 
-    return PathAlign.load(path, device=device)
+    return PathAlign.load(path, device=device, compile_encoder=compile_encoder)
 
 
 def get_model(bundle: ModelBundle | int | None = None) -> PathAlign:
@@ -117,7 +119,7 @@ def get_model(bundle: ModelBundle | int | None = None) -> PathAlign:
             _models.move_to_end(key)
             return model
         log.info("loading model bundle %s from %s on %s", bundle, bundle.path, device())
-        model = load_model(bundle.path, device())
+        model = load_model(bundle.path, device(), compile_encoder=settings.COMPILE_ENCODER)
         _models[key] = model
         for stale in [k for k in _models if k[0] != os.getpid()]:
             del _models[stale]
@@ -148,48 +150,84 @@ def features_path(slide, bundle: ModelBundle) -> Path:
     return features_dir(bundle) / f"{slide.pk}.safetensors"
 
 
-def _encoder_key(spec: dict) -> str:
-    return json.dumps(spec, sort_keys=True)
+class ResolutionUnknown(ValueError):
+    """The slide's microns per pixel are missing or implausible and no lab admin has set them."""
 
 
-def _share_from_sibling(slide, bundle: ModelBundle, target: Path) -> bool:
-    """Hard-link another bundle's cached features when both bundles use the same encoder."""
-    key = _encoder_key(bundle.encoder)
+def features_key(bundle: ModelBundle) -> str:
+    """What the bundle's features are made of (inference.bundle.features_key): encoder, the SHA-256 of its
+    weight files (memoised per file by size and mtime), tiling, and the patch cap."""
+    from inference.bundle import features_key as key  # torch: see the module docstring
+
+    try:
+        config = read_bundle_config(bundle.path)
+    except (FileNotFoundError, ValueError):  # a row without files (tests, a removed bundle): its spec alone
+        config = {"encoder": bundle.encoder}
+    return key(config, settings.MAX_PATCHES_PER_SLIDE)
+
+
+def _fresh(path: Path, key: str, mpp: float | None) -> bool:
+    """Was this cache file made with these weights, tiling and cap, at this slide resolution?"""
+    from inference.features import read_meta
+
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError):
+        return False
+    if meta.extra.get("features_key") != key:
+        return False
+    return mpp is None or "mpp" not in meta.extra or abs(float(meta.extra["mpp"]) - mpp) < 1e-9
+
+
+def _share_from_sibling(slide, bundle: ModelBundle, target: Path, key: str, mpp: float | None) -> bool:
+    """Hard-link another bundle's cached features when they were made with the same features key."""
     for other in ModelBundle.objects.exclude(pk=bundle.pk):
-        if _encoder_key(other.encoder) != key:
-            continue
         source = features_path(slide, other)
-        if source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except FileExistsError:
-                pass
-            except OSError:  # another filesystem: copy instead
-                shutil.copyfile(source, target)
-            return True
+        if not source.exists() or not _fresh(source, key, mpp):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            pass
+        except OSError:  # another filesystem: copy instead
+            shutil.copyfile(source, target)
+        return True
     return False
 
 
 def slide_features(
     slide, bundle: ModelBundle | int | None = None, progress: Progress | None = None
 ) -> SlideFeatures:
-    """The slide's patch features under `bundle`'s encoder: from the disk cache, or extracted (tiling +
-    patch encoder) and cached. `progress(done, total)` is called with patch counts during extraction."""
+    """The slide's patch features under `bundle`'s encoder and tiling: from the disk cache when made with the
+    same features key and resolution, or extracted (tiling + patch encoder) and cached. `progress(done,
+    total)` is called with patch counts during extraction. ResolutionUnknown when the slide has no usable
+    um/px."""
     import torch  # see the module docstring
 
     from inference.features import SlideFeatures
 
     bundle = _resolve(bundle)
+    mpp = slide.effective_mpp
+    key = features_key(bundle)
     path = features_path(slide, bundle)
-    if path.exists() or _share_from_sibling(slide, bundle, path):
+    if path.exists() and not _fresh(path, key, mpp):
+        log.info("cached features %s were made with other weights, tiling or resolution; extracting again", path)
+        path.unlink(missing_ok=True)
+    if path.exists() or _share_from_sibling(slide, bundle, path, key, mpp):
         try:
             return SlideFeatures.load(path)
         except Exception as exc:  # noqa: BLE001 - a damaged (or older-format) cache file is re-made, not fatal
             log.warning("cached features %s unreadable (%s); extracting again", path, exc)
             path.unlink(missing_ok=True)
-    extracted = get_model(bundle).extract(slide.path, progress=progress)
+    if mpp is None:
+        raise ResolutionUnknown(
+            "The slide's resolution is unknown (its file gives no plausible microns per pixel); a lab admin "
+            "can set it on the slide page, and analysis starts then.")
+    extracted = get_model(bundle).extract(
+        slide.path, progress=progress, mpp=mpp, max_patches=settings.MAX_PATCHES_PER_SLIDE,
+        batch_size=settings.EMBED_BATCH_SIZE or None, readers=settings.PATCH_READERS)
     # float16 halves the disk; the embedding is always computed from the stored copy, so a cached and a
     # fresh run give identical results. `save` is atomic: a reader never sees half a file.
-    extracted.save(path, extra={"slide": str(slide.pk)}, dtype=torch.float16)
+    extracted.save(path, extra={"slide": str(slide.pk), "features_key": key, "mpp": mpp}, dtype=torch.float16)
     return SlideFeatures.load(path)

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from . import pixel_budget
 from .models import Slide
+from .resolution import note_ingested
 from .signals import slide_stored
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def ingest_slide(
         _remove(folder)
         (store / "thumbnails" / f"{slide_id}.jpg").unlink(missing_ok=True)
         raise
+    note_ingested(slide)  # resolution unknown (missing or implausible um/px): logged; analysis waits
     transaction.on_commit(lambda: slide_stored.send(sender=Slide, slide=slide, user=user))
     log.info("stored slide %s (%s, %dx%d)", slide.pk, metadata.vendor, metadata.width, metadata.height)
     return slide

@@ -28,6 +28,12 @@ class Slide(models.Model):
     level_downsamples = models.JSONField(default=list)
     mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel at level 0.")
     mpp_y = models.FloatField(null=True, blank=True)
+    # Set by a lab admin when the file's resolution is missing or implausible (webapp/slides/resolution.py).
+    mpp_override = models.FloatField(null=True, blank=True, help_text="Microns per pixel set by a lab admin.")
+    mpp_override_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    mpp_override_at = models.DateTimeField(null=True, blank=True)
     objective_power = models.FloatField(null=True, blank=True)
     scanner = models.CharField(max_length=200, blank=True)
     associated_images = models.JSONField(default=list, help_text="Names of label/macro/thumbnail images.")
@@ -55,6 +61,17 @@ class Slide(models.Model):
     @property
     def thumbnail_path(self) -> Path:
         return Path(settings.SLIDE_STORE_DIR) / "thumbnails" / f"{self.pk}.jpg"
+
+    @property
+    def effective_mpp(self) -> float | None:
+        """Level-0 um/px analysis uses: the lab admin's, else the file's when plausible; None = unknown."""
+        from .resolution import effective_mpp
+
+        return effective_mpp(self)
+
+    @property
+    def resolution_unknown(self) -> bool:
+        return self.effective_mpp is None
 
     @property
     def magnification_label(self) -> str:

@@ -16,6 +16,7 @@ urlpatterns += [
     path("cases/<int:case_id>/viewer/", vv.case_viewer, name="case_viewer"),
     path("slides/<uuid:slide_id>/deidentified/", vv.deidentified_viewer, name="slide_deidentified_viewer"),
     path("slides/<uuid:slide_id>/viewer.json", vv.slide_meta, name="slide_viewer_meta"),
+    path("slides/<uuid:slide_id>/mpp/", vv.slide_set_mpp, name="slide_set_mpp"),
     path("slides/<uuid:slide_id>/associated/<slug:name>.jpg", vv.associated_image, name="slide_associated"),
     path("slides/<uuid:slide_id>/dzi/slide.dzi", vv.dzi_descriptor, name="slide_dzi"),
     path("slides/<uuid:slide_id>/dzi/slide_files/<int:level>/<int:col>_<int:row>.<str:fmt>", vv.dzi_tile,

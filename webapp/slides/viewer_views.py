@@ -22,12 +22,13 @@ from django.http import (
 )
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_POST, require_safe
 
+from webapp.accounts.decorators import lab_admin_required
 from webapp.audit.log import record
 from webapp.cases.access import get_case_for_user
 
-from . import iiif, overlays, tile_access, tiles
+from . import iiif, overlays, resolution, tile_access, tiles
 from .models import Slide
 
 CACHE_CONTROL = "private, max-age=86400"  # slide files never change under a slide id
@@ -135,8 +136,27 @@ def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
     if (slide_id and slide_id not in ids) or (compare_id and compare_id not in ids):
         raise Http404("No such slide in this case.")
     deidentified = request.GET.get("deidentified") == "1"
-    context = {"case": case, **viewer_context(slides, slide_id, compare_id, deidentified=deidentified)}
+    context = {"case": case, **viewer_context(slides, slide_id, compare_id, deidentified=deidentified),
+               "unknown_resolution": [(s, resolution.unknown_reason(s)) for s in slides if s.resolution_unknown],
+               "can_set_mpp": request.user.is_lab_admin}
     return render(request, "slides/case_viewer.html", context)
+
+
+@require_POST
+@lab_admin_required
+def slide_set_mpp(request: HttpRequest, slide_id) -> HttpResponse:
+    """A lab admin sets a slide's microns per pixel (its file's is missing or implausible); analysis follows."""
+    slide = Slide.objects.select_related("part__case").filter(pk=slide_id).first()
+    if slide is None:
+        raise Http404("No such slide.")
+    case = get_case_for_user(request.user, slide.part.case_id)
+    before = slide.mpp_override
+    try:
+        resolution.set_mpp(slide, float(request.POST.get("mpp", "")), request.user)
+    except ValueError as exc:
+        return _text(400, f"Not a plausible resolution: {exc}")
+    record(request, "slide_set_mpp", case=case, obj=slide, before={"mpp": before}, after={"mpp": slide.mpp_override})
+    return HttpResponseRedirect(f"{reverse('case_viewer', args=[case.pk])}?slide={slide.pk}")
 
 
 @require_safe
