@@ -125,6 +125,12 @@ MATRIX: dict[str, dict] = {
     "report_draft_status": {"GET": case_read(200), "POST": any_user(405)},
     "report_fhir": {"GET": case_read(200), "POST": any_user(405),
                     "kwargs": {"report_id": lambda world: world.signed_report.pk}},
+    "report_version_pdf": {"GET": case_read(200), "POST": any_user(405),
+                           "kwargs": {"report_id": lambda world: world.signed_report.pk}},
+    "case_fhir": {"GET": case_read(200), "POST": any_user(405),
+                  "kwargs": {"case_id": lambda world: world.signed_report.case_id}},
+    "case_fhir_history": {"GET": case_read(200), "POST": any_user(405),
+                          "kwargs": {"case_id": lambda world: world.signed_report.case_id}},
     "report_start": {"GET": any_user(405), "POST": case_read(302, admin=403)},
     "report_draft": {"GET": any_user(405), "POST": case_read(400, admin=403)},  # no method chosen
     "report_followup": {"GET": any_user(405), "POST": case_read(302, admin=403)},

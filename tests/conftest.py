@@ -83,7 +83,9 @@ def case_factory(db):
 
     counter = iter(range(1, 100000))
 
-    def make(assigned_to=None, parts=("A",), **fields):
+    def make(assigned_to=None, parts=("A",), sites=None, status=None, **fields):
+        """`sites`: {part label: site} (default "Colon, sigmoid"). A signed-out `status` is set after the
+        parts exist: a signed case's parts are locked (cases.models.identity_locked)."""
         number = next(counter)
         case = Case.objects.create(
             accession_number=fields.pop("accession_number", f"S26-{number:05d}"),
@@ -92,7 +94,11 @@ def case_factory(db):
             **fields,
         )
         for label in parts:
-            Part.objects.create(case=case, label=label, site="Colon, sigmoid", procedure="Biopsy")
+            site = (sites or {}).get(label, "Colon, sigmoid")
+            Part.objects.create(case=case, label=label, site=site, procedure="Biopsy")
+        if status:
+            Case.objects.filter(pk=case.pk).update(status=status)
+            case.refresh_from_db()
         return case
 
     return make

@@ -134,7 +134,7 @@ def test_admin_creates_study_through_the_form(cast, case_factory, client_for, dj
         report = Report.objects.create(case=case, created_by=cast.path1)
         section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Adenoma {index}.")
         AIDraft.objects.create(section=section, method="retrieval", bundle=bundle_row("demo@2"), text=f"Polyp {index}.", job_id=index)
-        sign(report, cast.path1)
+        sign(report, cast.path1, no_slides_reason="no slide files in this test")
     client = client_for(cast.admin)
     form = client.get(reverse("evaluation_study_create")).content.decode()
     assert "ai:retrieval:demo@2" in form and "Closest signed-out reports" in form

@@ -55,7 +55,7 @@ def test_demo_switches_to_real_drafts_when_they_exist(cast, case_factory):
         section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Tubular adenoma {index}.")
         AIDraft.objects.create(section=section, method="qformer", bundle=bundle_row("demo@1"), text=f"Tubular adenoma, {index}.",
                                job_id=index)
-        sign(report, cast.path1)
+        sign(report, cast.path1, no_slides_reason="no slide files in this test")
         cases.append(case)
     context = DemoContext(users={"eval_kim": cast.evaluator}, cases=cases, manifest=[], log=lambda *_: None)
     demo.seed(context)

@@ -125,10 +125,9 @@ def test_order_is_seeded_reproducible_and_per_rater(cast, case_factory, django_u
 
 def test_select_parts_by_filters_and_accessions(cast, case_factory):
     signed = case_factory(accession_number="S26-00101", parts=("A", "B"), received_date=date(2026, 3, 1),
-                          status="signed_out")
+                          status="signed_out", sites={"B": "Stomach, antrum"})
     case_factory(accession_number="S26-00102", received_date=date(2026, 5, 1), status="signed_out")
     case_factory(accession_number="S26-00103", received_date=date(2026, 3, 2))
-    signed.parts.filter(label="B").update(site="Stomach, antrum")
 
     def labels(**selection):
         parts = studies.select_parts(studies.Selection(**selection))
@@ -170,7 +169,7 @@ def test_sources_from_the_reports_app(cast, case_factory):
     assert sources.available_sources(parts)[0].parts == 0  # nothing signed yet
     from webapp.reports.services import sign
 
-    sign(report, cast.path1)
+    sign(report, cast.path1, no_slides_reason="no slide files in this test")
     options = {option.key: option.parts for option in sources.available_sources(parts)}
     assert options == {sources.SIGNED: 1, "ai:qformer:demo@1": 1, "ai:retrieval:demo@1": 1}
     candidates = sources.collect(parts, [sources.SIGNED, "ai:qformer:demo@1"])

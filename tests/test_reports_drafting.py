@@ -92,11 +92,13 @@ def test_retrieval_draft_uses_the_closest_signed_report(
     job = draft(client, case, "retrieval")
     assert job.state == JobState.SUCCEEDED, job.error
     section = services.open_report(case).sections.get()
-    # The closest report's findings, without the other case's accession number.
-    assert section.text == "[accession]: tubular adenoma, low grade."
+    # The closest report's diagnosis lines under this part's own header, without the other case's
+    # accession number.
+    assert section.text == "A. Colon, sigmoid, Biopsy:\n[id]: tubular adenoma, low grade."
     assert earlier.accession_number not in section.text
     evidence = AIDraft.objects.get(section=section).evidence
-    assert evidence[0]["case"] == earlier.pk and "[case]" in evidence[0]["snippet"]
+    assert evidence[0]["case"] == earlier.pk and "[id]" in evidence[0]["snippet"]
+    assert "accession" not in evidence[0]
     page = client.get(reverse("report_workspace", args=[case.pk])).content.decode()
     assert "Another signed-out case" in page and reverse("report_workspace", args=[earlier.pk]) not in page
     page = client_for(cast.admin).get(reverse("report_workspace", args=[case.pk])).content.decode()
@@ -157,7 +159,7 @@ def test_exports(cast, case_factory, client_for):
 
     case = case_factory(assigned_to=cast.path1, parts=("A", "B"))
     report = drafted_report(case, cast.path1)
-    triage_classification(report)
+    services.decide(triage_classification(report), "Likely malignant", cast.path1)  # reviewed: may sign
     report = services.sign(report, cast.path1).report
     with pytest.raises(ReportLocked):
         triage_classification(report)  # nothing is added to a signed report
@@ -168,6 +170,7 @@ def test_exports(cast, case_factory, client_for):
     assert resource["performer"][0]["display"] == "Ana One" and resource["issued"]
     assert "Tubular adenoma" in resource["conclusion"] and len(resource["specimen"]) == 2
     assert resource["presentedForm"][0]["contentType"].startswith("text/plain")
+    assert "conclusionCode" not in resource  # triage is a worklist aid: never a coded conclusion
     pdf = client.get(reverse("report_pdf", args=[case.pk]))
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     html = client.get(reverse("report_print", args=[case.pk])).content.decode()

@@ -98,7 +98,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "webapp.admin_site.AdminConfig",  # django.contrib.admin with the audited site (webapp/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -230,6 +230,8 @@ OPENSLIDE_CACHE_MB = env_int("PATHALIGN_OPENSLIDE_CACHE_MB", 256, minimum=0)
 JOB_PULSE_SECONDS = env_seconds("PATHALIGN_JOB_PULSE_SECONDS", 10)
 STALE_JOB_SECONDS = env_seconds("PATHALIGN_STALE_JOB_SECONDS", 120)
 JOB_SWEEP_SECONDS = env_seconds("PATHALIGN_SWEEP_SECONDS", 60)
+# Every worker also removes store files an interrupted upload left without a row (older than an hour).
+ORPHAN_SWEEP_SECONDS = env_seconds("PATHALIGN_ORPHAN_SWEEP_SECONDS", 600)
 ANALYZE_TIME_LIMIT = env_int("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)  # seconds per slide analysis
 TRAIN_TIME_LIMIT = env_int("PATHALIGN_TRAIN_TIME_LIMIT", 12 * 3600)  # seconds per training job
 
@@ -248,6 +250,11 @@ MAX_PATCHES_PER_SLIDE = env_int("PATHALIGN_MAX_PATCHES_PER_SLIDE", 20000)
 EMBED_BATCH_SIZE = env_int("PATHALIGN_EMBED_BATCH_SIZE", 0, minimum=0)
 COMPILE_ENCODER = env_bool("PATHALIGN_COMPILE_ENCODER", False)
 PATCH_READERS = env_str("PATHALIGN_PATCH_READERS", "threads", r"threads|processes", "threads or processes")
+
+# --- the signed record (webapp/reports/export.py)
+# Where other systems reach this app (FHIR presentedForm URLs, identifiers); "" takes it from the request.
+PUBLIC_BASE_URL = env_str("PATHALIGN_PUBLIC_BASE_URL", "", r"https?://[^\s/]+(/[^\s]*)?",
+                          "an http(s) URL such as https://pathology.example.org").rstrip("/")
 
 # --- `make run` (webapp/launcher.py)
 RUN_HOST = env_str("PATHALIGN_HOST", "127.0.0.1")

@@ -51,6 +51,9 @@
       const id = box.dataset.section;
       setVersion(id, box.dataset.version);
       window.htmx.trigger(document.getElementById("text-" + id), "change");
+    } else if (target.dataset.action === "keep-my-text") {
+      const confirm = target.closest("[data-role=redraft-confirm]");
+      if (confirm) confirm.replaceChildren();
     } else if (target.dataset.action === "close-history") {
       const panel = target.closest(".history");
       if (panel) panel.innerHTML = "";

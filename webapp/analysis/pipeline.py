@@ -27,6 +27,7 @@ from webapp.slides.signals import slide_stored
 
 from . import runtime
 from .models import EMBED_DIM, ModelBundle, QueryEmbedding, SlideEmbedding
+from .signals import slide_analysed
 
 log = logging.getLogger(__name__)
 ANALYZE = "analyze_slide"
@@ -180,6 +181,8 @@ def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job 
             QueryEmbedding(slide=slide, bundle=bundle, index=i, embedding=vector.astype(np.float16))
             for i, vector in enumerate(embedding.queries)
         )
+    # Receivers (reports: triage) must never fail the analysis itself.
+    slide_analysed.send_robust(sender=Slide, slide=slide, bundle=bundle, model=model, embedding=embedding)
     mark_complete_if_done(bundle)
     return row
 

@@ -11,7 +11,7 @@ from webapp.audit.log import record
 
 from . import access
 from .forms import AssignForm, CaseFilterForm, CaseForm, PartForm
-from .models import CaseStatus
+from .models import CaseStatus, IdentityLocked
 from .search import filter_cases
 
 PAGE_SIZE = 50
@@ -62,7 +62,13 @@ def case_edit(request, case_id: int):
     before = _case_fields(case)
     form = CaseForm(request.POST or None, instance=case)
     if request.method == "POST" and form.is_valid():
-        form.save()
+        try:
+            form.save()
+        except IdentityLocked as exc:
+            record(request, "edit_case_refused", case=case, obj=case, before=before, reason=str(exc))
+            form.add_error(None, str(exc))
+            return render(request, "cases/case_form.html", {"form": form, "title": f"Edit {case}", "case": case},
+                          status=409)
         record(request, "edit_case", case=case, obj=case, before=before, after=_case_fields(case))
         messages.success(request, "Case updated.")
         return redirect("case_detail", case_id=case.pk)
@@ -112,7 +118,12 @@ def part_create(request, case_id: int):
     if request.method == "POST" and form.is_valid():
         part = form.save(commit=False)
         part.case = case
-        part.save()
+        try:
+            part.save()
+        except IdentityLocked as exc:
+            form.add_error(None, str(exc))
+            template = "cases/_part_form.html" if request.htmx else "cases/part_form.html"
+            return render(request, template, {"case": case, "part_form": form}, status=409)
         record(request, "create_part", case=case, obj=part, after=_part_fields(part))
         messages.success(request, f"Part {part.label} added.")
         if request.htmx:
@@ -131,7 +142,13 @@ def part_edit(request, case_id: int, part_id: int):
     before = _part_fields(part)
     form = PartForm(request.POST or None, instance=part, case=part.case)
     if request.method == "POST" and form.is_valid():
-        form.save()
+        try:
+            form.save()
+        except IdentityLocked as exc:
+            record(request, "edit_part_refused", case=part.case_id, obj=part, before=before, reason=str(exc))
+            form.add_error(None, str(exc))
+            return render(request, "cases/part_form.html", {"case": part.case, "part_form": form, "part": part},
+                          status=409)
         record(request, "edit_part", case=part.case_id, obj=part, before=before, after=_part_fields(part))
         messages.success(request, f"Part {part.label} updated.")
         return redirect("case_detail", case_id=part.case_id)

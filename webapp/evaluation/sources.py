@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Concat
 
+from webapp.cases.deid import case_identifiers, staff_names
 from webapp.cases.models import Part
 from webapp.reports.models import AIDraft, DraftMethod, Report, ReportKind, ReportSection
 from webapp.reports.text import without_case_specifics
@@ -127,5 +128,11 @@ def draft_signed_pairs(parts: QuerySet[Part]) -> dict[str, list[tuple[str, str]]
 
 
 # --- what raters see ---------------------------------------------------------------------------------
-# One clean-up for every source (shared with the retrieval draft): see webapp/reports/text.py.
-normalise_for_rating = without_case_specifics
+# One clean-up for every source (shared with the retrieval draft and evidence): see webapp/reports/text.py.
+def normalise_for_rating(text: str, case=None, staff: list[str] | None = None) -> str:
+    """The text a rater sees: history and signature dropped, layout unified, de-identified against the
+    staff's names and the case's own accession number and pseudonym."""
+    known = list(staff if staff is not None else staff_names())
+    if case is not None:
+        known += case_identifiers(case)
+    return without_case_specifics(text, known)

@@ -13,6 +13,7 @@ from datetime import date
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 
+from webapp.cases.deid import staff_names
 from webapp.cases.models import SIGNED_OUT_STATUSES, Part
 from webapp.slides.models import Slide
 
@@ -151,6 +152,7 @@ def build_study(
     evaluators = sorted(evaluators, key=lambda user: user.username)
     rng.shuffle(candidates)
     slides: dict[int, Slide | None] = {}
+    staff = staff_names()  # read once: every text is de-identified against every staff name
     items = []
     for candidate in candidates:
         part = candidate.part
@@ -158,7 +160,7 @@ def build_study(
             slides[part.pk] = first_slide(part)
         items.append(Item(
             study=study, case_id=part.case_id, part=part, slide=slides[part.pk],
-            text=sources.normalise_for_rating(candidate.text), source_key=candidate.source_key,
+            text=sources.normalise_for_rating(candidate.text, part.case, staff), source_key=candidate.source_key,
             source_ref=candidate.ref, specimen=specimen_line(part),
             clinical_history=part.case.clinical_history if include_clinical_history else "",
         ))

@@ -1,5 +1,7 @@
-"""Django admin: label sets are editable; reports are inspectable, and read-only (no change, no delete)
-once signed. The model and the database refuse such changes anyway; the admin just does not offer them."""
+"""Django admin: label sets are editable; reports, their sections, AI drafts and versions are read-only
+there, signed or not. Text is written only through the report workspace (which versions every save, checks
+the optimistic lock and audits); the database refuses a text change without a new version anyway
+(migration 0005). Every admin page view and change is audited (webapp/admin_site.py)."""
 from __future__ import annotations
 
 from django.contrib import admin
@@ -10,49 +12,59 @@ from .models import Label, LabelSet, Report, ReportSection
 class LabelInline(admin.TabularInline):
     model = Label
     extra = 1
+    fields = ("name", "prompts", "alert", "order", "code_system", "code")
 
 
 @admin.register(LabelSet)
 class LabelSetAdmin(admin.ModelAdmin):
-    list_display = ("name", "is_triage", "active", "order")
+    list_display = ("name", "is_triage", "active", "confidence_threshold", "order")
     inlines = [LabelInline]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shown, never changed: no add, change or delete, and no bulk actions."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request):
+        return {}
 
 
 class SectionInline(admin.StackedInline):
     model = ReportSection
     extra = 0
-    fields = ("heading", "part", "text", "version")
-    readonly_fields = ("version",)
+    fields = ("heading", "part", "text", "version", "updated_by", "updated_at")
+    readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
-        return obj is None or not obj.is_signed
+        return False
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None or not obj.is_signed
+        return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
-        return obj is None or not obj.is_signed
+        return False
 
 
 @admin.register(Report)
-class ReportAdmin(admin.ModelAdmin):
+class ReportAdmin(ReadOnlyAdmin):
     list_display = ("case", "kind", "status", "signed_by", "signed_at")
     list_filter = ("kind", "status")
     search_fields = ("case__accession_number",)
     inlines = [SectionInline]
-    readonly_fields = ("status", "signed_by", "signed_at", "content_hash", "draft_job", "created_by", "follows")
+    readonly_fields = ("case", "kind", "status", "follows", "reason", "created_by", "signed_by", "signed_at",
+                       "content_hash", "snapshot_hash", "snapshot", "no_slides_reason", "draft_job")
+    exclude = ()
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        if obj is not None and obj.is_signed:
-            return False  # shown read-only (view permission) instead
-        return super().has_change_permission(request, obj)
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        if obj is not None and obj.is_signed:
-            return False
-        return super().has_delete_permission(request, obj)
-
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # bulk delete would bypass the per-object check
-        return actions
+@admin.register(ReportSection)
+class ReportSectionAdmin(ReadOnlyAdmin):
+    list_display = ("report", "heading", "version", "updated_by", "updated_at")
+    search_fields = ("report__case__accession_number",)

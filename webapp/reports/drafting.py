@@ -3,17 +3,20 @@
 Three ways to draft a part's text (the pathologist chooses):
 - "qformer":   the Q-Former's own decoder (PathAlign-G).
 - "retrieval": PathAlign-R: embed the part, rank the text embeddings of signed-out reports (stored in
-               pgvector at sign-out) by query-max similarity, and start from the closest report's text.
+               pgvector at sign-out) by query-max similarity, among parts of the same organ and procedure
+               family only (cases.specimens), and start from the closest report's final-diagnosis lines,
+               de-identified: never another patient's history, gross description, names or dates.
 - "llm":       a language model: the bundle's stage-2 bridge (soft prompt into a local causal LM), or a local
                multimodal model (MULTIMODAL_MODEL_DIR) shown the patches the Q-Former attends to most.
 The model library does the reading (`PathAlign.draft_part`: all the part's slides as one bag of patches);
-this module chooses, orchestrates and saves. Every draft also stores its evidence (the nearest signed-out
-reports, the most attended patches) and the zero-shot classifications of every active label set.
+this module chooses, orchestrates and saves. Every draft states its own part's header (label, site,
+procedure) and carries warnings when its text names another organ or side than the part's. Every draft
+also stores its evidence (the nearest signed-out reports of the same specimen family, de-identified, and the
+most attended patches) and the zero-shot classifications of every active label set.
 """
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -26,6 +29,9 @@ from pgvector.django import CosineDistance
 
 from webapp.analysis import pipeline, runtime
 from webapp.analysis.models import ModelBundle, SlideEmbedding
+from webapp.analysis.search import hnsw_scan
+from webapp.cases.deid import deidentify, staff_names
+from webapp.cases.specimens import organs_named
 from webapp.jobs.models import Job
 from webapp.jobs.runner import JobFailed, Progress, create_job, job_handler
 
@@ -43,12 +49,12 @@ from .models import (
 )
 from .services import save_section
 from .signals import report_signed
-from .text import without_case_specifics
+from .text import diagnosis_lines, own_part_header, side_of, with_own_header
 
 log = logging.getLogger(__name__)
 EVIDENCE_K = 3
 PREFILTER = 50  # HNSW candidates re-scored exactly (query-max over the part's 32 query vectors)
-ACCESSION_RE = re.compile(r"\b[A-Z]{1,3}\d{2}-\d{5}\b")
+SNIPPET_CHARS = 240
 DRAFT = "draft_report"
 EMBED_REPORT = "embed_report"
 
@@ -105,40 +111,54 @@ def queue_text_embedding(sender, report: Report, user=None, **kwargs) -> Job | N
 
 
 # --- retrieval -----------------------------------------------------------------------------------------
-def similar_reports(model, embedding, bundle: ModelBundle, exclude_case: int | None,
-                    k: int = EVIDENCE_K) -> list[dict]:
-    """The k reported (signed, not amended-away) sections closest to a part: an HNSW cosine pre-filter on
-    the part vector, then exact query-max re-scoring (as PathAlign ranks)."""
-    rows = list(
-        ReportTextEmbedding.objects.filter(bundle=bundle, section__report__in=Report.objects.reported())
-        .exclude(section__report__case_id=exclude_case)
-        .select_related("section__report__case", "section__part")
-        .order_by(CosineDistance("embedding", embedding.slide.tolist()))[:PREFILTER]
-    )
+def similar_reports(model, embedding, bundle: ModelBundle, part, k: int = EVIDENCE_K) -> list[dict]:
+    """The k reported (signed, not amended-away) sections closest to a part, among other cases' parts of the
+    same organ and procedure family: an HNSW cosine pre-filter on the part vector (an iterative scan, so the
+    filter does not starve it), then exact query-max re-scoring (as PathAlign ranks). Each carries its
+    de-identified diagnosis lines ("diagnosis") and a snippet of them; never the other case's full text."""
+    if not part.organ:
+        return []
+    rows = ReportTextEmbedding.objects.filter(
+        bundle=bundle, section__report__in=Report.objects.reported(),
+        section__part__organ=part.organ, section__part__procedure_family=part.procedure_family,
+    ).exclude(section__report__case_id=part.case_id).select_related("section__report__case", "section__part")
+    with hnsw_scan():
+        rows = list(rows.order_by(CosineDistance("embedding", embedding.slide.tolist()))[:PREFILTER])
     if not rows:
         return []
     scores = model.similarity(embedding, np.stack([np.asarray(r.embedding, dtype=np.float32) for r in rows]))
     ranked = sorted(zip(rows, scores, strict=True), key=lambda pair: -pair[1])[:k]
-    return [
-        {
-            "section": r.section_id, "report": r.section.report_id, "case": r.section.report.case_id,
-            "accession": r.section.report.case.accession_number,
-            "part": r.section.part.label if r.section.part else "",
-            "score": round(float(score), 4), "text": r.section.text,
-            "snippet": anonymise(r.section.text)[:240],
-        }
-        for r, score in ranked
-    ]
+    staff = staff_names()
+    out = []
+    for r, score in ranked:
+        case = r.section.report.case
+        diagnosis = deidentify(diagnosis_lines(r.section.text), [*staff, case.accession_number,
+                                                                  case.patient_pseudonym])
+        out.append({"section": r.section_id, "report": r.section.report_id, "case": case.pk,
+                    "part": r.section.part.label if r.section.part else "", "score": round(float(score), 4),
+                    "diagnosis": diagnosis, "snippet": diagnosis[:SNIPPET_CHARS]})
+    return out
 
 
-def anonymise(text: str) -> str:
-    """Snippets of other people's cases drop accession numbers (report texts carry no names)."""
-    return ACCESSION_RE.sub("[case]", text)
+def draft_warnings(text: str, part) -> list[str]:
+    """What makes a draft unsafe to take as it stands: it names another organ or side than its part."""
+    warnings = []
+    body = text.split("\n", 1)[1] if text.startswith(own_part_header(part)) else text
+    others = sorted(organs_named(body) - {part.organ}) if part.organ else []
+    if others:
+        warnings.append(f"The draft names {', '.join(others)}, but this part is {part.site or 'unspecified'} "
+                        f"({part.organ}). Check the text before using it.")
+    side, own = side_of(body), side_of(part.site)
+    if side and own and side != own:
+        warnings.append(f"The draft says {side}, but this part's site is {part.site}.")
+    if not part.organ:
+        warnings.append(f"Part {part.label}'s site ({part.site or 'empty'}) matches no specimen rule, so the "
+                        "draft could not be checked against it.")
+    return warnings
 
 
 # --- the jobs ------------------------------------------------------------------------------------------
-def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBundle, case_id: int,
-           context: dict):
+def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBundle, part, context: dict):
     """(draft, text, evidence) for one part by `method`."""
     config = runtime.generation_config()
     # The library writes the text for the Q-Former decoder and the stage-2 bridge; for retrieval and the
@@ -150,14 +170,19 @@ def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBu
     else:
         backend = "none"
     draft = model.draft_part(feature_sets, config.with_(backend=backend))
-    evidence = similar_reports(model, draft.embedding, bundle, exclude_case=case_id)
+    evidence = similar_reports(model, draft.embedding, bundle, part)
     if backend != "none":
-        return draft, draft.text, evidence
+        return draft, with_own_header(draft.text, part), evidence
     if method == DraftMethod.RETRIEVAL:
-        if not evidence:
-            raise JobFailed("No signed-out reports are embedded with this model yet: choose another method.")
-        # The closest report's findings, without that patient's history, signature or accession number.
-        return draft, without_case_specifics(evidence[0]["text"]), evidence
+        if not part.organ:
+            raise JobFailed(f"Part {part.label}'s site ({part.site or 'empty'}) matches no specimen rule, so no "
+                            "signed-out report of the same organ can be chosen. A lab admin can add a rule.")
+        usable = [e for e in evidence if e["diagnosis"].strip()]
+        if not usable:
+            raise JobFailed(f"No signed-out {part.organ} {part.procedure_family or 'specimen'} report is embedded "
+                            "with this model yet: choose another method.")
+        # The closest report's final-diagnosis lines only, de-identified, under this part's own header.
+        return draft, f"{own_part_header(part)}\n{usable[0]['diagnosis']}", evidence
     if method == DraftMethod.LLM:
         if not settings.MULTIMODAL_MODEL_DIR:
             raise JobFailed("No language model is configured for this bundle.")
@@ -167,7 +192,7 @@ def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBu
         largest = max(range(len(slides)), key=lambda i: len(feature_sets[i]))
         text, _ = reporter.describe_slide(slides[largest].path, feature_sets[largest],
                                           draft.per_slide_attention[largest], config, context=context)
-        return draft, text, evidence
+        return draft, with_own_header(text, part), evidence
     raise JobFailed(f"Unknown drafting method {method!r}.")
 
 
@@ -209,7 +234,7 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
         progress((index + 0.8) / len(sections), f"Part {section.part.label}: drafting")
         started = time.perf_counter()
         context = {"organ": section.part.site, "clinical_history": report.case.clinical_history}
-        draft, text, evidence = _write(model, method, feature_sets, slides, bundle, report.case_id, context)
+        draft, text, evidence = _write(model, method, feature_sets, slides, bundle, section.part, context)
         seconds = time.perf_counter() - started
         attention = [{"slide": str(s.pk), "patches": top}
                      for s, top in zip(slides, draft.top_patches(feature_sets), strict=True)]
@@ -218,8 +243,8 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
             ai, created = AIDraft.objects.get_or_create(
                 section=section, job_id=job_id,
                 defaults={"method": method, "text": text, "bundle": bundle, "seconds": seconds,
-                          "evidence": [{k: v for k, v in e.items() if k != "text"} for e in evidence],
-                          "slides": attention},
+                          "evidence": [{k: v for k, v in e.items() if k != "diagnosis"} for e in evidence],
+                          "slides": attention, "warnings": draft_warnings(text, section.part)},
             )
             if created:
                 current = ReportSection.objects.get(pk=section.pk)

@@ -33,6 +33,10 @@ class LabelSet(models.Model):
     )
     active = models.BooleanField(default=True)
     order = models.PositiveSmallIntegerField(default=0)
+    # Below this probability the model's pick is shown as "uncertain", never as a proposal. 0.6 keeps the
+    # picks the demo bundle gets right 95% of the time on its held-out split (docs/reporting.md).
+    confidence_threshold = models.FloatField(
+        default=0.6, help_text="Below this probability the model's label is shown as uncertain.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -52,6 +56,9 @@ class Label(models.Model):
     prompts = models.JSONField(default=list, blank=True, help_text="Prompt texts; their embeddings are averaged.")
     alert = models.BooleanField(default=False, help_text="For triage sets: this label flags the case.")
     order = models.PositiveSmallIntegerField(default=0)
+    # A standard code for exports (FHIR conclusionCode / Specimen bodySite), e.g. SNOMED CT.
+    code_system = models.CharField(max_length=100, blank=True, help_text="e.g. http://snomed.info/sct")
+    code = models.CharField(max_length=40, blank=True, help_text="e.g. 71854001 (Colon structure)")
 
     class Meta:
         ordering = ["label_set", "order", "name"]
@@ -124,6 +131,11 @@ class Report(models.Model):
     )
     signed_at = models.DateTimeField(null=True, blank=True)
     content_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the signed text.")
+    # Everything the signed report shows, frozen at sign-out (webapp.reports.snapshot): exports render
+    # from it, and every read checks it against `snapshot_hash`.
+    snapshot = models.JSONField(null=True, blank=True)
+    snapshot_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the canonical snapshot.")
+    no_slides_reason = models.TextField(blank=True, help_text="Why the case was signed out without slides.")
 
     objects = ReportQuerySet.as_manager()
 
@@ -221,6 +233,8 @@ class AIDraft(models.Model):
     # Similar signed-out cases the draft drew on: [{"section": id, "case": id, "score": s, "snippet": ...}].
     evidence = models.JSONField(default=list, blank=True)
     slides = models.JSONField(default=list, blank=True, help_text="Slide ids whose patches were read.")
+    # Safety findings about the text, e.g. it names another organ than the part's: shown beside the draft.
+    warnings = models.JSONField(default=list, blank=True)
     seconds = models.FloatField(default=0.0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -266,6 +280,10 @@ class Decision(models.TextChoices):
     PENDING = "pending", "Not yet decided"
     CONFIRMED = "confirmed", "Confirmed"
     OVERRIDDEN = "overridden", "Overridden"
+    DISMISSED = "dismissed", "Dismissed (not reported)"
+
+
+REVIEWED = (Decision.CONFIRMED, Decision.OVERRIDDEN, Decision.DISMISSED)
 
 
 class Classification(_GuardedBySignedReport):
@@ -302,6 +320,16 @@ class Classification(_GuardedBySignedReport):
     def final_label(self) -> str:
         return self.decided_label or self.model_label
 
+    @property
+    def uncertain(self) -> bool:
+        """The model's pick is below its label set's threshold: shown as uncertain, not as a proposal."""
+        return self.model_confidence < self.label_set.confidence_threshold
+
+    @property
+    def reported_label(self) -> str:
+        """What a signed report may state: only a label the pathologist confirmed or chose."""
+        return self.decided_label if self.decision in (Decision.CONFIRMED, Decision.OVERRIDDEN) else ""
+
     def ranked(self) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda item: -item[1])
 
@@ -323,3 +351,25 @@ class ReportTextEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"text embedding of {self.section_id} by {self.bundle}"
+
+
+class SlideTriage(models.Model):
+    """The model's triage call for one slide, made as soon as the slide's analysis finishes (before anyone
+    opens the case), so the worklist can raise a likely-malignant case. A suggestion: the pathologist's
+    decision on the report's classification is shown beside it, never mixed with it."""
+
+    slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="+")
+    case = models.ForeignKey("cases.Case", on_delete=models.CASCADE, related_name="+")
+    bundle = models.ForeignKey("analysis.ModelBundle", on_delete=models.CASCADE, related_name="+")
+    label_set = models.ForeignKey(LabelSet, on_delete=models.CASCADE, related_name="+")
+    label = models.CharField(max_length=120)
+    confidence = models.FloatField()
+    alert = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["slide", "bundle", "label_set"], name="one_triage_per_slide")]
+        indexes = [models.Index(fields=["case", "alert"], name="slidetriage_case_alert_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.label_set}: {self.label} ({self.confidence:.0%}) for slide {self.slide_id}"

@@ -14,8 +14,11 @@ from django.utils import timezone
 from rapidfuzz.distance import Levenshtein
 
 from webapp.cases.models import Case, CaseStatus
+from webapp.slides.models import Slide
 
+from . import snapshot
 from .models import (
+    REVIEWED,
     Classification,
     Decision,
     Label,
@@ -40,6 +43,14 @@ class StaleVersion(Exception):
 
 class ReportError(Exception):
     """A request that the rules refuse, with a message for the user."""
+
+
+class SignoutRefused(ReportError):
+    """Sign-out refused: `problems` names each thing missing and where."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("Not signed out. " + " ".join(problems))
+        self.problems = problems
 
 
 def part_heading(part) -> str:
@@ -95,6 +106,17 @@ def save_section(
     return current
 
 
+def sections_with_own_text(report: Report) -> list[ReportSection]:
+    """Sections whose current text a person wrote, edited, restored or copied (not the AI's own draft):
+    re-drafting would replace it, so the workspace asks first."""
+    out = []
+    for section in report.sections.filter(part__isnull=False).select_related("part"):
+        latest = section.versions.order_by("-number").first()
+        if section.text.strip() and latest is not None and latest.source != VersionSource.AI:
+            out.append(section)
+    return out
+
+
 def restore_version(section: ReportSection, number: int, base_version: int, user) -> ReportSection:
     """Undo: make an earlier version's text the current one (as a new version; history is never cut)."""
     old = section.versions.get(number=number)
@@ -132,15 +154,52 @@ def decide(classification: Classification, label: str, user) -> Classification:
     return classification
 
 
+def dismiss(classification: Classification, user) -> Classification:
+    """The pathologist dismisses the model's proposal: it is reviewed, and nothing of it is reported."""
+    classification.decided_label = ""
+    classification.decision = Decision.DISMISSED
+    classification.decided_by = user
+    classification.decided_at = timezone.now()
+    classification.alert = False
+    classification.save()
+    return classification
+
+
+def _part_name(part) -> str:
+    return f"Part {part.label}" + (f" ({part.site})" if part.site else "")
+
+
+def signout_problems(report: Report, sections: list[ReportSection], no_slides_reason: str = "") -> list[str]:
+    """What stops `report` from being signed, each naming what is missing and where (empty: it may be)."""
+    problems = []
+    if not any(s.text.strip() for s in sections):
+        return ["The report is empty: write the diagnosis before signing out."]
+    if report.kind == ReportKind.ADDENDUM:
+        return problems
+    for section in sections:
+        if section.part is not None and not section.text.strip():
+            problems.append(f"{_part_name(section.part)} has no diagnosis.")
+    pending = (Classification.objects.filter(section__report=report).exclude(decision__in=REVIEWED)
+               .select_related("label_set", "section__part").order_by("section__order", "label_set__order"))
+    for c in pending:
+        where = _part_name(c.section.part) if c.section.part else "The report"
+        problems.append(f"{where}: the AI classification “{c.label_set.name}” ({c.model_label}) is not "
+                        f"reviewed: confirm it, choose another label or dismiss it.")
+    if not Slide.objects.filter(part__case_id=report.case_id).exists() and not no_slides_reason.strip():
+        problems.append("The case has no slides: attach them, or give the reason for signing out without slides.")
+    return problems
+
+
 @dataclass
 class SignResult:
     report: Report
     case_status: str
 
 
-def sign(report: Report, user, versions: dict[int, int] | None = None) -> SignResult:
+def sign(report: Report, user, versions: dict[int, int] | None = None, no_slides_reason: str = "") -> SignResult:
     """Sign the report as it stands. `versions` ({section id: version}) is what the signer saw: if any
     section moved on since, the signature is refused (StaleVersion) so nobody signs text they did not read.
+    The gates (`signout_problems`) must all pass; the signed content is frozen into the snapshot.
     The password check happens in the view (it needs the request for the audit trail)."""
     with transaction.atomic():
         locked = Report.objects.select_for_update().get(pk=report.pk)
@@ -150,17 +209,18 @@ def sign(report: Report, user, versions: dict[int, int] | None = None) -> SignRe
         for section in sections:
             if versions is not None and section.pk in versions and versions[section.pk] != section.version:
                 raise StaleVersion(section)
-        if not any(s.text.strip() for s in sections):
-            raise ReportError("The report is empty: write the diagnosis before signing out.")
-        locked.status = ReportStatus.SIGNED
-        locked.signed_by = user
-        locked.signed_at = timezone.now()
-        locked.content_hash = locked.compute_hash()
+        problems = signout_problems(locked, sections, no_slides_reason)
+        if problems:
+            raise SignoutRefused(problems)
+        locked.no_slides_reason = no_slides_reason.strip()
+        signed_at = timezone.now()
+        frozen = snapshot.build(locked, user, signed_at)
         # Straight to the queryset: Report.save() refuses anything on a signed row, and this row is
         # becoming signed in this very statement (the trigger sees OLD.status = 'draft' and lets it pass).
         Report.objects.filter(pk=locked.pk, status=ReportStatus.DRAFT).update(
-            status=locked.status, signed_by=user, signed_at=locked.signed_at, content_hash=locked.content_hash,
-            updated_at=locked.signed_at,
+            status=ReportStatus.SIGNED, signed_by=user, signed_at=signed_at, updated_at=signed_at,
+            no_slides_reason=locked.no_slides_reason, snapshot=frozen, snapshot_hash=snapshot.digest(frozen),
+            content_hash=snapshot.text_digest(frozen),
         )
         case = Case.objects.select_for_update().get(pk=locked.case_id)
         if locked.kind == ReportKind.AMENDMENT:
@@ -192,12 +252,35 @@ def start_followup(case: Case, kind: str, user, reason: str = "") -> Report:
         if kind == ReportKind.ADDENDUM:
             ReportSection.objects.create(report=report, heading="Addendum", order=0)
         else:
-            for order, (part, heading, text) in enumerate(current_text_by_part(case)):
+            # The amendment replaces what is reported, so it carries the addenda signed since: a receiver
+            # that keeps only the latest report must not lose an addendum's result.
+            carried = current_text_by_part(case) + addenda_since_reported(case)
+            for order, (part, heading, text) in enumerate(carried):
                 section = ReportSection.objects.create(report=report, part=part, heading=heading, order=order,
                                                        text=text, version=1, updated_by=user)
                 ReportVersion.objects.create(section=section, number=1, text=text, source=VersionSource.COPY,
                                              saved_by=user)
     return report
+
+
+def addenda_since_reported(case: Case) -> list[tuple]:
+    """(None, heading, text) for each addendum signed after the report that is reported now."""
+    latest = Report.objects.reported().filter(case=case).first()
+    if latest is None:
+        return []
+    addenda = case.reports.filter(kind=ReportKind.ADDENDUM, status=ReportStatus.SIGNED,
+                                  signed_at__gt=latest.signed_at).order_by("signed_at", "id")
+    carried = []
+    for addendum in addenda:
+        when = timezone.localtime(addendum.signed_at).strftime("%Y-%m-%d")
+        for section in addendum.sections.all():
+            carried.append((None, f"Addendum of {when}", section.text))
+    return carried
+
+
+def correction_open(case_id: int) -> bool:
+    """A signed case's identifying fields may be corrected while an amendment is in progress."""
+    return Report.objects.filter(case_id=case_id, kind=ReportKind.AMENDMENT, status=ReportStatus.DRAFT).exists()
 
 
 def current_text_by_part(case: Case) -> list[tuple]:

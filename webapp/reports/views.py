@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
@@ -23,12 +24,11 @@ from webapp.jobs.models import ACTIVE_STATES, Job, JobState
 from webapp.slides.models import Slide
 from webapp.slides.viewer_views import viewer_context
 
-from . import access, services
+from . import access, export, services, snapshot
 from .drafting import DRAFT, method_options, queue_draft
-from .export import fhir_diagnostic_report, report_chain, report_pdf
 from .forms import FollowupForm, LabelFormSet, LabelSetForm
 from .labelsets import ensure_default_label_sets
-from .models import LabelSet, ReportKind, ReportLocked, ReportSection, ReportStatus
+from .models import LabelSet, Report, ReportKind, ReportLocked, ReportSection, ReportStatus
 from .worklist import report_state_label, worklist_cases
 
 SIGN_FAILURES_SHOWN = 5
@@ -60,18 +60,19 @@ def _viewer(case, request) -> dict:
 
 
 def _evidence_for(user, draft) -> list[dict]:
-    """Evidence rows for display: links to cases the user may see, anonymised snippets otherwise."""
+    """Evidence rows for display: de-identified diagnosis snippets; a link and the accession number only for
+    cases the user may open (the others stay anonymous)."""
     if draft is None:
         return []
     ids = {e.get("case") for e in draft.evidence}
-    visible = set(visible_cases(user).filter(pk__in=ids).values_list("pk", flat=True))
+    visible = dict(visible_cases(user).filter(pk__in=ids).values_list("pk", "accession_number"))
     rows = []
     for e in draft.evidence:
         mine = e.get("case") in visible
         rows.append({
             "score": e.get("score"), "snippet": e.get("snippet", ""), "part": e.get("part", "") if mine else "",
             "url": reverse("report_workspace", args=[e["case"]]) if mine else "",
-            "label": e.get("accession") if mine else "Another signed-out case",
+            "label": visible[e["case"]] if mine else "Another signed-out case",
         })
     return rows
 
@@ -91,12 +92,23 @@ def _section_rows(report, user) -> list[dict]:
     return rows
 
 
+def _signed_chain(case) -> list[Report]:
+    return list(case.reports.filter(status=ReportStatus.SIGNED).order_by("signed_at", "id")
+                .select_related("signed_by").prefetch_related("sections__classifications__label_set"))
+
+
+def _integrity(reports: list[Report], request) -> dict[int, snapshot.Integrity]:
+    """Every read of a signed report verifies it (a mismatch is logged and audited by `snapshot.check`)."""
+    return {r.pk: snapshot.check(r, request) for r in reports}
+
+
 def workspace_context(request: HttpRequest, case) -> dict:
     user = request.user
-    chain = report_chain(case)
+    chain = _signed_chain(case)
+    integrity = _integrity(chain, request)
     current = services.open_report(case)
-    signed = [{"report": r, "rows": _section_rows(r, user), "superseded": services.is_superseded(r)}
-              for r in chain]
+    signed = [{"report": r, "rows": _section_rows(r, user), "superseded": services.is_superseded(r),
+               "integrity": integrity[r.pk]} for r in chain]
     job = None
     if current is not None and current.draft_job_id:
         job = Job.objects.filter(pk=current.draft_job_id).first()
@@ -118,6 +130,8 @@ def workspace_context(request: HttpRequest, case) -> dict:
         "followup_form": FollowupForm(),
         "sign_failures": failures,
         "primary_signed": any(r.kind == ReportKind.PRIMARY for r in chain),
+        "integrity_failures": [i for i in integrity.values() if not i.ok],
+        "has_slides": Slide.objects.filter(part__case=case).exists(),
         **_viewer(case, request),
     }
 
@@ -159,6 +173,14 @@ def draft_start(request: HttpRequest, case_id: int) -> HttpResponse:
     except services.ReportError as exc:
         return HttpResponse(str(exc), status=409)
     active = Job.objects.filter(pk=report.draft_job_id, state__in=ACTIVE_STATES).first()
+    edited = [] if active else services.sections_with_own_text(report)
+    if edited and request.POST.get("replace_edited") != "1":
+        # Re-drafting replaces text a person wrote: ask first (the replaced text stays in the history).
+        context = {"case": case, "method": method, "edited": edited}
+        if not request.htmx:
+            messages.warning(request, "Your text would be replaced; confirm in the workspace.")
+            return redirect("report_workspace", case_id=case.pk)
+        return render(request, "reports/_redraft_confirm.html", context, status=409)
     job = active or queue_draft(report, method, request.user)
     record(request, "report.draft_requested", case=case, obj=report, method=method, job=job.pk)
     if not request.htmx:
@@ -249,7 +271,10 @@ def classification_decide(request: HttpRequest, report_id: int, classification_i
     item = access.get_classification_for_user(request.user, report_id, classification_id, work=True)
     before = {"label": item.final_label, "decision": item.decision}
     try:
-        item = services.decide(item, request.POST.get("label", ""), request.user)
+        if request.POST.get("action") == "dismiss":
+            item = services.dismiss(item, request.user)
+        else:
+            item = services.decide(item, request.POST.get("label", ""), request.user)
     except services.ReportError as exc:
         return HttpResponse(str(exc), status=400)
     except ReportLocked:
@@ -286,8 +311,16 @@ def report_sign(request: HttpRequest, report_id: int) -> HttpResponse:
             except ValueError:
                 return HttpResponse("Bad section version.", status=400)
     before = {"status": report.status, "text": report.full_text()}
+    no_slides_reason = request.POST.get("no_slides_reason", "")[:2000]
     try:
-        result = services.sign(report, request.user, versions)
+        result = services.sign(report, request.user, versions, no_slides_reason=no_slides_reason)
+    except services.SignoutRefused as exc:
+        record(request, "report.sign_refused", case=case, obj=report, reason="sign-out checks",
+               problems=exc.problems)
+        messages.error(request, "Not signed out. Before signing:")
+        for problem in exc.problems:
+            messages.error(request, problem)
+        return redirect("report_workspace", case_id=case.pk)
     except services.StaleVersion:
         messages.error(request, "The text changed after you last saw it (another session saved). Read it "
                                 "again, then sign.")
@@ -297,8 +330,10 @@ def report_sign(request: HttpRequest, report_id: int) -> HttpResponse:
         return redirect("report_workspace", case_id=case.pk)
     signed = result.report
     record(request, "report.sign", case=case, obj=signed, before=before,
-           after={"status": signed.status, "text": signed.full_text(), "hash": signed.content_hash},
-           kind=signed.kind, case_status=result.case_status)
+           after={"status": signed.status, "text": signed.full_text(), "hash": signed.content_hash,
+                  "snapshot_hash": signed.snapshot_hash},
+           kind=signed.kind, case_status=result.case_status, no_slides_reason=signed.no_slides_reason,
+           meaning=signed.snapshot["signature"]["meaning"])
     messages.success(request, f"{signed.get_kind_display()} signed out.")
     return redirect("report_workspace", case_id=case.pk)
 
@@ -339,39 +374,112 @@ def followup_discard(request: HttpRequest, report_id: int) -> HttpResponse:
 
 
 # --- outputs ---------------------------------------------------------------------------------------------
+def _base_url(request: HttpRequest) -> str:
+    return settings.PUBLIC_BASE_URL or request.build_absolute_uri("/").rstrip("/")
+
+
+def _refuse_if_tampered(request: HttpRequest, case, reports: list[Report]) -> HttpResponse | None:
+    """Exports of a record that fails its integrity check are refused (and the failure logged/audited)."""
+    failures = [i for i in _integrity(reports, request).values() if not i.ok]
+    if not failures:
+        return None
+    problems = "; ".join(p for f in failures for p in f.problems)
+    return HttpResponse(
+        f"This signed record failed its integrity check and is not exported: {problems} The failure is logged; "
+        "tell the lab's system administrator.", status=409, content_type="text/plain; charset=utf-8")
+
+
 @login_required
 @require_GET
 def report_print(request: HttpRequest, case_id: int) -> HttpResponse:
     case = access.get_case_for_report(request.user, case_id)
-    chain = report_chain(case, include_draft=True)
+    chain = export.signed_chain(case)
+    failures = [i for i in _integrity(chain, request).values() if not i.ok]
     record(request, "report.export", case=case, format="html")
-    reports = [{"report": r, "superseded": services.is_superseded(r)} for r in chain]
-    return render(request, "reports/print.html", {"case": case, "reports": reports})
+    printed = export.case_record(case)
+    return render(request, "reports/print.html", {"case": case, "record": printed, "integrity_failures": failures})
 
 
 @login_required
 @require_GET
 def report_pdf_view(request: HttpRequest, case_id: int) -> HttpResponse:
     case = access.get_case_for_report(request.user, case_id)
-    chain = report_chain(case, include_draft=True)
-    if not chain:
+    if not case.reports.exists():
         raise Http404("No report yet.")
+    refused = _refuse_if_tampered(request, case, export.signed_chain(case))
+    if refused:
+        return refused
     record(request, "report.export", case=case, format="pdf")
-    response = HttpResponse(report_pdf(case, chain), content_type="application/pdf")
+    response = HttpResponse(export.case_pdf(case), content_type="application/pdf")
     response["Content-Disposition"] = f'inline; filename="{case.accession_number}-report.pdf"'
+    return response
+
+
+def _signed_version(request: HttpRequest, report_id: int) -> tuple[Report, export.Version]:
+    report = access.get_report_for_user(request.user, report_id)
+    if report.status != ReportStatus.SIGNED:
+        raise Http404("Only signed reports are exported.")
+    return report, export.version_of(report)
+
+
+@login_required
+@require_GET
+def report_version_pdf(request: HttpRequest, report_id: int) -> HttpResponse:
+    """The PDF of one version of the signed record (what that version's FHIR presentedForm points at)."""
+    report, version = _signed_version(request, report_id)
+    refused = _refuse_if_tampered(request, report.case, [version.diagnostic, *version.addenda, report])
+    if refused:
+        return refused
+    record(request, "report.export", case=report.case_id, obj=report, format="pdf", version=version.number)
+    response = HttpResponse(export.version_pdf(version), content_type="application/pdf")
+    response["Content-Disposition"] = (f'inline; filename="{report.case.accession_number}-report-v{version.number}.pdf"')
     return response
 
 
 @login_required
 @require_GET
 def report_fhir(request: HttpRequest, report_id: int) -> HttpResponse:
-    report = access.get_report_for_user(request.user, report_id)
-    if report.status != ReportStatus.SIGNED:
-        raise Http404("Only signed reports are exported.")
-    pdf_url = request.build_absolute_uri(reverse("report_pdf", args=[report.case_id]))
-    resource = fhir_diagnostic_report(report, pdf_url=pdf_url)
-    record(request, "report.export", case=report.case_id, obj=report, format="fhir")
+    """The case's DiagnosticReport as it stood when this report was signed (meta.versionId)."""
+    report, version = _signed_version(request, report_id)
+    refused = _refuse_if_tampered(request, report.case, [version.diagnostic, *version.addenda, report])
+    if refused:
+        return refused
+    resource = export.fhir_diagnostic_report(version, _base_url(request))
+    record(request, "report.export", case=report.case_id, obj=report, format="fhir", version=version.number)
     return JsonResponse(resource, content_type="application/fhir+json", json_dumps_params={"indent": 2})
+
+
+@login_required
+@require_GET
+def case_fhir(request: HttpRequest, case_id: int) -> HttpResponse:
+    """The case's DiagnosticReport now (its latest version)."""
+    case = access.get_case_for_report(request.user, case_id)
+    chain = export.signed_chain(case)
+    if not chain:
+        raise Http404("Nothing is signed out yet.")
+    refused = _refuse_if_tampered(request, case, chain)
+    if refused:
+        return refused
+    version = export.versions(case, chain)[-1]
+    record(request, "report.export", case=case, format="fhir", version=version.number)
+    return JsonResponse(export.fhir_diagnostic_report(version, _base_url(request)),
+                        content_type="application/fhir+json", json_dumps_params={"indent": 2})
+
+
+@login_required
+@require_GET
+def case_fhir_history(request: HttpRequest, case_id: int) -> HttpResponse:
+    """Every version of the case's DiagnosticReport with its Provenance (e-signature), as a history Bundle."""
+    case = access.get_case_for_report(request.user, case_id)
+    chain = export.signed_chain(case)
+    if not chain:
+        raise Http404("Nothing is signed out yet.")
+    refused = _refuse_if_tampered(request, case, chain)
+    if refused:
+        return refused
+    record(request, "report.export", case=case, format="fhir-history")
+    return JsonResponse(export.fhir_history(case, _base_url(request)), content_type="application/fhir+json",
+                        json_dumps_params={"indent": 2})
 
 
 # --- label sets (lab admins) -------------------------------------------------------------------------------

@@ -1,15 +1,33 @@
 """The pathologist's worklist: assigned cases with their analysis and report state, sorted for triage.
 
-Default order ("triage"): STAT, then urgent, then routine; within each, a case the model flagged (an alert
-label of a triage label set, e.g. "likely malignant", not overridden by the pathologist) comes first, and
-a flagged routine case ranks above unflagged routine ones. Then the oldest case first.
+Default order ("triage"): STAT, then urgent, then routine; within each, a flagged case comes first, and a
+flagged routine case ranks above unflagged routine ones. Then the oldest case first.
+
+Flagged: the pathologist decided an alert label of a triage label set (e.g. "likely malignant"), or the
+model suggests one with at least the set's confidence threshold and the pathologist has not decided
+otherwise. The model's suggestion exists as soon as a slide's analysis finishes (`SlideTriage`, before
+anyone opens the case) or a draft classified the part. The worklist shows the model's suggestion and the
+pathologist's decision in separate columns.
 """
 from __future__ import annotations
 
 from django import forms
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models import Case as When_
-from django.db.models import Count, Exists, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models.functions import Coalesce
 
 from webapp.analysis.models import SlideEmbedding
 from webapp.analysis.runtime import active_bundle
@@ -18,7 +36,7 @@ from webapp.cases.models import SIGNED_OUT_STATUSES, Case, CaseStatus, Priority
 from webapp.jobs.models import ACTIVE_STATES, Job
 
 from .drafting import DRAFT, EMBED_REPORT
-from .models import Classification, Report, ReportStatus
+from .models import Classification, Decision, Label, Report, ReportStatus, SlideTriage
 
 SORTS = {
     "triage": ["triage_rank", "received_date", "id"],
@@ -71,19 +89,26 @@ def worklist_cases(user, data) -> tuple[QuerySet[Case], WorklistFilter, str]:
         cases = cases.filter(accession_number__icontains=params["q"].strip())
     if params.get("priority"):
         cases = cases.filter(priority=params["priority"])
-    alerts = Classification.objects.filter(section__report__case=OuterRef("pk"), alert=True)
+    triage = Classification.objects.filter(section__report__case=OuterRef("pk"), label_set__is_triage=True)
+    decided = triage.filter(decision__in=[Decision.CONFIRMED, Decision.OVERRIDDEN])
+    model_alert_label = Label.objects.filter(label_set=OuterRef("label_set"), name=OuterRef("model_label"), alert=True)
+    suggested = triage.filter(Exists(model_alert_label), model_confidence__gte=F("label_set__confidence_threshold"))
+    bundle = active_bundle()
+    slide_calls = SlideTriage.objects.filter(case=OuterRef("pk"), alert=True, bundle=bundle)
     latest_report = Report.objects.filter(case=OuterRef("pk")).order_by("-created_at", "-id")
     cases = cases.annotate(
         part_count=Count("parts", distinct=True),
         slide_count=Count("parts__slides", distinct=True),
-        ai_flag=Exists(alerts),
-        ai_flag_confidence=Subquery(
-            alerts.values("section__report__case").annotate(m=Max("model_confidence")).values("m")[:1]
-        ),
-        ai_flag_label=Subquery(
-            alerts.order_by("-model_confidence")
-            .annotate(final=Coalesce(NullIf("decided_label", Value("")), "model_label")).values("final")[:1]
-        ),
+        decided_alert=Exists(decided.filter(alert=True)),
+        decided_other=Exists(decided.filter(alert=False)),
+        model_alert=ExpressionWrapper(Q(Exists(slide_calls)) | Q(Exists(suggested)), output_field=BooleanField()),
+        ai_suggestion_label=Coalesce(
+            Subquery(slide_calls.order_by("-confidence").values("label")[:1]),
+            Subquery(suggested.order_by("-model_confidence").values("model_label")[:1])),
+        ai_suggestion_confidence=Coalesce(
+            Subquery(slide_calls.order_by("-confidence").values("confidence")[:1]),
+            Subquery(suggested.order_by("-model_confidence").values("model_confidence")[:1])),
+        decision_label=Subquery(decided.order_by("-decided_at").values("decided_label")[:1]),
         report_kind=Subquery(latest_report.values("kind")[:1]),
         report_status=Subquery(latest_report.values("status")[:1]),
         priority_rank=When_(
@@ -92,6 +117,9 @@ def worklist_cases(user, data) -> tuple[QuerySet[Case], WorklistFilter, str]:
         ),
     )
     cases = cases.annotate(
+        ai_flag=ExpressionWrapper(Q(decided_alert=True) | (Q(model_alert=True) & Q(decided_other=False)),
+                                  output_field=BooleanField()),
+    ).annotate(
         triage_rank=When_(
             When(ai_flag=True, then=Value(10) * Coalesce("priority_rank", 2) - Value(5)),
             default=Value(10) * Coalesce("priority_rank", 2), output_field=IntegerField(),
