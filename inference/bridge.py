@@ -3,7 +3,10 @@
 A linear projection maps the Q query outputs [B, Q, H] into the LM's embedding space [B, Q, H_lm]; the LM
 reads  [BOS] [soft prompt] [instruction] [report] [EOS]  and learns to write the report. Only the projection
 is trained (optionally LoRA adapters on the LM through ``peft``); the LM weights stay frozen. The LM is any
-``AutoModelForCausalLM`` directory on local disk (GPT-2, Llama, Gemma, MedGemma's text model, ...).
+``AutoModelForCausalLM`` directory on local disk (GPT-2, Llama, Gemma, and image-text models such as
+MedGemma 1.5 4B-it, which load as ``Gemma3ForConditionalGeneration``). Drafting passes the prompt as
+``inputs_embeds`` where the model's ``generate`` accepts that, and otherwise swaps the embeddings in through
+a hook on the input embedding layer (see ``_generate_through_embedding_hook``).
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ class SoftPromptBridge(nn.Module):
             } | config.lora
             lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **lora))
         self.lm = lm
+        self._embeds_generate: bool | None = None  # does lm.generate take inputs_embeds? (found on first use)
 
     @classmethod
     def from_lm_dir(
@@ -219,16 +223,49 @@ class SoftPromptBridge(nn.Module):
         cfg = resolve(config, overrides)
         prefix, _ = self.prefix(query_out, instruction)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        options = dict(attention_mask=mask, pad_token_id=self.tokenizer.pad_token_id,
+                       eos_token_id=self.tokenizer.eos_token_id, **hf_generate_options(cfg))
         with seeded(cfg, prefix.device):
-            out = self.lm.generate(
-                inputs_embeds=prefix,
-                attention_mask=mask,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **hf_generate_options(cfg),
-            )
-        # With only inputs_embeds, decoder-only models return the new tokens alone.
+            if self._embeds_generate is not False:
+                try:
+                    # Decoder-only models (GPT-2, Llama, Gemma 3 text...) take the prompt as embeddings and
+                    # return the new tokens alone.
+                    out = self.lm.generate(inputs_embeds=prefix, **options)
+                    self._embeds_generate = True
+                    return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                except ValueError as exc:
+                    if "inputs_embeds" not in str(exc):
+                        raise
+                    self._embeds_generate = False  # e.g. Gemma3ForConditionalGeneration (MedGemma)
+            out = self._generate_through_embedding_hook(prefix, options)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _generate_through_embedding_hook(self, prefix: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+        """For models whose `generate` takes token ids only (Gemma3ForConditionalGeneration): generate from
+        placeholder ids [B, P] while a forward hook on the input embedding layer swaps the prompt's
+        embeddings in on the prefill step (the one call that embeds all P positions; beams repeat rows).
+        Every decoding strategy of `generate` then works unchanged. Returns the new tokens [B, T]."""
+        b, p = prefix.shape[:2]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, p), pad, dtype=torch.long, device=prefix.device)
+        state = {"swapped": False}
+
+        def swap(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            if state["swapped"] or output.ndim != 3 or output.shape[1] != p:
+                return output
+            state["swapped"] = True
+            return prefix.to(output.dtype).repeat_interleave(output.shape[0] // b, dim=0)
+
+        # The placeholder ids are padding: without an explicit mask generate would mask the whole prompt.
+        options = {**options, "attention_mask": torch.ones_like(ids)}
+        handle = self.lm.get_input_embeddings().register_forward_hook(swap)
+        try:
+            out = self.lm.generate(input_ids=ids, **options)
+        finally:
+            handle.remove()
+        if not state["swapped"]:
+            raise RuntimeError("the LM never embedded the prompt; cannot draft with this model class")
+        return out[:, p:]
 
     # ---- files: only the trained parts are saved; the LM stays where it is
 
