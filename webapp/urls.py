@@ -1,7 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from . import health
+from . import errors, health
+
+# Friendly pages with the navigation, which never read a refused request's body (webapp/errors.py).
+handler403 = errors.permission_denied
+handler404 = errors.page_not_found
+handler500 = errors.server_error
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
@@ -21,6 +22,27 @@ from .runner import requeue_stale
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
 _stop = threading.Event()
+
+# Housekeeping that every worker runs now and then beside its heartbeat (apps above register theirs from
+# their AppConfig.ready(), e.g. slides' sweep of orphaned store files): name -> (fn, every_seconds).
+PERIODIC: dict[str, tuple[Callable[[], object], float]] = {}
+
+
+def register_periodic(name: str, fn: Callable[[], object], every_seconds: float) -> None:
+    """Run `fn()` in every worker every `every_seconds`, the first time at start; it must be idempotent and
+    safe to run in several workers at once. Failures are logged, never raised."""
+    PERIODIC[name] = (fn, float(every_seconds))
+
+
+def _run_periodic(due: dict[str, float]) -> None:
+    for name, (fn, every) in list(PERIODIC.items()):
+        if time.monotonic() < due.get(name, 0.0):
+            continue
+        due[name] = time.monotonic() + every
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - housekeeping never stops the heartbeat
+            log.warning("periodic %s failed: %s", name, exc)
 
 
 def _beat(hostname: str, queues: str) -> None:
@@ -45,6 +67,7 @@ def _heartbeat_loop(hostname: str, queues: str) -> None:
     # time at once: jobs left by a worker that died before this one started.
     sweep_seconds = float(settings.JOB_SWEEP_SECONDS)
     next_sweep = time.monotonic()
+    due: dict[str, float] = {}
     while True:
         try:
             close_old_connections()
@@ -52,9 +75,10 @@ def _heartbeat_loop(hostname: str, queues: str) -> None:
                 _sweep()
                 next_sweep = time.monotonic() + sweep_seconds
             _beat(hostname, queues)
+            _run_periodic(due)
         except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again next beat
             log.warning("worker heartbeat failed: %s", exc)
-        if _stop.wait(min(HEARTBEAT_SECONDS, sweep_seconds)):
+        if _stop.wait(min([HEARTBEAT_SECONDS, sweep_seconds, *(every for _, every in PERIODIC.values())])):
             return
 
 

@@ -4,3 +4,13 @@ from django.apps import AppConfig
 class SlidesConfig(AppConfig):
     name = "webapp.slides"
     label = "slides"
+
+    def ready(self) -> None:
+        # Every worker sweeps the store for files an interrupted upload left without a row (uploads.py).
+        from django.conf import settings
+
+        from webapp.jobs.heartbeat import register_periodic
+
+        from .uploads import sweep_orphans
+
+        register_periodic("slides.sweep_orphans", sweep_orphans, settings.ORPHAN_SWEEP_SECONDS)

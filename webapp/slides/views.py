@@ -47,6 +47,9 @@ def public_reason(exc: Exception) -> str:
 def slide_upload(request, case_id: int, part_id: int):
     request.upload_handlers = [SizeLimitedUploadHandler(request)]
     if request.method == "POST":
+        # Authorise before one byte of the body is read: someone who may not add slides to this part (an
+        # evaluator, another pathologist) is answered 404/403 without streaming gigabytes to disk first.
+        case_access.get_part_for_user(request.user, case_id, part_id, edit=True)
         # Read the body here, where a failure (over the limit, disk full, a broken body) gets a clear answer
         # below; csrf_protect would otherwise read it first and let any such error become a 500.
         try:
