@@ -124,8 +124,8 @@ def test_order_is_seeded_reproducible_and_per_rater(cast, case_factory, django_u
 
 
 def test_select_parts_by_filters_and_accessions(cast, case_factory):
-    signed = case_factory(accession_number="S26-00101", parts=("A", "B"), received_date=date(2026, 3, 1),
-                          status="signed_out", sites={"B": "Stomach, antrum"})
+    case_factory(accession_number="S26-00101", parts=("A", "B"), received_date=date(2026, 3, 1),
+                 status="signed_out", sites={"B": "Stomach, antrum"})
     case_factory(accession_number="S26-00102", received_date=date(2026, 5, 1), status="signed_out")
     case_factory(accession_number="S26-00103", received_date=date(2026, 3, 2))
 

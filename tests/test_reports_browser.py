@@ -71,6 +71,17 @@ def test_draft_edit_classify_sign_amend(cast, case_factory, good_slide, bundle, 
     page.wait_for_selector(".classification.decision-confirmed")
     assert "Confirmed" in page.locator(".classification.decision-confirmed").inner_text()
 
+    # Sign-out is refused while another AI classification is unreviewed, naming it.
+    page.fill("input[name=password]", PASSWORD)
+    page.click("[data-role=sign]")
+    page.wait_for_selector("text=is not reviewed")
+    assert "Organ" in page.locator(".messages, [role=alert], body").first.inner_text()
+    assert Report.objects.get(pk=report.pk).status == ReportStatus.DRAFT
+    # The pathologist dismisses the two others (not reported).
+    for name in ("Organ", "Diagnosis category"):
+        page.locator(".classification", has_text=name).locator("[data-role=dismiss]").click()
+        page.wait_for_selector(f".classification.decision-dismissed:has-text('{name}')")
+
     # Sign out: the wrong password is refused, the right one signs.
     page.fill("input[name=password]", "not-my-password")
     page.click("[data-role=sign]")
@@ -96,6 +107,9 @@ def test_draft_edit_classify_sign_amend(cast, case_factory, good_slide, bundle, 
     editor.fill("Invasive adenocarcinoma arising in a tubular adenoma.")
     editor.press("End")
     page.wait_for_selector(f"#save-status-{new_section.pk}.saved")
+    # The triage label that was reported comes back undecided: an amendment reviews it again.
+    page.locator(".classification[data-decision=pending] [data-role=confirm]").click()
+    page.wait_for_selector(".classification.decision-confirmed")
     page.fill("input[name=password]", PASSWORD)
     page.click("[data-role=sign]")
     page.wait_for_selector(".signed-report[data-kind=amendment]")

@@ -25,12 +25,21 @@ class AuditedAdminSite(admin.AdminSite):
 
         @wraps(inner)
         def audited(request, *args, **kwargs):
+            from django.core.exceptions import PermissionDenied
+
             from webapp.audit.log import record
 
-            response = inner(request, *args, **kwargs)
-            if getattr(request, "user", None) is not None and request.user.is_authenticated:
-                record(request, "admin.view" if request.method in ("GET", "HEAD") else "admin.request",
-                       path=request.path[:300], method=request.method, status=response.status_code)
+            def log(status: int) -> None:
+                if getattr(request, "user", None) is not None and request.user.is_authenticated:
+                    record(request, "admin.view" if request.method in ("GET", "HEAD") else "admin.request",
+                           path=request.path[:300], method=request.method, status=status)
+
+            try:
+                response = inner(request, *args, **kwargs)
+            except PermissionDenied:  # e.g. a change to a read-only report: refused, and logged
+                log(403)
+                raise
+            log(response.status_code)
             return response
 
         return audited
@@ -48,15 +57,19 @@ class AdminConfig(DjangoAdminConfig):
 
 def _audit_admin_change(sender, instance, created: bool, **kwargs) -> None:
     """Django writes a LogEntry for each add, change and delete made in the admin: mirror it."""
-    from django.contrib.admin.models import LogEntry
+    from django.contrib.admin.models import ADDITION, CHANGE, DELETION
 
     from webapp.audit.log import record
 
     if not created:
         return
-    action = {LogEntry.ADDITION: "admin.add", LogEntry.CHANGE: "admin.change",
-              LogEntry.DELETION: "admin.delete"}.get(instance.action_flag, "admin.change")
-    model = instance.content_type.model_class() if instance.content_type_id else None
-    record(None, action, user=instance.user, object_type=model.__name__.lower() if model else "",
-           object_id=str(instance.object_id or ""), object=instance.object_repr[:200],
+    action = {ADDITION: "admin.add", CHANGE: "admin.change", DELETION: "admin.delete"}.get(
+        instance.action_flag, "admin.change")
+    try:
+        obj = instance.get_edited_object()  # gone after a deletion: then its type and id as text
+    except Exception:  # noqa: BLE001 - ObjectDoesNotExist or a removed model; the log entry still says what
+        obj = None
+    case = getattr(obj, "case_id", None)
+    record(None, action, user=instance.user, obj=obj, case=case, model=str(instance.content_type),
+           object_pk=str(instance.object_id or ""), object=instance.object_repr[:200],
            message=instance.get_change_message()[:1000])

@@ -113,10 +113,19 @@ def _demo_case(context: DemoContext, accession: str, record: dict, pseudonym: st
         )
         labels = record["labels"]
         part = Part.objects.create(case=case, label=record.get("part", "A") or "A",
-                                   site=labels.get("site", ""), procedure=labels.get("procedure", ""))
+                                   site=_site_line(labels), procedure=labels.get("procedure", ""))
         ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
                      stain="H&E", block_label="1", user=context.users["labadmin"], move=False)
     return case
+
+
+def _site_line(labels: dict) -> str:
+    """'Colon, sigmoid': organ and site as a requisition names them (the corpus keeps them apart)."""
+    from inference.synthetic.catalog import ORGANS
+
+    organ = ORGANS.get(labels.get("organ", ""))
+    site = labels.get("site", "")
+    return f"{organ.display}, {site}" if organ and site else (organ.display if organ else site)
 
 
 def seed_all(log: Callable[[str], None] = print) -> DemoContext:

@@ -157,6 +157,10 @@ def draft_warnings(text: str, part) -> list[str]:
     return warnings
 
 
+class PartNotDrafted(Exception):
+    """This part cannot be drafted by the chosen method; the others still are (the reason is shown)."""
+
+
 # --- the jobs ------------------------------------------------------------------------------------------
 def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBundle, part, context: dict):
     """(draft, text, evidence) for one part by `method`."""
@@ -175,12 +179,13 @@ def _write(model, method: str, feature_sets: list, slides: list, bundle: ModelBu
         return draft, with_own_header(draft.text, part), evidence
     if method == DraftMethod.RETRIEVAL:
         if not part.organ:
-            raise JobFailed(f"Part {part.label}'s site ({part.site or 'empty'}) matches no specimen rule, so no "
-                            "signed-out report of the same organ can be chosen. A lab admin can add a rule.")
+            raise PartNotDrafted(f"Part {part.label}: its site ({part.site or 'empty'}) matches no specimen rule, "
+                                 "so no signed-out report of the same organ can be chosen (a lab admin can add "
+                                 "a rule).")
         usable = [e for e in evidence if e["diagnosis"].strip()]
         if not usable:
-            raise JobFailed(f"No signed-out {part.organ} {part.procedure_family or 'specimen'} report is embedded "
-                            "with this model yet: choose another method.")
+            raise PartNotDrafted(f"Part {part.label}: no signed-out {part.organ} "
+                                 f"{part.procedure_family or 'specimen'} report is embedded with this model yet.")
         # The closest report's final-diagnosis lines only, de-identified, under this part's own header.
         return draft, f"{own_part_header(part)}\n{usable[0]['diagnosis']}", evidence
     if method == DraftMethod.LLM:
@@ -219,7 +224,7 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
     model = runtime.get_model(bundle)
     sections = list(report.sections.filter(part__isnull=False).select_related("part"))
     label_sets = list(LabelSet.objects.filter(active=True).prefetch_related("labels"))
-    done, skipped = 0, []
+    done, skipped, not_drafted = 0, [], []
     for index, section in enumerate(sections):
         slides = list(section.part.slides.order_by("block_label", "created_at"))
         if not slides:
@@ -234,7 +239,11 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
         progress((index + 0.8) / len(sections), f"Part {section.part.label}: drafting")
         started = time.perf_counter()
         context = {"organ": section.part.site, "clinical_history": report.case.clinical_history}
-        draft, text, evidence = _write(model, method, feature_sets, slides, bundle, section.part, context)
+        try:
+            draft, text, evidence = _write(model, method, feature_sets, slides, bundle, section.part, context)
+        except PartNotDrafted as exc:
+            not_drafted.append(str(exc))
+            continue
         seconds = time.perf_counter() - started
         attention = [{"slide": str(s.pk), "patches": top}
                      for s, top in zip(slides, draft.top_patches(feature_sets), strict=True)]
@@ -252,7 +261,10 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
             for label_set in label_sets:
                 store_classification(section, label_set, scores[label_set.pk], bundle, job_id)
         done += 1
-    return {"sections": done, "skipped_parts": skipped, "method": method, "bundle": bundle.key}
+    if not done and not_drafted:
+        raise JobFailed(" ".join(not_drafted))
+    return {"sections": done, "skipped_parts": skipped, "not_drafted": not_drafted, "method": method,
+            "bundle": bundle.key}
 
 
 def store_classification(section: ReportSection, label_set: LabelSet, probs: dict[str, float],

@@ -21,7 +21,16 @@ class FollowupForm(forms.Form):
 class LabelSetForm(forms.ModelForm):
     class Meta:
         model = LabelSet
-        fields = ("name", "description", "is_triage", "active", "order")
+        fields = ("name", "description", "is_triage", "active", "order", "confidence_threshold")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["confidence_threshold"]
+        field.required, field.min_value, field.max_value = False, 0.0, 1.0
+
+    def clean_confidence_threshold(self):
+        value = self.cleaned_data.get("confidence_threshold")
+        return LabelSet._meta.get_field("confidence_threshold").default if value is None else value
 
 
 class PromptsField(forms.CharField):
@@ -42,7 +51,9 @@ class LabelForm(forms.ModelForm):
 
     class Meta:
         model = Label
-        fields = ("name", "prompts", "alert", "order")
+        fields = ("name", "prompts", "alert", "order", "code_system", "code")
+        widgets = {"code_system": forms.TextInput(attrs={"size": 22, "placeholder": "http://snomed.info/sct"}),
+                   "code": forms.TextInput(attrs={"size": 10})}
 
 
 LabelFormSet = inlineformset_factory(LabelSet, Label, form=LabelForm, extra=2, can_delete=True)

@@ -260,7 +260,27 @@ def start_followup(case: Case, kind: str, user, reason: str = "") -> Report:
                                                        text=text, version=1, updated_by=user)
                 ReportVersion.objects.create(section=section, number=1, text=text, source=VersionSource.COPY,
                                              saved_by=user)
+                _carry_classifications(last_reported_section(case, part), section)
     return report
+
+
+def last_reported_section(case: Case, part) -> ReportSection | None:
+    if part is None:
+        return None
+    latest = Report.objects.reported().filter(case=case).first()
+    return latest.sections.filter(part=part).first() if latest else None
+
+
+def _carry_classifications(source: ReportSection | None, target: ReportSection) -> None:
+    """An amendment changes the diagnosis, so the classifications that were reported must be reviewed
+    again: the model's proposals are carried over undecided (sign-out asks for each); dismissed ones are
+    not carried."""
+    if source is None:
+        return
+    for c in source.classifications.filter(decision__in=[Decision.CONFIRMED, Decision.OVERRIDDEN]):
+        Classification.objects.create(section=target, label_set_id=c.label_set_id, scores=c.scores,
+                                      model_label=c.model_label, model_confidence=c.model_confidence,
+                                      bundle_id=c.bundle_id, job_id=c.job_id, alert=False)
 
 
 def addenda_since_reported(case: Case) -> list[tuple]:
