@@ -320,3 +320,39 @@ def test_a_pick_below_the_threshold_is_shown_as_uncertain(cast, case_factory, cl
     assert item.uncertain
     page = client_for(cast.path1).get(reverse("report_workspace", args=[report.case_id])).content.decode()
     assert 'data-role="uncertain"' in page and "below the 60% threshold" in page
+
+
+# --- generated drafts ------------------------------------------------------------------------------------
+def test_a_draft_naming_another_organ_or_side_is_flagged(cast, case_factory):
+    from webapp.reports.drafting import draft_warnings
+
+    case = case_factory(sites={"A": "Lung, right upper lobe"})
+    part = case.parts.get()
+    assert part.organ == "lung"
+    assert draft_warnings(with_own_header("Adenocarcinoma, acinar.", part), part) == []
+    warnings = draft_warnings(with_own_header("Colonic mucosa; left lower lobe nodule.", part), part)
+    assert any("names colon" in w for w in warnings) and any("says left" in w for w in warnings)
+
+
+def test_redrafting_over_ones_own_text_asks_first(cast, case_factory, client_for, request):
+    from webapp.jobs.models import Job
+
+    bundle = request.getfixturevalue("tiny_model")
+    case = case_factory(assigned_to=cast.path1)
+    prime_features(fake_slide(case.parts.get()), bundle, seed=5)
+    report = services.start_report(case, cast.path1)
+    section = report.sections.get()
+    services.save_section(section, "My own careful wording.", section.version, cast.path1)
+    client = client_for(cast.path1)
+    url = reverse("report_draft", args=[case.pk])
+    asked = client.post(url, {"method": "qformer"}, HTTP_HX_REQUEST="true")
+    assert asked.status_code == 409 and b'data-role="redraft-confirm"' in asked.content and b"part A" in asked.content
+    assert not Job.objects.filter(case=case, kind="draft_report").exists()  # nothing queued yet
+    confirmed = client.post(url, {"method": "qformer", "replace_edited": "1"}, HTTP_HX_REQUEST="true")
+    assert confirmed.status_code == 200 and Job.objects.filter(case=case, kind="draft_report").count() == 1
+    from webapp.jobs.runner import execute
+
+    execute(Job.objects.get(case=case, kind="draft_report").pk)
+    section.refresh_from_db()
+    assert section.text != "My own careful wording."
+    assert section.versions.filter(text="My own careful wording.").exists()  # the replaced text is in history
