@@ -447,27 +447,52 @@ class QFormer(nn.Module):
         group_ids: torch.Tensor | None = None,  # [B]; equal ids = interchangeable texts (same report/label)
         itg_input_ids: torch.Tensor | None = None,  # [B, T'] what ITG reads, when not input_ids
         itg_attention_mask: torch.Tensor | None = None,
+        gather: Any = None,  # inference.distributed.BatchGather in data-parallel training; None: one process
+        generator: torch.Generator | None = None,  # ITM hard-negative draws (None: the global RNG)
     ) -> dict[str, torch.Tensor]:
         """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"]}.
 
         ITC and ITM read ``input_ids``; ITG reads ``itg_input_ids`` when given (the trainer can show the
         contrastive losses a shorter view of a report while the decoder always learns the whole text).
+
+        With ``gather`` (data-parallel training) the ITC negatives are the texts and slides of all ranks
+        and ITM mines its hard negatives from the global similarity matrix (the same draws on every rank:
+        give every rank the same ``generator`` state). Each loss is then this rank's share of the global
+        batch's loss times the world size, so that the mean over ranks (what DDP's gradient averaging
+        computes) is the loss of one process on the whole batch. ``group_ids`` must then mean the same on
+        every rank (e.g. stable hashes of the texts). Without ``gather`` the losses are those of this batch.
         """
+        from inference.distributed import LOCAL
+
+        g = gather if gather is not None else LOCAL
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
         b = patches.shape[0]
-        positives = same_group(group_ids, b, patches.device)  # [B, B] bool, diagonal True
+        if patch_mask is None:
+            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
         query_out, _ = self.encode_patches(patches, patch_mask)
         text_out = self.encode_text(input_ids, attention_mask)
         q_feat, t_feat = self.query_embeddings(query_out), self.text_embeddings(text_out, attention_mask)
-        sim_i2t = query_max_similarity(q_feat, t_feat) / self.temp  # [B slides, B texts]
-        losses = {"itc": itc_loss(sim_i2t, positives, self.config.label_smoothing)}
+        q_all, offset = g.rows(q_feat)  # [B_global, Q, E]: every rank's slides
+        t_all, _ = g.rows(t_feat)  # [B_global, E]
+        if group_ids is None:
+            group_ids = torch.arange(offset, offset + b, device=patches.device)
+        groups = g.inputs(group_ids.to(patches.device))
+        n = q_all.shape[0]
+        positives = same_group(groups, n, patches.device)  # [B_global, B_global] bool, diagonal True
+        sim_i2t = query_max_similarity(q_all, t_all) / self.temp  # [B_global slides, B_global texts]
+        mine = slice(offset, offset + b)
+        i2t, t2i = itc_rows(sim_i2t, positives, self.config.label_smoothing)
+        losses = {"itc": g.world * (i2t[mine].sum() + t2i[mine].sum()) / (2 * n)}
         if "itm" in self.config.losses:
-            losses["itm"] = self.itm_loss(patches, patch_mask, input_ids, attention_mask, sim_i2t, positives)
+            losses["itm"] = self.itm_loss(
+                patches, patch_mask, input_ids, attention_mask, sim_i2t, positives, gather=g, offset=offset,
+                generator=generator,
+            )
         if "itg" in self.config.losses:
             if itg_input_ids is None:
                 itg_input_ids, itg_attention_mask = input_ids, attention_mask
-            losses["itg"] = self.itg_loss(patches, patch_mask, itg_input_ids, itg_attention_mask)
+            losses["itg"] = self.itg_loss(patches, patch_mask, itg_input_ids, itg_attention_mask, gather=g)
         wanted = [losses[k] for k in self.config.losses]
         losses["loss"] = torch.stack(wanted).sum()
         return losses
@@ -478,27 +503,37 @@ class QFormer(nn.Module):
         joint = self.encode_joint(patches, patch_mask, input_ids, attention_mask, "bidirectional")
         return self.itm_head(joint[:, :q]).mean(dim=1)
 
-    def itm_loss(self, patches, patch_mask, input_ids, attention_mask, sim_i2t, positives) -> torch.Tensor:  # noqa: ANN001
-        """Image-text matching on positives plus one hard negative per slide and per text (BLIP-2)."""
-        b = patches.shape[0]
+    def itm_loss(  # noqa: ANN201
+        self, patches, patch_mask, input_ids, attention_mask, sim_i2t, positives,  # noqa: ANN001
+        gather: Any = None, offset: int = 0, generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Image-text matching on positives plus one hard negative per slide and per text (BLIP-2).
+
+        ``sim_i2t`` / ``positives`` cover the global batch (all ranks' rows, this rank's from ``offset``);
+        the negatives are drawn for all of it (the same on every rank) and this rank scores its own slides'
+        and texts' rows, reading the other ranks' patches and token ids for negatives that live there."""
+        from inference.distributed import LOCAL
+
+        g = gather if gather is not None else LOCAL
+        b, dev = patches.shape[0], patches.device
         if patch_mask is None:
-            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+            patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=dev)
         with torch.no_grad():
-            neg_text = sample_hard_negatives(sim_i2t.detach().float(), positives)  # per slide [B]
-            neg_slide = sample_hard_negatives(sim_i2t.detach().float().t(), positives.t())  # per text [B]
-        rows_s, rows_t, labels = [torch.arange(b)], [torch.arange(b)], [torch.ones(b, dtype=torch.long)]
-        ok = neg_text >= 0
-        rows_s.append(torch.arange(b)[ok.cpu()])
-        rows_t.append(neg_text[ok].cpu())
-        ok = neg_slide >= 0
-        rows_s.append(neg_slide[ok].cpu())
-        rows_t.append(torch.arange(b)[ok.cpu()])
-        for r in rows_s[1:]:
-            labels.append(torch.zeros(len(r), dtype=torch.long))
-        s = torch.cat(rows_s).to(patches.device)
-        t = torch.cat(rows_t).to(patches.device)
-        logits = self.itm_logits(patches[s], patch_mask[s], input_ids[t], attention_mask[t])
-        return F.cross_entropy(logits, torch.cat(labels).to(patches.device))
+            neg_text = sample_hard_negatives(sim_i2t.detach().float(), positives, generator)  # per slide
+            neg_slide = sample_hard_negatives(sim_i2t.detach().float().t(), positives.t(), generator)  # per text
+            n_rows = sim_i2t.shape[0] + (neg_text >= 0).sum() + (neg_slide >= 0).sum()  # global row count
+        mine = torch.arange(offset, offset + b, device=dev)
+        my_neg_text, my_neg_slide = neg_text[mine], neg_slide[mine]
+        ok_t, ok_s = my_neg_text >= 0, my_neg_slide >= 0
+        rows_s = torch.cat([mine, mine[ok_t], my_neg_slide[ok_s]])
+        rows_t = torch.cat([mine, my_neg_text[ok_t], mine[ok_s]])
+        labels = torch.cat([torch.ones(b, dtype=torch.long, device=dev),
+                            torch.zeros(len(rows_s) - b, dtype=torch.long, device=dev)])
+        all_patches, all_mask = g.inputs(patches), g.inputs(patch_mask, False)
+        all_ids = g.inputs(input_ids, self.config.pad_token_id)
+        all_att = g.inputs(attention_mask, 0)
+        logits = self.itm_logits(all_patches[rows_s], all_mask[rows_s], all_ids[rows_t], all_att[rows_t])
+        return g.world * F.cross_entropy(logits.float(), labels, reduction="sum") / n_rows
 
     def decoder_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """ITG reads the text with [DEC] in place of [CLS]."""
@@ -506,8 +541,12 @@ class QFormer(nn.Module):
         dec[:, 0] = self.config.dec_token_id
         return dec
 
-    def itg_loss(self, patches, patch_mask, input_ids, attention_mask) -> torch.Tensor:  # noqa: ANN001
-        """Image-grounded text generation: next-token loss under the UniLM mask."""
+    def itg_loss(self, patches, patch_mask, input_ids, attention_mask, gather: Any = None) -> torch.Tensor:  # noqa: ANN001
+        """Image-grounded text generation: next-token loss under the UniLM mask (mean over the real tokens
+        of the global batch; with ``gather``, this rank's share of it times the world size)."""
+        from inference.distributed import LOCAL
+
+        g = gather if gather is not None else LOCAL
         q = self.config.num_query_tokens
         dec = self.decoder_inputs(input_ids)
         joint = self.encode_joint(patches, patch_mask, dec, attention_mask, "unilm")
@@ -516,11 +555,13 @@ class QFormer(nn.Module):
         # The vocabulary projection dominates the cost on CPU: apply it to real (non-padding) positions only,
         # and over the output shortlist when there is one.
         logits = self.lm_head.shortlist_logits(hidden[real])  # [R, V']
-        return F.cross_entropy(
+        total = F.cross_entropy(
             logits.float(),
             self.lm_head.targets(input_ids[:, 1:][real]),
             label_smoothing=self.config.label_smoothing,
+            reduction="sum",
         )
+        return g.world * total / g.sum(real.sum()).clamp_min(1)
 
     def set_output_vocab(self, ids: Sequence[int] | None) -> None:
         """Restrict generation (and the ITG softmax) to ``ids`` plus [SEP]; None lifts the restriction."""
@@ -674,16 +715,24 @@ def query_max_similarity(query_feats: torch.Tensor, text_feats: torch.Tensor) ->
     return torch.einsum("bqe,ce->bcq", query_feats, text_feats).max(dim=-1).values
 
 
-def itc_loss(sim_i2t: torch.Tensor, positives: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Symmetric InfoNCE on temperature-scaled similarities [B, B]. Several positives share the target mass."""
-    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
+def itc_rows(
+    sim_i2t: torch.Tensor, positives: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row InfoNCE terms of temperature-scaled similarities [B, B]: (slide->text [B], text->slide [B])."""
     n = sim_i2t.shape[1]
+    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
     targets = (1 - label_smoothing) * targets + label_smoothing / n
     targets_t = positives.t().float() / positives.t().float().sum(dim=1, keepdim=True)
     targets_t = (1 - label_smoothing) * targets_t + label_smoothing / n
-    i2t = -(targets * F.log_softmax(sim_i2t.float(), dim=1)).sum(1).mean()
-    t2i = -(targets_t * F.log_softmax(sim_i2t.float().t(), dim=1)).sum(1).mean()
-    return (i2t + t2i) / 2
+    i2t = -(targets * F.log_softmax(sim_i2t.float(), dim=1)).sum(1)
+    t2i = -(targets_t * F.log_softmax(sim_i2t.float().t(), dim=1)).sum(1)
+    return i2t, t2i
+
+
+def itc_loss(sim_i2t: torch.Tensor, positives: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE on temperature-scaled similarities [B, B]. Several positives share the target mass."""
+    i2t, t2i = itc_rows(sim_i2t, positives, label_smoothing)
+    return (i2t.mean() + t2i.mean()) / 2
 
 
 def sample_hard_negatives(

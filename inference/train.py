@@ -7,9 +7,16 @@ are assigned deterministically from the seed.
 
     python -m inference.train --corpus DIR --features DIR --out var/models/mine --variant G
     python -m inference.train --corpus DIR --features DIR --stage 2 --bundle var/models/mine --lm-dir LM_DIR
+    torchrun --nproc-per-node 8 -m inference.train --corpus DIR --features DIR --out var/models/mine
 
-Progress bars (tqdm), a checkpoint after every epoch (``--resume`` continues from it, RNG state included),
-seeds, and bf16 autocast on CUDA.
+Stage 1 reads its batches through a `torch.utils.data.DataLoader` (``inference.data``): ``--num-workers``
+processes stream the per-slide feature files from disk (the CLI keeps no features in memory), the texts
+are tokenised once when the dataset is made, and batches are pinned on CUDA. Under ``torchrun`` it is
+data-parallel (DDP, ``inference.distributed``): ``--batch-size`` is the *global* batch, split over the
+ranks, and the ITC negatives and ITM hard negatives are drawn from all ranks' embeddings, so N processes
+compute the update one process would compute on the same global batch. Rank 0 writes checkpoints and the
+bundle. Progress bars (tqdm), a checkpoint after every epoch (``--resume`` continues from it, RNG state
+included), seeds, and bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from inference.data import (
+    GlobalBatchSampler,
+    Stage1Collator,
+    Stage1Dataset,
+    feature_statistics,
+    make_loader,
+    mix_seed,
+)
+from inference.distributed import DistContext
 from inference.qformer import QFormer, default_text_model_dir
 
 # ----------------------------------------------------------------------------------------------------------
@@ -39,13 +55,38 @@ from inference.qformer import QFormer, default_text_model_dir
 
 @dataclass
 class Example:
-    features: torch.Tensor  # [N, D] float32
+    """One slide and its text. ``features`` [N, D] float32 in memory, or None with ``path`` set: a feature
+    file read when needed (``load_features()``; what the training loader's workers do)."""
+
+    features: torch.Tensor | None  # [N, D] float32 (None: streamed from `path`)
     text: str  # the training text (diagnostic part of the report)
     record: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # the feature file (streamed examples)
+    n_patches: int | None = None
+    feature_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is None and self.path is None:
+            raise ValueError("an Example needs features or the path of a feature file")
+        if self.features is not None:
+            self.n_patches = int(self.features.shape[0])
+            self.feature_dim = int(self.features.shape[1]) if self.features.dim() > 1 else 0
 
     @property
     def split(self) -> str:
         return self.record.get("split", "train")
+
+    @property
+    def dim(self) -> int:
+        if self.feature_dim is None:
+            self.feature_dim = int(self.load_features().shape[1])
+        return self.feature_dim
+
+    def load_features(self) -> torch.Tensor:
+        """[N, D] float32: the tensor in memory, or read from the feature file."""
+        if self.features is not None:
+            return self.features
+        return load_features_file(self.path)
 
 
 SECTION = re.compile(r"^\s*([A-Za-z][A-Za-z ]{1,40}):\s*(.*)$", re.S)
@@ -92,28 +133,41 @@ def load_features_file(path: str | os.PathLike) -> torch.Tensor:
 
 
 def load_examples(
-    corpus: str | os.PathLike, features_dir: str | os.PathLike, seed: int = 0, text_fn: Any = diagnostic_text
+    corpus: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    seed: int = 0,
+    text_fn: Any = diagnostic_text,
+    stream: bool = False,
 ) -> tuple[list[Example], dict[str, Any]]:
     """Pair every manifest record with its cached features (``extract_corpus_features`` output).
 
-    Returns (examples, encoder spec). Records without features are skipped.
+    Returns (examples, encoder spec). Records without features (or with none of tissue) are skipped.
+    ``stream``: the examples hold the feature files' paths, not their tensors (patch counts and widths come
+    from the index and the files' headers); the training loader reads them.
     """
     from inference.features import load_feature_index
 
     features_dir = Path(features_dir)
     root = features_dir.parent if features_dir.is_file() else features_dir
-    by_slide = {row["slide"]: row["features_path"] for row in load_feature_index(root)}
+    rows = {row["slide"]: row for row in load_feature_index(root)}
     encoder = json.loads((root / "encoder.json").read_text()) if (root / "encoder.json").is_file() else {}
     examples = []
     for rec in _manifest(corpus):
-        path = by_slide.get(rec.get("slide"))
-        if path is None:
+        row = rows.get(rec.get("slide"))
+        if row is None:
+            continue
+        path = row["features_path"]
+        rec = dict(rec)
+        rec.setdefault("split", assign_split(str(rec["slide"]), seed))
+        if stream:
+            n, dim = _feature_shape(path)
+            if n == 0:
+                continue
+            examples.append(Example(None, text_fn(rec["report"]), rec, path=path, n_patches=n, feature_dim=dim))
             continue
         feats = load_features_file(path)
         if len(feats) == 0:  # no tissue patch: nothing to learn from or evaluate on
             continue
-        rec = dict(rec)
-        rec.setdefault("split", assign_split(str(rec["slide"]), seed))
         examples.append(Example(feats, text_fn(rec["report"]), rec))
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
@@ -121,6 +175,20 @@ def load_examples(
     if encoder.get("tiling"):  # how the features were tiled travels into the bundle (save_bundle)
         spec["tiling"] = encoder["tiling"]
     return examples, spec
+
+
+def _feature_shape(path: str) -> tuple[int, int | None]:
+    """(patches, width) of a feature file without reading its tensor (safetensors header), else by loading."""
+    if str(path).endswith(".safetensors"):
+        from inference.features import read_meta
+
+        try:
+            meta = read_meta(path)
+            return meta.n_patches, meta.dim
+        except ValueError:
+            pass
+    x = load_features_file(path)
+    return int(x.shape[0]), int(x.shape[1]) if x.dim() > 1 else None
 
 
 def _manifest(corpus: str | os.PathLike) -> list[dict[str, Any]]:
@@ -243,6 +311,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
     threads: int | None = None  # torch CPU threads
+    num_workers: int = 2  # DataLoader worker processes reading feature files (0: in the training process)
+    pin_memory: bool = True  # pinned host batches on CUDA (copied with non_blocking=True)
 
 
 FRESH = ("query_tokens", "vision_norm", "cross_attn", "vision_proj", "text_proj", "itm_head", "temp")
@@ -324,29 +394,44 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def validation_loss(
-    model: QFormer, examples: Sequence[Example], tokenizer: Any, cfg: TrainConfig, device: torch.device
+    model: QFormer,
+    examples: Sequence[Example],
+    tokenizer: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
-    """Mean losses over the validation examples (fixed order, all patches, no dropout)."""
+    """Mean losses over the validation examples (fixed order, all patches, no dropout).
+
+    Distributed: the batches are shared out over the ranks and the sums added up (every rank gets the
+    figures)."""
     if not examples:
         return {}
+    ctx = ctx or DistContext(device=device)
     model.eval()
     torch.manual_seed(cfg.seed)  # ITM negatives are sampled: fix them for comparable figures
-    totals: dict[str, float] = {}
-    batches = 0
-    for start in range(0, len(examples), cfg.batch_size):
-        chunk = examples[start : start + cfg.batch_size]
-        if len(chunk) < 2:
-            continue
-        batch = {k: v.to(device) for k, v in collate(chunk, tokenizer, cfg.max_text_len).items()}
-        with _autocast(device, cfg.amp):
-            out = model(**batch, group_ids=group_ids(chunk, cfg.group_by).to(device))
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        batches += 1
+    dataset = Stage1Dataset(examples, tokenizer, cfg.max_text_len, group_by=cfg.group_by, seed=cfg.seed)
+    batches = [list(range(i, min(i + cfg.batch_size, len(examples)))) for i in range(0, len(examples), cfg.batch_size)]
+    batches = [b for b in batches if len(b) >= 2][ctx.rank:: ctx.world_size]
+    keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
+    totals = torch.zeros(len(keys) + 1, dtype=torch.float64)
+    if batches:
+        loader = make_loader(dataset, batches, Stage1Collator(tokenizer.pad_token_id or 0), 0, device, cfg.pin_memory)
+        for batch in loader:
+            batch = _to_device(batch, device)
+            with _autocast(device, cfg.amp):
+                out = model(**batch)
+            totals += torch.tensor([float(out[k]) for k in keys] + [1.0], dtype=torch.float64)
+    totals = ctx.all_reduce_sum(totals).cpu()
     model.train()
-    return {k: v / max(batches, 1) for k, v in totals.items()}
+    n = max(float(totals[-1]), 1.0)
+    return {k: float(v) / n for k, v in zip(keys, totals[:-1], strict=True)} if totals[-1] else {}
 
 
 def train_stage1(
@@ -356,34 +441,43 @@ def train_stage1(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    ctx: DistContext | None = None,
 ) -> tuple[QFormer, Any, dict[str, Any]]:
     """Train the Q-Former on the 'train' examples; keep the weights with the best validation loss.
 
     ``stop_after``: end this run after that many epochs in total (the schedule still spans cfg.epochs), so
     a long training can be done in several sittings with ``resume``.
 
+    ``ctx`` (``inference.distributed.init_distributed()``): data-parallel training, one process per device;
+    every rank passes the same examples and config and gets the same model back; only rank 0 writes the
+    checkpoint. ``cfg.batch_size`` is the global batch.
+
     Returns (model in eval mode, tokenizer, history: per-epoch train/val losses and a data summary).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    ctx = ctx or DistContext(device=resolve_device(cfg.device))
+    device = ctx.device
     train = [e for e in examples if e.split == "train"]
     val = [e for e in examples if e.split == "val"]
     if len(train) < 2:
         raise ValueError("need at least two training examples")
-    model, tokenizer = build_model(cfg, train[0].features.shape[1])
+    model, tokenizer = build_model(cfg, train[0].dim)
     if cfg.freeze_word_embeddings:
         model.word_embeddings.weight.requires_grad_(False)
     if cfg.output_vocab == "corpus" and "itg" in model.config.losses:
         model.set_output_vocab(corpus_vocabulary([e.text for e in train], tokenizer, cfg.max_text_len))
     elif cfg.output_vocab not in ("corpus", "full"):
         raise ValueError(f"output_vocab must be 'corpus' or 'full', not {cfg.output_vocab!r}")
-    model.set_feature_statistics(torch.cat([e.features for e in train]))
+    shift, scale = feature_statistics(train, ctx)
+    model.feature_shift.copy_(shift)
+    model.feature_scale.copy_(scale.clamp_min(1e-6))
     model.to(device).train()
     opt = _optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    sampler = GlobalBatchSampler(len(train), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    steps_per_epoch = len(sampler)
+    total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
     history: dict[str, Any] = {"epochs": [], "config": asdict(cfg)}
     start_epoch, step, best = 0, 0, (math.inf, None)
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -398,52 +492,62 @@ def train_stage1(
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-    shuffle = torch.Generator().manual_seed(cfg.seed)  # batch order and patch subsets
-    if resume and ckpt and ckpt.exists():
-        shuffle.set_state(state["rng"]["shuffle"])
+    net: Any = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.variant != "G",  # R trains no ITM / ITG head
+        )
+    gather = ctx.gather()
+    dataset = Stage1Dataset(train, tokenizer, cfg.max_text_len, cfg.max_patches, cfg.text_view_prob,
+                            cfg.group_by, cfg.seed)
+    loader = make_loader(dataset, sampler, Stage1Collator(tokenizer.pad_token_id or 0), cfg.num_workers, device,
+                         cfg.pin_memory)
+    keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
     for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
         t0 = time.perf_counter()
-        order = torch.randperm(len(train), generator=shuffle).tolist()
-        sums: dict[str, float] = {}
+        sampler.set_epoch(epoch)
+        sums = torch.zeros(len(keys), device=device)
         bar = tqdm(
-            range(steps_per_epoch),
+            loader,
+            total=steps_per_epoch,
             desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
+            disable=not (progress and ctx.is_main),
             leave=False,
         )
-        for i in bar:
-            chunk = [train[j] for j in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-            if len(chunk) < 2:  # contrastive losses need a partner
-                continue
-            texts = contrastive_texts(chunk, cfg.text_view_prob, shuffle)
-            batch = {
-                k: v.to(device)
-                for k, v in collate(chunk, tokenizer, cfg.max_text_len, cfg.max_patches, shuffle, texts).items()
-            }
+        for i, batch in enumerate(bar):
+            batch = _to_device(batch, device)
             _set_lr(opt, step, total, cfg.warmup_steps)
+            # ITM's hard negatives: the same draws on every rank (and in one process) for this step.
+            negatives = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, step))
             with _autocast(device, cfg.amp):
-                out = model(**batch, group_ids=group_ids(chunk, cfg.group_by, texts).to(device))
+                out = net(**batch, gather=gather, generator=negatives)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
+            sums += torch.stack([out[k].detach().float() for k in keys])
+            if ctx.is_main and progress and (i % 10 == 0 or i + 1 == steps_per_epoch):
+                bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in zip(keys, sums, strict=True)})
+        # Each rank's losses are its share of the global loss times the world size: the mean is the global loss.
+        sums = ctx.all_reduce_sum(sums) / ctx.world_size
         record = {
             "epoch": epoch + 1,
-            "train": {k: v / steps_per_epoch for k, v in sums.items()},
-            "val": validation_loss(model, val, tokenizer, cfg, device),
+            "train": {k: float(v) / max(steps_per_epoch, 1) for k, v in zip(keys, sums, strict=True)},
+            "val": validation_loss(model, val, tokenizer, cfg, device, ctx),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         history["epochs"].append(record)
-        if progress:
+        if progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: train {_fmt(record['train'])} | val {_fmt(record['val'])}")
         score = record["val"].get("loss", record["train"].get("loss", math.inf))
         if score <= best[0]:
             best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        if ckpt:
+        if ckpt and ctx.is_main:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save(
@@ -459,12 +563,12 @@ def train_stage1(
                         "torch": torch.get_rng_state(),
                         "numpy": np.random.get_state(),
                         "python": random.getstate(),
-                        "shuffle": shuffle.get_state(),
                     },
                 },
                 tmp,
             )
             tmp.replace(ckpt)
+        ctx.barrier()  # nobody reads a half-written checkpoint on resume
     if best[1] is not None:
         model.load_state_dict(best[1])
     history["best_val_loss"] = best[0]
@@ -491,13 +595,13 @@ def data_summary(examples: Sequence[Example]) -> dict[str, Any]:
         splits[e.split] = splits.get(e.split, 0) + 1
         if e.split == "train" and e.record.get("diagnosis"):
             diagnoses[e.record["diagnosis"]] = diagnoses.get(e.record["diagnosis"], 0) + 1
-    patches = [e.features.shape[0] for e in examples]
+    patches = [int(e.n_patches or 0) for e in examples]
     return {
         "slides": len(examples),
         "splits": splits,
         "train_diagnoses": diagnoses,
         "patches_per_slide": {"min": min(patches), "mean": float(np.mean(patches)), "max": max(patches)},
-        "feature_dim": int(examples[0].features.shape[1]),
+        "feature_dim": int(examples[0].dim),
     }
 
 
@@ -536,7 +640,7 @@ def train_stage2(
     )
     train = [e for e in examples if e.split == "train"]
     with torch.no_grad():  # the Q-Former is frozen: its query outputs are computed once
-        queries = [model.encode_patches(e.features[None].to(device))[0][0].cpu() for e in train]
+        queries = [model.encode_patches(e.load_features()[None].to(device))[0][0].cpu() for e in train]
     opt = torch.optim.AdamW(bridge.trainable_parameters(), lr=cfg.lr)
     history: dict[str, Any] = {"epochs": [], "config": asdict(cfg), "lm_dir": str(lm_dir)}
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -589,24 +693,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         if f.name == "max_patches":
             kind = int
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=value)
+    ap.add_argument("--in-memory", action="store_true", help="stage 1: load every feature file up front "
+                    "(default: the DataLoader's workers stream them from disk)")
     args = ap.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__})
-    examples, encoder_spec = load_examples(args.corpus, args.features, seed=cfg.seed)
+    from inference.distributed import init_distributed, launched_by_torchrun, shutdown
+
+    if launched_by_torchrun() and args.stage != 1:
+        ap.error("stage 2 runs in one process (its LM bridge is small); start it without torchrun")
+    ctx = init_distributed(cfg.device)  # a one-process context unless started by torchrun
+    examples, encoder_spec = load_examples(args.corpus, args.features, seed=cfg.seed,
+                                           stream=args.stage == 1 and not args.in_memory)
     if args.stage == 1:
         if not args.out:
             ap.error("--out is required for stage 1")
         from inference.bundle import save_bundle
 
-        model, tokenizer, history = train_stage1(
-            examples,
-            cfg,
-            args.checkpoint_dir or Path(args.out) / "checkpoints",
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
+        if ctx.enabled and ctx.is_main:
+            print(f"data-parallel: {ctx.world_size} processes ({ctx.backend}), global batch {cfg.batch_size}")
+        try:
+            model, tokenizer, history = train_stage1(
+                examples,
+                cfg,
+                args.checkpoint_dir or Path(args.out) / "checkpoints",
+                resume=args.resume,
+                progress=not args.no_progress,
+                ctx=ctx,
+            )
+        finally:
+            shutdown(ctx)
+        if not ctx.is_main:
+            return 0
         save_bundle(
             args.out,
-            model,
+            model.cpu(),
             tokenizer,
             encoder_spec,
             name=args.name,

@@ -1,0 +1,204 @@
+"""Stage-1 training data: a `torch.utils.data` dataset over per-slide feature files, batches, statistics.
+
+- `Stage1Dataset(examples, tokenizer, ...)`: one item per example; features come from memory or are read
+  from the example's feature file in the loader's worker processes (streamed: nothing of the corpus stays
+  in the trainer's memory). Every text and its diagnosis-line view are tokenised once, when the dataset is
+  made (no tokenisation in the training loop). Items are addressed by ``(epoch, index)``: the patch subset
+  and the text view an item gets are drawn from a generator seeded by (seed, epoch, index), so they do
+  not depend on which worker, which rank or which batch reads it (one process and eight give the same
+  global batch).
+- `GlobalBatchSampler`: the epoch's shuffled global batches (seeded by seed and epoch, the same on every
+  rank), each split into contiguous per-rank parts; a batch that cannot give every rank an example (or
+  fewer than 2 in all) is skipped.
+- `Stage1Collator`: pads features (``patch_mask``) and token ids; ``group_ids`` are stable 63-bit hashes of
+  the grouping key (the text, or a label), so they mean the same on every rank.
+- `make_loader(...)`: the DataLoader (workers, pinned memory on CUDA, persistent workers, prefetch).
+- `feature_statistics(examples, rank, world)`: per-dimension mean and std of the training features in one
+  streaming pass (float64 sums; sharded over ranks and summed when distributed).
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from inference.distributed import DistContext, rank_slice
+
+__all__ = ["GlobalBatchSampler", "Stage1Collator", "Stage1Dataset", "feature_statistics", "make_loader",
+           "mix_seed", "stable_id"]
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and runs, unlike hash())."""
+    h = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def stable_id(key: str) -> int:
+    """A 63-bit id for a grouping key: equal keys, equal ids, in every process."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _group_key(example: Any, group_by: str, text: str) -> str:
+    if group_by == "text":
+        return text.lower()
+    rec = example.record
+    return str(rec.get(group_by, rec.get("labels", {}).get(group_by, example.text)))
+
+
+class Stage1Dataset(Dataset):
+    """Items ``(epoch, index)`` -> dict(features [n, D], input_ids, itg_input_ids, group) (see module doc).
+
+    ``epoch`` None (or a plain int index): evaluation items, all patches and the whole text."""
+
+    def __init__(self, examples: Sequence[Any], tokenizer: Any, max_text_len: int, max_patches: int | None = None,
+                 text_view_prob: float = 0.0, group_by: str = "text", seed: int = 0):
+        from inference.train import first_sentence
+
+        self.examples = list(examples)
+        self.max_patches = max_patches
+        self.text_view_prob = float(text_view_prob)
+        self.group_by = group_by
+        self.seed = int(seed)
+        texts = [e.text for e in self.examples]
+        views = [first_sentence(t) for t in texts] if self.text_view_prob > 0 else texts
+
+        def ids(batch: list[str]) -> list[list[int]]:
+            return tokenizer(batch, truncation=True, max_length=max_text_len)["input_ids"] if batch else []
+
+        self.full_ids = ids(texts)
+        self.view_ids = ids(views) if self.text_view_prob > 0 else self.full_ids
+        self.full_groups = [stable_id(_group_key(e, group_by, t)) for e, t in zip(self.examples, texts, strict=True)]
+        self.view_groups = ([stable_id(_group_key(e, group_by, v)) for e, v in zip(self.examples, views, strict=True)]
+                            if self.text_view_prob > 0 else self.full_groups)
+        self.view_differs = [v != t for v, t in zip(views, texts, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: int | tuple[int | None, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (None, key)
+        e = self.examples[i]
+        x = e.load_features()
+        use_view = False
+        if epoch is not None:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
+            if self.max_patches and x.shape[0] > self.max_patches:  # random subset: augmentation + bounded cost
+                x = x[torch.randperm(x.shape[0], generator=gen)[: self.max_patches]]
+            if self.text_view_prob > 0:
+                use_view = bool(torch.rand(1, generator=gen).item() < self.text_view_prob) and self.view_differs[i]
+        return {
+            "features": x.float(),
+            "input_ids": self.view_ids[i] if use_view else self.full_ids[i],
+            "itg_input_ids": self.full_ids[i] if use_view else None,
+            "group": self.view_groups[i] if use_view else self.full_groups[i],
+        }
+
+
+class Stage1Collator:
+    """Items -> the Q-Former's batch: patches [b, n, D] + patch_mask, input_ids + attention_mask (padded),
+    group_ids, and itg_input_ids / itg_attention_mask when any item shows ITC/ITM a shorter view."""
+
+    def __init__(self, pad_token_id: int = 0):
+        self.pad = int(pad_token_id)
+
+    def _pad_ids(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        t = max(len(r) for r in rows)
+        ids = torch.full((len(rows), t), self.pad, dtype=torch.long)
+        att = torch.zeros(len(rows), t, dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+            att[j, : len(r)] = 1
+        return ids, att
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        feats = [it["features"] for it in items]
+        n = max(x.shape[0] for x in feats)
+        patches = torch.zeros(len(feats), n, feats[0].shape[1])
+        mask = torch.zeros(len(feats), n, dtype=torch.bool)
+        for j, x in enumerate(feats):
+            patches[j, : x.shape[0]], mask[j, : x.shape[0]] = x, True
+        ids, att = self._pad_ids([it["input_ids"] for it in items])
+        out = {"patches": patches, "patch_mask": mask, "input_ids": ids, "attention_mask": att,
+               "group_ids": torch.tensor([it["group"] for it in items], dtype=torch.long)}
+        if any(it["itg_input_ids"] is not None for it in items):
+            full = [it["itg_input_ids"] if it["itg_input_ids"] is not None else it["input_ids"] for it in items]
+            out["itg_input_ids"], out["itg_attention_mask"] = self._pad_ids(full)
+        return out
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's part of each of the epoch's global batches, as ``(epoch, index)`` keys."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True,
+                 min_batch: int = 2):
+        if batch_size < world:
+            raise ValueError(f"the global batch ({batch_size}) must give each of the {world} ranks an example")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.shuffle, self.min_batch = rank, world, shuffle, min_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_batches(self) -> list[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
+            order = order.tolist()
+        else:
+            order = list(range(self.n))
+        chunks = [order[i: i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        return [c for c in chunks if len(c) >= max(self.min_batch, self.world)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for chunk in self.global_batches():
+            yield [(self.epoch, i) for i in chunk[rank_slice(len(chunk), self.rank, self.world)]]
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+
+def default_workers(requested: int | None) -> int:
+    """Loader workers: as asked, but none in a daemonic process (which may not have children)."""
+    if multiprocessing.current_process().daemon:
+        return 0
+    return max(0, int(requested if requested is not None else 2))
+
+
+def make_loader(dataset: Stage1Dataset, batch_sampler: Sampler, collate: Stage1Collator, workers: int | None,
+                device: torch.device, pin_memory: bool = True, prefetch_factor: int = 4) -> DataLoader:
+    """The training / validation DataLoader: ``workers`` processes read feature files and collate; host
+    batches are pinned on CUDA so the copy to the GPU (``non_blocking=True``) overlaps the step."""
+    n = default_workers(workers)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenised before the fork; keep it quiet
+    kwargs: dict[str, Any] = {}
+    if n:
+        kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=n,
+                      pin_memory=bool(pin_memory and device.type == "cuda"), **kwargs)
+
+
+@torch.no_grad()
+def feature_statistics(examples: Sequence[Any], ctx: DistContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], std [D]) over every patch of the examples, one pass over their files (float64 sums).
+
+    Distributed: each rank reads its share of the files and the sums are added up (all ranks get the same)."""
+    ctx = ctx or DistContext()
+    mine = examples[rank_slice(len(examples), ctx.rank, ctx.world_size)]
+    dim = examples[0].dim
+    sums = torch.zeros(2 * dim + 1, dtype=torch.float64)
+    for e in mine:
+        x = e.load_features().double()
+        sums[:dim] += x.sum(0)
+        sums[dim:2 * dim] += (x * x).sum(0)
+        sums[-1] += x.shape[0]
+    sums = ctx.all_reduce_sum(sums).cpu()
+    count = sums[-1].clamp_min(1)
+    mean = sums[:dim] / count
+    var = (sums[dim:2 * dim] - count * mean * mean) / (count - 1).clamp_min(1)
+    return mean.float(), var.clamp_min(0).sqrt().float()
