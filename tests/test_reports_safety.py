@@ -111,6 +111,8 @@ def test_sign_out_names_what_is_missing(cast, case_factory, client_for):
 
 # --- the signed snapshot --------------------------------------------------------------------------------
 def test_the_signed_record_is_frozen_and_identity_locked(cast, case_factory, client_for):
+    cast.path1.credentials = "MD, FRCPath"
+    cast.path1.save()
     case = case_factory(assigned_to=cast.path1, patient_pseudonym="PSN-AAAA", parts=("A",))
     report = drafted_report(case, cast.path1)
     services.decide(triage_classification(report), "Likely benign", cast.path1)
@@ -118,6 +120,8 @@ def test_the_signed_record_is_frozen_and_identity_locked(cast, case_factory, cli
     assert snapshot.verify(report).ok
     assert report.snapshot["case"]["patient_pseudonym"] == "PSN-AAAA"
     assert report.snapshot["signature"]["printed_name"] == "Ana One"
+    assert report.snapshot["signature"]["credentials"] == "MD, FRCPath"
+    assert "Ana One, MD, FRCPath" in export.signature_line(report)
     assert report.snapshot_hash == hashlib.sha256(snapshot.canonical(report.snapshot)).hexdigest()
 
     # The lab admin's edits of identifying fields are refused: in the model, the page and the database.

@@ -6,7 +6,7 @@ from .models import User
 
 @admin.register(User)
 class PathAlignUserAdmin(UserAdmin):
-    fieldsets = UserAdmin.fieldsets + (("Role", {"fields": ("role",)}),)
+    fieldsets = UserAdmin.fieldsets + (("Role and signature", {"fields": ("role", "credentials")}),)
     list_display = ("username", "role", "is_active", "is_superuser")
     list_filter = ("role", "is_active", "is_superuser")
 

@@ -7,10 +7,10 @@ from .models import User
 class NewUserForm(UserCreationForm):
     class Meta:
         model = User
-        fields = ("username", "first_name", "last_name", "email", "role")
+        fields = ("username", "first_name", "last_name", "credentials", "email", "role")
 
 
 class EditUserForm(forms.ModelForm):
     class Meta:
         model = User
-        fields = ("first_name", "last_name", "email", "role", "is_active")
+        fields = ("first_name", "last_name", "credentials", "email", "role", "is_active")

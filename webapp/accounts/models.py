@@ -11,6 +11,8 @@ class Role(models.TextChoices):
 
 class User(AbstractUser):
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.PATHOLOGIST)
+    # Printed after the name in an electronic signature (frozen into the signed record at sign-out).
+    credentials = models.CharField(max_length=80, blank=True, help_text="e.g. 'MD, FRCPath'")
 
     @property
     def is_lab_admin(self) -> bool:
