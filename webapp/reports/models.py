@@ -33,8 +33,8 @@ class LabelSet(models.Model):
     )
     active = models.BooleanField(default=True)
     order = models.PositiveSmallIntegerField(default=0)
-    # Below this probability the model's pick is shown as "uncertain", never as a proposal. 0.6 keeps the
-    # picks the demo bundle gets right 95% of the time on its held-out split (docs/reporting.md).
+    # Below this probability the model's pick is shown as "uncertain", never as a proposal. A lab sets it per
+    # label set from its own validation (docs/reporting.md); the default only keeps near-uniform picks out.
     confidence_threshold = models.FloatField(
         default=0.6, help_text="Below this probability the model's label is shown as uncertain.")
     updated_at = models.DateTimeField(auto_now=True)
