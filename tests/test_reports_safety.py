@@ -360,3 +360,36 @@ def test_redrafting_over_ones_own_text_asks_first(cast, case_factory, client_for
     section.refresh_from_db()
     assert section.text != "My own careful wording."
     assert section.versions.filter(text="My own careful wording.").exists()  # the replaced text is in history
+
+
+def test_thresholds_are_calibrated_from_signed_out_decisions(cast, case_factory, client_for):
+    from tests.model_fixtures import bundle_row
+    from webapp.reports import calibration
+
+    # The model's picks: right at high confidence, wrong at low (what the lab's decisions say).
+    decisions = [(0.9, True)] * 20 + [(0.7, True)] * 9 + [(0.7, False)] * 1 + [(0.4, True)] * 5 + [(0.4, False)] * 5
+    result = calibration.threshold_for(decisions)
+    assert result.threshold == 0.7 and result.accuracy_above == pytest.approx(29 / 30)
+    assert result.share_above == pytest.approx(30 / 40)
+    assert calibration.threshold_for(decisions[:10]).threshold is None  # too few decisions: no change
+
+    # Through the page, over real signed rows of the active bundle.
+    bundle = bundle_row("calib@1")
+    from webapp.analysis.pipeline import activate_bundle
+
+    activate_bundle(bundle)
+    ensure_default_label_sets()
+    organ = LabelSet.objects.get(name="Organ")
+    for index, (confidence, right) in enumerate(decisions):
+        case = case_factory(assigned_to=cast.path1)
+        report = drafted_report(case, cast.path1)
+        item = Classification.objects.create(section=report.sections.get(), label_set=organ, bundle=bundle,
+                                             scores={"Colon": confidence, "Lung": 1 - confidence},
+                                             model_label="Colon", model_confidence=confidence)
+        services.decide(item, "Colon" if right else "Lung", cast.path1)
+        services.sign(report, cast.path1)
+    response = client_for(cast.admin).post(reverse("labelset_list"), {"action": "calibrate"}, follow=True)
+    organ.refresh_from_db()
+    assert organ.confidence_threshold == 0.7 and organ.calibration["decisions"] == 40
+    assert "right 97% of the time (40 decisions)" in response.content.decode()
+    assert AuditEvent.objects.filter(action="labelset.calibrate", object_id=str(organ.pk)).exists()

@@ -37,6 +37,8 @@ class LabelSet(models.Model):
     # label set from its own validation (docs/reporting.md); the default only keeps near-uniform picks out.
     confidence_threshold = models.FloatField(
         default=0.6, help_text="Below this probability the model's label is shown as uncertain.")
+    # How the threshold was last calibrated from sign-out decisions (webapp.reports.calibration), if it was.
+    calibration = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

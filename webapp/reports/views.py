@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.accounts.decorators import lab_admin_required
+from webapp.analysis.runtime import active_bundle
 from webapp.audit.log import record
 from webapp.audit.models import AuditEvent
 from webapp.cases.access import can_work_on, visible_cases
@@ -24,7 +25,7 @@ from webapp.jobs.models import ACTIVE_STATES, Job, JobState
 from webapp.slides.models import Slide
 from webapp.slides.viewer_views import viewer_context
 
-from . import access, export, services, snapshot
+from . import access, calibration, export, services, snapshot
 from .drafting import DRAFT, method_options, queue_draft
 from .forms import FollowupForm, LabelFormSet, LabelSetForm
 from .labelsets import ensure_default_label_sets
@@ -491,8 +492,36 @@ def labelset_list(request: HttpRequest) -> HttpResponse:
         record(request, "labelset.defaults", created=created)
         messages.success(request, f"{created} default label sets added.")
         return redirect("labelset_list")
+    if request.method == "POST" and request.POST.get("action") == "calibrate":
+        return _calibrate_label_sets(request)
     sets = LabelSet.objects.prefetch_related("labels")
     return render(request, "reports/labelset_list.html", {"label_sets": sets})
+
+
+def _calibrate_label_sets(request: HttpRequest) -> HttpResponse:
+    bundle = active_bundle()
+    if bundle is None:
+        messages.error(request, "No model bundle is active, so there is nothing to calibrate.")
+        return redirect("labelset_list")
+    for label_set in LabelSet.objects.filter(active=True):
+        before = label_set.confidence_threshold
+        result = calibration.calibrate(label_set, bundle)
+        record(request, "labelset.calibrate", obj=label_set, before={"threshold": before},
+               after={"threshold": label_set.confidence_threshold}, decisions=result.decisions,
+               bundle=bundle.key)
+        if result.threshold is None and result.decisions < calibration.MIN_DECISIONS:
+            messages.info(request, f"{label_set.name}: {result.decisions} signed-out decisions with {bundle.key}; "
+                                   f"{calibration.MIN_DECISIONS} are needed. The threshold stays "
+                                   f"{before:.0%}.")
+        elif result.threshold is None:
+            messages.warning(request, f"{label_set.name}: at no confidence were the model's picks right "
+                                      f"{calibration.TARGET:.0%} of the time ({result.decisions} decisions). "
+                                      f"The threshold stays {before:.0%}; treat every pick as uncertain.")
+        else:
+            messages.success(request, f"{label_set.name}: picks at {result.threshold:.0%} or more were right "
+                                      f"{result.accuracy_above:.0%} of the time ({result.decisions} decisions); "
+                                      f"{result.share_above:.0%} of picks are now shown as proposals.")
+    return redirect("labelset_list")
 
 
 @lab_admin_required
