@@ -690,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in TrainConfig.__dataclass_fields__.values():
         value = getattr(defaults, f.name)
         kind = {bool: _bool, int: int, float: float}.get(type(value), str)
-        if f.name == "max_patches":
+        if f.name in ("max_patches", "threads"):  # None by default, ints when given
             kind = int
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=value)
     ap.add_argument("--in-memory", action="store_true", help="stage 1: load every feature file up front "
