@@ -62,13 +62,14 @@ def test_dzi_descriptor_and_tiles(viewer_case, cast, client_for):
     response = client.get(dzi_url(viewer_case.he))
     assert response.status_code == 200 and response["Content-Type"] == "application/xml"
     xml = response.content.decode()
-    assert 'TileSize="254"' in xml and 'Overlap="1"' in xml and 'Format="jpeg"' in xml
+    # A JPEG-tiled slide gets the tile-aligned grid (its 256 px tiles, no overlap: tests/test_tiles_passthrough.py)
+    assert 'TileSize="256"' in xml and 'Overlap="0"' in xml and 'Format="jpeg"' in xml
     assert 'Width="3072"' in xml and 'Height="2048"' in xml
     level = top_level(viewer_case.he)
     response = client.get(tile_url(viewer_case.he, level, 1, 1))
     assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
     image = Image.open(io.BytesIO(response.content))
-    assert image.format == "JPEG" and image.size == (256, 256)  # 254 + overlap on both sides
+    assert image.format == "JPEG" and image.size == (256, 256)
     assert response["ETag"].startswith('"') and "max-age" in response["Cache-Control"]
     assert "private" in response["Cache-Control"]
     # The whole slide fits in the one tile of a low level.
@@ -235,7 +236,7 @@ def test_metadata_and_associated_images_for_allowed_roles(viewer_case, cast, cli
     assert meta["width"] == 3072 and meta["height"] == 2048 and len(meta["levels"]) == 2
     assert meta["scanner"] == "SYNTH-1" and meta["vendor"] == "aperio"
     assert meta["bounds"] == {"x": 0, "y": 0, "width": 3072, "height": 2048}
-    assert meta["dzi"] == dzi_url(viewer_case.he) and meta["deidentified"] is False
+    assert meta["dzi"] == f"{dzi_url(viewer_case.he)}?grid={tiles.GRID_VERSION}" and meta["deidentified"] is False
     assert meta["title"].startswith(viewer_case.accession_number)
     names = {item["name"]: item["url"] for item in meta["associated"]}
     assert set(names) == {"label", "macro"}
@@ -360,6 +361,6 @@ def test_slide_lru_is_bounded_and_shares_the_decoded_cache(good_slide):
     lru.get("c", good_slide)
     assert len(lru) == 2 and lru.get("a", good_slide) is not first
     # An evicted handle stays usable by whoever still holds it.
-    assert first.dz.get_tile(first.dz.level_count - 1, (0, 0)).size == (255, 255)
+    assert first.dz.get_tile(first.dz.level_count - 1, (0, 0)).size == (256, 256)  # tile-aligned grid
     with pytest.raises(tiles.SlideUnreadable):
         lru.get("missing", good_slide.with_name("missing.svs"))

@@ -1,5 +1,10 @@
 """Open slides and encoded tiles, cached in memory so a tile request costs one dictionary lookup when warm.
 
+Where the file allows it (`passthrough.probe`: JPEG-tiled TIFF levels whose tiles decode to OpenSlide's own
+pixels), the Deep Zoom grid is tile-aligned: tile size = the file's tile size, overlap 0, so a Deep Zoom tile
+of a native level is one source tile, served as the file's JPEG bytes. Other slides keep the grid of
+openslide-python's examples/deepzoom (254 + 1 overlap); other levels and edge tiles are rendered by OpenSlide.
+
 Three caches, all per process and bounded:
 - `slides`: an LRU of open OpenSlide handles with their DeepZoomGenerator (opening a slide parses its
   file structure, which takes milliseconds to seconds for some formats).
@@ -18,7 +23,7 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openslide
@@ -26,7 +31,7 @@ from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from . import pixel_budget
+from . import passthrough, pixel_budget
 
 # Deep Zoom parameters of openslide-python's examples/deepzoom: 254 + 2 x 1 overlap = 256-pixel requests.
 DZ_TILE_SIZE = 254
@@ -34,7 +39,10 @@ DZ_OVERLAP = 1
 DZ_LIMIT_BOUNDS = True
 JPEG_QUALITY = settings.TILE_JPEG_QUALITY
 # Bump when the rendering changes, so browsers drop tiles they hold under an old ETag.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
+# Part of the DZI URL the viewer loads (`?grid=`; OpenSeadragon carries it to every tile URL): tiles are
+# cached by browsers for a day without asking, so a grid change (2: tile-aligned) must change the URLs.
+GRID_VERSION = "2"
 TILE_FORMATS = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
 
 
@@ -53,6 +61,9 @@ class OpenedSlide:
     osr: openslide.AbstractSlide
     dz: DeepZoomGenerator
     signature: str  # changes if the file is replaced, so ETags and cached bytes follow the file
+    raw: passthrough.RawTiles | None = None  # the file's own JPEG tiles, where they can be served as stored
+    native: dict[int, int] = field(default_factory=dict)  # Deep Zoom level -> OpenSlide level served raw
+    passthrough_note: str = ""  # why tiles are (not) served raw, for logs and tests
 
     def etag(self, key: str) -> str:
         digest = hashlib.blake2b(f"{self.signature}|{RENDER_VERSION}|{key}".encode(), digest_size=12)
@@ -107,12 +118,19 @@ class SlideLRU:
             osr = openslide.open_slide(str(path))
             if self._cache is not None and isinstance(osr, openslide.OpenSlide):
                 osr.set_cache(self._cache)
-            dz = DeepZoomGenerator(
-                osr, tile_size=DZ_TILE_SIZE, overlap=DZ_OVERLAP, limit_bounds=DZ_LIMIT_BOUNDS
-            )
+            raw, note = passthrough.probe(path, osr)
+            native: dict[int, int] = {}
+            if raw is not None:
+                dz = DeepZoomGenerator(osr, tile_size=raw.tile_size, overlap=0, limit_bounds=DZ_LIMIT_BOUNDS)
+                native = passthrough.native_levels(dz, osr, raw)
+            if not native:
+                raw = None
+                dz = DeepZoomGenerator(
+                    osr, tile_size=DZ_TILE_SIZE, overlap=DZ_OVERLAP, limit_bounds=DZ_LIMIT_BOUNDS
+                )
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideUnreadable(f"The slide file could not be opened: {exc}") from None
-        return OpenedSlide(slide_id, str(path), osr, dz, signature)
+        return OpenedSlide(slide_id, str(path), osr, dz, signature, raw, native, note)
 
     def discard(self, slide_id: str) -> None:
         """Forget a handle: OpenSlide errors are sticky, so a handle that failed once must be reopened."""
@@ -227,9 +245,18 @@ def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> by
         pixel_budget.check(pixel_budget.deepzoom_read_pixels(dz, level, (col, row)), f"Deep Zoom level {level}")
     except pixel_budget.OverBudget as exc:
         raise TileNotFound(str(exc)) from None
-    return cached_render(
-        opened, ("dz", level, col, row, fmt), lambda: encode(dz.get_tile(level, (col, row)), fmt)
-    )
+
+    def render() -> bytes:
+        if opened.raw is not None and fmt in ("jpeg", "jpg"):
+            try:
+                data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
+            except passthrough.CorruptTile as exc:
+                raise SlideUnreadable(str(exc)) from None
+            if data is not None:
+                return data  # the scanner's own JPEG, as stored
+        return encode(dz.get_tile(level, (col, row)), fmt)
+
+    return cached_render(opened, ("dz", level, col, row, fmt), render)
 
 
 def associated_image(osr: openslide.AbstractSlide, name: str) -> Image.Image:

@@ -215,7 +215,9 @@ def slide_meta(request: HttpRequest, slide_id) -> JsonResponse:
             for dims, ds in zip(slide.level_dimensions, slide.level_downsamples, strict=False)
         ],
         "bounds": _bounds(slide),
-        "dzi": reverse("slide_dzi", args=[sid]),
+        # The grid version in the URL (OpenSeadragon carries it to the tile URLs): tiles cached by a browser
+        # under another Deep Zoom grid are never reused.
+        "dzi": f"{reverse('slide_dzi', args=[sid])}?grid={tiles.GRID_VERSION}",
         "iiif": reverse("slide_iiif_info", args=[sid]),
         "overlays": reverse("slide_overlays", args=[sid]),
         "associated": [],

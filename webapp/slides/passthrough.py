@@ -1,0 +1,270 @@
+"""The scanner's own JPEG tiles, served as they are stored: no decode, no re-encode.
+
+Where a Deep Zoom tile is exactly one source tile of a native pyramid level (a tile-aligned grid: Deep Zoom
+tile size equal to the file's tile size, no overlap, a level whose downsample equals the Deep Zoom level's,
+and the tile whole inside the level), the browser can be given the tile's JPEG bytes from the file. TIFF
+formats (Aperio SVS, generic tiled TIFF, Philips TIFF) keep them as tiles of a JPEG-compressed image
+directory, often as "abbreviated" JPEG streams whose quantisation and Huffman tables sit once in the
+JPEGTables tag (347); those are merged into a complete JPEG here (tables without their EOI + the tile
+without its SOI).
+
+`tifffile` reads the layout (tile offsets and byte counts, JPEGTables); the bytes are read with `os.pread`
+(thread-safe, no shared file position). OpenSlide still decodes everything else.
+
+Nothing is trusted blindly. When a slide is opened, `probe` checks each native level's structure
+(JPEG compression, 8-bit, contiguous, square tiles of one size) and then decodes one tile of the level both
+ways, Pillow from the merged bytes (what a browser does) and OpenSlide's `read_region`, and keeps the level
+only if the pixels agree (max abs difference <= 1). That one comparison covers colour-space conventions a
+header cannot prove (YCbCr vs RGB JPEG streams, Adobe transform flags, Aperio's RGB-in-JPEG). A level or
+slide that fails any check is served by the current OpenSlide path. Each served tile is checked cheaply
+without decoding (SOI, tables, one baseline frame of the expected size, one scan, no stray marker in the
+entropy-coded data, EOI): a tile that fails is corrupt (`CorruptTile`, a 404 with a message). ICC profiles
+stay as today: OpenSlide's path sends none in its tiles, so an APP2 ICC segment in a source tile is dropped.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# OpenSlide vendors whose levels are the TIFF's own tiled image directories, one to one.
+TIFF_VENDORS = frozenset({"aperio", "generic-tiff", "philips"})
+MIN_TILE, MAX_TILE = 64, 2048
+MAX_PAGES = 64
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+# In entropy-coded data 0xFF is followed by 0x00 (stuffing) or a restart marker; anything else ends it.
+_STRAY_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+
+
+class CorruptTile(Exception):
+    """The source tile's bytes are not a complete JPEG of the expected size."""
+
+
+@dataclass(frozen=True)
+class NativeLevel:
+    offsets: np.ndarray  # (tiles,) int64, row-major
+    counts: np.ndarray  # (tiles,) int64
+    across: int  # tiles per row in the file
+    down: int
+    tables: bytes  # JPEGTables without its EOI, or b"" when every tile carries its own tables
+    components: int
+
+
+class RawTiles:
+    """The raw JPEG tiles of a slide's passable levels (OpenSlide level -> NativeLevel)."""
+
+    def __init__(self, path: str | Path, tile_size: int, levels: dict[int, NativeLevel]) -> None:
+        self.path = str(path)
+        self.tile_size = tile_size
+        self.levels = levels
+        # Lives as long as the slide handle: the LRU drops handles without closing them (a reader may hold
+        # one), and the file closes itself with its last reference.
+        self._file = open(self.path, "rb")  # noqa: SIM115
+
+    def close(self) -> None:
+        self._file.close()
+
+    def tile(self, level: int, col: int, row: int) -> bytes | None:
+        """The complete JPEG of source tile (col, row) of OpenSlide level `level`; None where the file holds
+        no tile there (sparse files: OpenSlide draws the background); CorruptTile if its bytes are broken."""
+        native = self.levels[level]
+        if not (0 <= col < native.across and 0 <= row < native.down):
+            return None
+        index = row * native.across + col
+        offset, count = int(native.offsets[index]), int(native.counts[index])
+        if offset <= 0 or count <= 0:
+            return None
+        if count > 64 * 1024 * 1024:
+            raise CorruptTile(f"Source tile {col},{row} of level {level} declares {count} bytes.")
+        data = os.pread(self._file.fileno(), count, offset)
+        if len(data) != count:
+            raise CorruptTile(f"Source tile {col},{row} of level {level} is truncated ({len(data)} of {count} "
+                              "bytes in the file).")
+        return complete_jpeg(native.tables, data, self.tile_size, native.components,
+                             where=f"Source tile {col},{row} of level {level}")
+
+
+def complete_jpeg(tables: bytes, data: bytes, size: int, components: int, where: str = "The tile") -> bytes:
+    """`data` (a tile's JPEG stream, maybe abbreviated) as a complete baseline JPEG, checked without decoding:
+    CorruptTile unless it is SOI, tables, one SOF0/SOF1 of size x size with `components`, one scan, EOI."""
+    if data[:2] != SOI:
+        raise CorruptTile(f"{where} is not a JPEG stream (no start-of-image marker).")
+    end = len(data)
+    while end > 2 and data[end - 1] == 0:  # some writers pad segments with zeros after EOI
+        end -= 1
+    if data[end - 2:end] != EOI:
+        raise CorruptTile(f"{where} is truncated (no end-of-image marker).")
+    stream = tables + data[2:end] if tables else data[:end]
+    out = bytearray(SOI)
+    pos, seen_dqt, seen_dht, frame = 2, bool(tables and b"\xff\xdb" in tables), False, None
+    while True:
+        if pos + 4 > len(stream) or stream[pos] != 0xFF:
+            raise CorruptTile(f"{where} has a broken JPEG header.")
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(stream[pos + 2:pos + 4], "big")
+        segment = stream[pos:pos + 2 + length]
+        if length < 2 or len(segment) != 2 + length:
+            raise CorruptTile(f"{where} has a broken JPEG header.")
+        if marker in (0xC0, 0xC1):
+            if frame is not None or length < 8:
+                raise CorruptTile(f"{where} has a broken JPEG frame header.")
+            frame = (int.from_bytes(segment[5:7], "big"), int.from_bytes(segment[7:9], "big"), segment[9])
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            raise CorruptTile(f"{where} is not a baseline JPEG (SOF marker {marker:#x}).")
+        elif marker == 0xDB:
+            seen_dqt = True
+        elif marker == 0xC4:
+            seen_dht = True
+        if marker == 0xDA:
+            out += segment
+            pos += 2 + length
+            break
+        if not (marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00"):  # profiles stay as today: none
+            out += segment
+        pos += 2 + length
+    if frame is None or not (seen_dqt and seen_dht):
+        raise CorruptTile(f"{where} lacks its frame header or JPEG tables.")
+    if frame != (size, size, components):
+        raise CorruptTile(f"{where} is {frame[1]}x{frame[0]} with {frame[2]} components, not {size}x{size}.")
+    entropy = stream[pos:len(stream) - 2]
+    if stream[-2:] != EOI or _STRAY_MARKER.search(entropy):
+        raise CorruptTile(f"{where} has corrupt entropy-coded data.")
+    out += entropy
+    out += EOI
+    return bytes(out)
+
+
+# --- probing a slide --------------------------------------------------------------------------------
+def _level_of_page(page, tile: int | None) -> tuple[int, NativeLevel] | None:
+    """(tile size, NativeLevel) for a JPEG-tiled page tifffile can describe, else None."""
+    if not page.is_tiled or page.compression != 7 or page.planarconfig != 1 or page.imagedepth != 1:
+        return None
+    if page.bitspersample != 8 or page.samplesperpixel not in (1, 3) or page.tiledepth != 1:
+        return None
+    if page.photometric not in (1, 2, 6) or page.tilewidth != page.tilelength:
+        return None
+    size = page.tilewidth
+    if not MIN_TILE <= size <= MAX_TILE or (tile is not None and size != tile):
+        return None
+    across = -(-page.imagewidth // size)
+    down = -(-page.imagelength // size)
+    offsets = np.asarray(page.dataoffsets, np.int64)
+    counts = np.asarray(page.databytecounts, np.int64)
+    if offsets.shape != (across * down,) or counts.shape != offsets.shape:
+        return None
+    tables = page.jpegtables or b""
+    if tables:
+        if tables[:2] != SOI:
+            return None
+        tables = tables[:-2] if tables[-2:] == EOI else tables
+    return size, NativeLevel(offsets, counts, across, down, tables, page.samplesperpixel)
+
+
+def _agrees(raw: RawTiles, osr: openslide.AbstractSlide, level: int) -> bool:
+    """One whole tile of the level, decoded from our bytes (as a browser would) and by OpenSlide."""
+    size = raw.tile_size
+    width, height = osr.level_dimensions[level]
+    full_across, full_down = width // size, height // size
+    if not full_across or not full_down:
+        return False
+    col, row = full_across // 2, full_down // 2
+    try:
+        data = raw.tile(level, col, row)
+        if data is None:
+            return False
+        ours = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.int16)
+        downsample = osr.level_downsamples[level]
+        region = osr.read_region((round(col * size * downsample), round(row * size * downsample)), level,
+                                 (size, size))
+    except (CorruptTile, openslide.OpenSlideError, OSError, ValueError, SyntaxError):
+        return False
+    theirs = np.asarray(region, np.int16)
+    if theirs[..., 3].min() != 255:  # transparent pixels: OpenSlide composites them; not ours to copy
+        return False
+    return ours.shape == theirs[..., :3].shape and int(np.abs(ours - theirs[..., :3]).max()) <= 1
+
+
+def probe(path: str | Path, osr: openslide.AbstractSlide) -> tuple[RawTiles | None, str]:
+    """The slide's raw JPEG tiles where they can be served as they are, with the reason when not."""
+    if not isinstance(osr, openslide.OpenSlide):
+        return None, "not opened by OpenSlide"
+    props = osr.properties
+    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "")
+    if vendor not in TIFF_VENDORS:
+        return None, f"format {vendor or 'unknown'!r} is not read raw (served by OpenSlide)"
+    if any(int(props.get(name, 0) or 0) for name in (openslide.PROPERTY_NAME_BOUNDS_X,
+                                                      openslide.PROPERTY_NAME_BOUNDS_Y)):
+        return None, "the slide's bounds do not start at 0,0 (tiles would not align)"
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            pages = list(tif.pages[:MAX_PAGES])
+            tile, levels = None, {}
+            for level, (width, height) in enumerate(osr.level_dimensions):
+                for page in pages:
+                    if getattr(page, "imagewidth", None) == width and page.imagelength == height and page.is_tiled:
+                        found = _level_of_page(page, tile)
+                        if found is not None:
+                            tile, levels[level] = found[0], found[1]
+                        break
+                if level == 0 and 0 not in levels:
+                    return None, "level 0 is not a JPEG-tiled TIFF image"
+    except Exception as exc:  # noqa: BLE001 - an accelerator: any doubt means the OpenSlide path
+        return None, f"tifffile could not read the layout: {exc}"
+    raw = RawTiles(path, tile, levels)
+    # The check reads through a handle of its own: OpenSlide errors are sticky, and a corrupt check tile
+    # must not break the handle that serves the slide.
+    try:
+        check = openslide.OpenSlide(str(path))
+    except (openslide.OpenSlideError, OSError) as exc:
+        raw.close()
+        return None, f"the slide could not be opened for the check: {exc}"
+    try:
+        for level in list(levels):
+            if not _agrees(raw, check, level):
+                del levels[level]
+    finally:
+        check.close()
+    if not levels:
+        raw.close()
+        return None, "no level's tiles decode to OpenSlide's pixels"
+    return raw, f"levels {sorted(levels)} served raw ({tile} px tiles)"
+
+
+def native_levels(dz, osr: openslide.AbstractSlide, raw: RawTiles) -> dict[int, int]:
+    """Deep Zoom level -> OpenSlide level, for the Deep Zoom levels that are native levels at scale 1."""
+    mapping = {}
+    top = dz.level_count - 1
+    for dz_level in range(dz.level_count):
+        downsample = 2 ** (top - dz_level)
+        level = osr.get_best_level_for_downsample(downsample)
+        if level in raw.levels and osr.level_downsamples[level] == downsample:
+            mapping[dz_level] = level
+    return mapping
+
+
+def dz_tile(dz, mapping: dict[int, int], raw: RawTiles, dz_level: int, col: int, row: int) -> bytes | None:
+    """The Deep Zoom tile's JPEG from the file, or None where it is not exactly one whole source tile."""
+    level = mapping.get(dz_level)
+    if level is None:
+        return None
+    size = raw.tile_size
+    (location, slide_level, l_size), z_size = dz._get_tile_info(dz_level, (col, row))
+    downsample = 2 ** (dz.level_count - 1 - dz_level)
+    if (slide_level != level or tuple(l_size) != (size, size) or tuple(z_size) != (size, size)
+            or tuple(location) != (col * size * downsample, row * size * downsample)):
+        return None  # an edge tile (partial), or not aligned: OpenSlide's path
+    return raw.tile(level, col, row)
