@@ -393,3 +393,19 @@ def test_thresholds_are_calibrated_from_signed_out_decisions(cast, case_factory,
     assert organ.confidence_threshold == 0.7 and organ.calibration["decisions"] == 40
     assert "right 97% of the time (40 decisions)" in response.content.decode()
     assert AuditEvent.objects.filter(action="labelset.calibrate", object_id=str(organ.pk)).exists()
+
+
+def test_deploy_check_wants_the_public_base_url(db):
+    """FHIR names each version's PDF by URL: production must say where the app is reached."""
+    import os
+    import secrets
+
+    from django.conf import settings
+
+    from tests.test_trust_settings import _manage
+
+    url = (embedded_db.url(connection.settings_dict["NAME"], embedded_db.APP_ROLE) if settings.EMBEDDED_DATABASE
+           else os.environ["DATABASE_URL"])
+    result = _manage("check", "--deploy", DATABASE_URL=url, DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
+                     DJANGO_ALLOWED_HOSTS="pathalign.example.org")
+    assert "pathalign.W101" in result.stdout + result.stderr

@@ -40,7 +40,8 @@ def test_check_deploy_is_clean_under_production_settings(db):
     url = (embedded_db.url(connection.settings_dict["NAME"], embedded_db.APP_ROLE) if settings.EMBEDDED_DATABASE
            else os.environ["DATABASE_URL"])
     result = _manage("check", "--deploy", "--fail-level", "WARNING", DATABASE_URL=url,
-                     DJANGO_SECRET_KEY=secrets.token_urlsafe(64), DJANGO_ALLOWED_HOSTS="pathalign.example.org")
+                     DJANGO_SECRET_KEY=secrets.token_urlsafe(64), DJANGO_ALLOWED_HOSTS="pathalign.example.org",
+                     PATHALIGN_PUBLIC_BASE_URL="https://pathalign.example.org")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "System check identified no issues" in output and "WARNINGS" not in output, output

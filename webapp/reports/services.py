@@ -205,7 +205,11 @@ def sign(report: Report, user, versions: dict[int, int] | None = None, no_slides
         locked = Report.objects.select_for_update().get(pk=report.pk)
         if locked.status == ReportStatus.SIGNED:
             raise ReportError("This report is already signed out.")
+        # The case, its sections and classifications stay as checked until the snapshot is committed: an
+        # edit of the pseudonym or a decision made meanwhile waits for the signature.
+        case = Case.objects.select_for_update().get(pk=locked.case_id)
         sections = list(locked.sections.select_for_update())
+        list(Classification.objects.select_for_update().filter(section__report=locked).values_list("pk"))
         for section in sections:
             if versions is not None and section.pk in versions and versions[section.pk] != section.version:
                 raise StaleVersion(section)
@@ -222,7 +226,6 @@ def sign(report: Report, user, versions: dict[int, int] | None = None, no_slides
             no_slides_reason=locked.no_slides_reason, snapshot=frozen, snapshot_hash=snapshot.digest(frozen),
             content_hash=snapshot.text_digest(frozen),
         )
-        case = Case.objects.select_for_update().get(pk=locked.case_id)
         if locked.kind == ReportKind.AMENDMENT:
             case.status = CaseStatus.AMENDED
         elif locked.kind == ReportKind.PRIMARY:
