@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 import uuid
 
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.db.models import Model
+from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
+from webapp.accounts import sessions
 from webapp.accounts.models import User
 from webapp.analysis.models import ModelBundle
 from webapp.audit.log import record
@@ -162,3 +166,47 @@ class DatabaseUnavailableMiddleware:
                 status=503, content_type="text/html; charset=utf-8")
         response["Retry-After"] = "5"
         return response
+
+
+# --- session limits ------------------------------------------------------------------------------------
+SEEN_WRITE_SECONDS = 60  # the activity time is written at most once a minute
+# Views that never load the session (tiles: their grants check the session row, whose expiry carries both
+# limits; webapp/slides/tile_access.py). Loading it here would cost two queries per tile.
+SESSIONLESS_VIEWS = {"slide_dzi", "slide_dzi_tile", "slide_iiif_base", "slide_iiif_info", "slide_iiif_image"}
+
+
+@receiver(user_logged_in, dispatch_uid="pathalign-session-signed-in-at")
+def _start_session_clock(sender, request, user, **kwargs) -> None:
+    if request is not None and hasattr(request, "session"):
+        request.session[sessions.SIGNED_IN_AT] = request.session[sessions.SEEN_AT] = time.time()
+
+
+class SessionLimitsMiddleware:
+    """Sessions end SESSION_COOKIE_AGE after sign-in and after SESSION_IDLE_SECONDS without a request
+    (finding, issue 16: any session write extended "8 hours at most", and there was no idle timeout).
+
+    The limits live in the session engine (webapp/accounts/sessions.py: the row's expiry is the earlier of
+    the two), so an ended session is gone for every process. This middleware keeps the clocks: the sign-in
+    time for a session that has none (one made before these limits), and the activity time, at most once a
+    minute, on every request but the tile endpoints.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> None:
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name in SESSIONLESS_VIEWS:
+            return None
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        now, session = time.time(), request.session
+        if session.get(sessions.SIGNED_IN_AT) is None:
+            session[sessions.SIGNED_IN_AT] = session[sessions.SEEN_AT] = now
+        elif now - session.get(sessions.SEEN_AT, 0) > SEEN_WRITE_SECONDS:
+            session[sessions.SEEN_AT] = now
+        return None

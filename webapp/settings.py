@@ -124,6 +124,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "webapp.middleware.SessionLimitsMiddleware",  # 8 h from sign-in at most, 30 min idle (settings)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -187,6 +188,10 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 SESSION_COOKIE_AGE = env_int("PATHALIGN_SESSION_SECONDS", 8 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+# The session engine (webapp/accounts/sessions.py) ends a session SESSION_COOKIE_AGE after sign-in (writes
+# do not extend it) or SESSION_IDLE_SECONDS after its last request, whichever comes first.
+SESSION_ENGINE = "webapp.accounts.sessions"
+SESSION_IDLE_SECONDS = env_int("PATHALIGN_SESSION_IDLE_SECONDS", 30 * 60)
 
 # Login throttling (django-axes): lock a username+IP pair after repeated failures.
 AXES_FAILURE_LIMIT = env_int("PATHALIGN_LOGIN_FAILURE_LIMIT", 5)

@@ -1,6 +1,20 @@
 from django.apps import AppConfig
 
 
+def _study_still_open(study_id: int, user_id: int) -> bool:
+    """A rater's de-identified slide grant holds while the study is open and still assigns them work."""
+    from .models import Assignment, StudyStatus
+
+    return Assignment.objects.filter(study_id=study_id, evaluator_id=user_id,
+                                     study__status=StudyStatus.OPEN).exists()
+
+
 class EvaluationConfig(AppConfig):
     name = "webapp.evaluation"
     label = "evaluation"
+
+    def ready(self) -> None:
+        # Closing a study stops its raters' slide grants at once (webapp/slides/tile_access.py).
+        from webapp.slides.tile_access import register_grant_source
+
+        register_grant_source("study", _study_still_open)

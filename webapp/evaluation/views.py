@@ -201,7 +201,7 @@ def _viewer(request: HttpRequest, assignment: Assignment) -> dict:
     slide = assignment.item.slide
     if slide is None:
         return {"viewer_available": False}
-    grant_deidentified_access(request, slide)
+    grant_deidentified_access(request, slide, ("study", assignment.study_id))  # ends when the study closes
     context = viewer_context([slide], str(slide.pk), None, deidentified=True)
     # The title would name the part; raters get the stain only.
     context["viewer_slides"] = [{**entry, "title": slide.stain} for entry in context["viewer_slides"]]

@@ -1,37 +1,56 @@
-"""Who may read a slide's pixels, checked once per session and slide, then cached for a short time.
+"""Who may read a slide's pixels, checked fully once per session and slide, then cached and re-validated.
 
 A viewer asks for hundreds of tiles a minute; resolving the user, the case and the slide for each would
 cost several queries per tile. The first request for a slide in a session does the full check
 (`get_slide_for_user`, or a de-identified grant an evaluation task put in the session), writes the
 "view_slide" audit event once per session, and caches a `SlideGrant` under a hash of the session key and
-the slide id. Later requests read only the session cookie and the cache: no session load, no user load,
-no query.
+the slide id.
 
-Revocation: a grant lives GRANT_TTL seconds, so taking a case away from a pathologist takes effect for
-tiles within that time (pages re-check at once). Logging out marks the session key revoked at once.
+Revocation is immediate, in every process (finding, issue 16: a cached grant kept serving tiles for up to
+120 s after a reassignment or a deactivation, a full-slide IIIF render answered 200 while pages already
+sent the user to the login page, and logout revoked grants only in the process that served it). A grant
+carries the **stamp** it was given under: the user's state (active, role) and the case's access (its
+assigned pathologist), and, for a de-identified grant, the source that gave it (an open rating study).
+Every cached use compares that stamp with the database in one indexed query, which also finds the
+session row (gone after logout, expiry or the session limits of webapp/middleware.py): a difference
+drops the grant and the request is checked afresh. The grant cache may be per process (LocMem) or shared;
+the database answers the same to every process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
+from django.contrib.sessions.models import Session
 from django.core.cache import cache
+from django.db import connection
 from django.dispatch import receiver
 from django.http import Http404
 
 from webapp.audit.log import record
 from webapp.cases.access import can_work_on
+from webapp.cases.models import Case
 
 from .access import get_slide_for_user
 from .models import Slide
 
-GRANT_TTL = 120  # seconds
-SESSION_GRANTS = "pathalign_slide_grants"  # {slide_id: expiry (unix time)}: de-identified grants
+GRANT_TTL = 120  # seconds a grant stays cached; it is re-validated on every use regardless
+SESSION_GRANTS = "pathalign_slide_grants"  # {slide_id: [expiry (unix time), source kind, source id]}
 SESSION_AUDITED = "pathalign_viewed_slides"  # slide ids already audited in this session
+
+# Who may still give a de-identified grant: kind -> fn(source id, user id) -> bool, registered by the app
+# that gives them (evaluation: "study", open studies that assign the slide to the rater).
+GRANT_SOURCES: dict[str, Callable[[int, int], bool]] = {}
+
+
+def register_grant_source(kind: str, still_open: Callable[[int, int], bool]) -> None:
+    GRANT_SOURCES[kind] = still_open
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,9 @@ class SlideGrant:
     case_id: int
     full: bool  # False: only the de-identified view (an evaluation grant), never case identifiers
     associated: bool  # may see label and macro images
+    user_id: int = 0
+    stamp: tuple = ()  # (user active, user role, case's assigned pathologist) when granted
+    source: tuple = ()  # a de-identified grant's (kind, id)
 
 
 def _token(request) -> str | None:
@@ -64,26 +86,60 @@ def may_see_associated(user, slide: Slide) -> bool:
     return bool(user.is_authenticated and (user.is_lab_admin or can_work_on(user, slide.part.case)))
 
 
-def grant_deidentified_access(request, slide: Slide, seconds: int = 4 * 3600) -> None:
+def grant_deidentified_access(request, slide: Slide, source: tuple[str, int], seconds: int | None = None) -> None:
     """Let this session view `slide` de-identified (tiles, IIIF, overlays; never label, macro or case
-    identifiers). For the evaluation app: call it when a rater opens a task that shows this slide."""
-    grants = dict(request.session.get(SESSION_GRANTS, {}))
+    identifiers) while `source` (a kind registered with register_grant_source, and its id) still allows it,
+    for at most `seconds` (default: the idle timeout). For the evaluation app: call it when a rater opens a
+    task that shows this slide, with ("study", study id)."""
+    if source[0] not in GRANT_SOURCES:
+        raise ValueError(f"no grant source {source[0]!r} is registered")
+    seconds = settings.SESSION_IDLE_SECONDS if seconds is None else seconds
     now = time.time()
-    grants = {key: expiry for key, expiry in grants.items() if expiry > now}
-    grants[str(slide.pk)] = now + seconds
+    grants = {key: value for key, value in request.session.get(SESSION_GRANTS, {}).items()
+              if isinstance(value, list) and value[0] > now}
+    grants[str(slide.pk)] = [now + seconds, source[0], int(source[1])]
     request.session[SESSION_GRANTS] = grants
+
+
+def _stamp(user_id: int, case_id: int, session_key: str) -> tuple[tuple, bool] | None:
+    """(user active, role, case's assigned pathologist), and whether the session row is alive: one query."""
+    users, cases, sessions = get_user_model()._meta.db_table, Case._meta.db_table, Session._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT u.is_active, u.role, c.assigned_to_id, EXISTS (SELECT 1 FROM {sessions} s"  # noqa: S608
+            f" WHERE s.session_key = %s AND s.expire_date > now()) FROM {users} u, {cases} c"
+            " WHERE u.id = %s AND c.id = %s", [session_key, user_id, case_id])
+        row = cursor.fetchone()
+    return None if row is None else ((row[0], row[1], row[2]), row[3])
+
+
+def _source_open(source: tuple, user_id: int) -> bool:
+    check = GRANT_SOURCES.get(source[0]) if source else None
+    return bool(check and check(source[1], user_id))
+
+
+def still_valid(grant: SlideGrant, session_key: str) -> bool:
+    """Whether a cached grant still holds: same user state, same case access, session alive, source open."""
+    found = _stamp(grant.user_id, grant.case_id, session_key)
+    if found is None or found[0] != grant.stamp or not found[1]:
+        return False
+    return grant.full or _source_open(grant.source, grant.user_id)
 
 
 def _check(request, slide_id: str) -> tuple[SlideGrant, Slide]:
     user = request.user
     if not user.is_authenticated:
         raise Http404("No such slide.")
+    source: tuple = ()
     try:
         slide = get_slide_for_user(user, slide_id)
         full = True
     except Http404:
-        expiry = request.session.get(SESSION_GRANTS, {}).get(str(slide_id), 0)
-        if expiry <= time.time():
+        value = request.session.get(SESSION_GRANTS, {}).get(str(slide_id))
+        if not isinstance(value, list) or value[0] <= time.time():
+            raise
+        source = (value[1], value[2])
+        if not _source_open(source, user.pk):  # the study closed, or the slide left the rater's queue
             raise
         slide = Slide.objects.select_related("part__case").filter(pk=slide_id).first()
         if slide is None:
@@ -95,6 +151,9 @@ def _check(request, slide_id: str) -> tuple[SlideGrant, Slide]:
         case_id=slide.part.case_id,
         full=full,
         associated=full and may_see_associated(user, slide),
+        user_id=user.pk,
+        stamp=(user.is_active, user.role, slide.part.case.assigned_to_id),
+        source=source,
     )
     return grant, slide
 
@@ -115,7 +174,9 @@ def resolve(request, slide_id) -> SlideGrant:
         key, revoked = _grant_key(token, slide_id), _revoked_key(token)
         found = cache.get_many([key, revoked])
         if key in found and revoked not in found:
-            return found[key]
+            if still_valid(found[key], token):
+                return found[key]
+            cache.delete(key)  # taken away since: check afresh (usually a 404 now)
     grant, slide = _check(request, slide_id)
     _audit_once(request, slide, grant)
     session_key = request.session.session_key
