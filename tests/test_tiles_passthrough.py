@@ -232,6 +232,9 @@ def test_a_corrupt_source_tile_is_a_404_with_a_message(files, cast, case_factory
     bad = client.get(reverse("slide_dzi_tile", args=[slide.pk, top, 1, 1, "jpeg"]))
     assert bad.status_code == 404 and b"Source tile 1,1 of level 0" in bad.content
     assert bad["Content-Type"].startswith("text/plain")
+    # The half-scale tile over it too (it reads source tiles 0..1 x 0..1).
+    half = client.get(reverse("slide_dzi_tile", args=[slide.pk, top - 1, 0, 0, "jpeg"]))
+    assert half.status_code == 404 and b"Source tile 1,1 of level 0" in half.content
     good = client.get(reverse("slide_dzi_tile", args=[slide.pk, top, 2, 1, "jpeg"]))
     assert good.status_code == 200 and good.content[:2] == b"\xff\xd8"
     tiles.slides.clear()
@@ -252,3 +255,26 @@ def test_complete_jpeg_refuses_broken_streams(files):
         with pytest.raises(passthrough.CorruptTile):
             passthrough.complete_jpeg(b"", data, 256, 3)
         assert what
+
+
+# --- levels between a /4 pyramid's: half-scale decode of the source tiles ----------------------------
+def test_levels_at_twice_a_native_downsample_are_decoded_at_half_scale(opened, files):
+    slide = opened("svs")
+    top = slide.dz.level_count - 1
+    assert slide.half == {top - 1: 0, top - 3: 1} and top - 1 not in slide.native
+    image = slide.dz.get_tile(top - 1, (2, 1))  # OpenSlide's path: full decode + Lanczos, then JPEG q75
+    reference, current = np.asarray(image, np.int16), decode(tiles.encode(image, "jpeg"))
+    ours = decode(tiles.dz_tile(slide, top - 1, 2, 1, "jpeg"))
+    assert ours.shape == reference.shape == (256, 256, 3)
+    # The same picture by another filter (libjpeg's scaled IDCT): it departs from OpenSlide's pixels about
+    # as much as the current path's own JPEG re-encoding does (3.3 vs 3.1 levels on this noisy picture).
+    assert np.abs(ours - reference).mean() <= 1.5 * np.abs(current - reference).mean()
+    # Its four source tiles, decoded whole by OpenSlide and box-averaged, agree as closely.
+    whole = openslide_region(slide.osr, 0, 1024, 512, 512, 512).reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    assert np.abs(ours - whole).mean() <= 1.5 * np.abs(current - reference).mean()
+    # A tile that does not cover four whole source tiles is OpenSlide's (the right edge of the edges file).
+    edges = opened("edges")
+    assert tiles.dz_tile(edges, edges.dz.level_count - 2, 1, 0, "jpeg") == tiles.encode(
+        edges.dz.get_tile(edges.dz.level_count - 2, (1, 0)), "jpeg")
+    assert tiles.dz_tile(edges, edges.dz.level_count - 2, 0, 0, "jpeg") != tiles.encode(
+        edges.dz.get_tile(edges.dz.level_count - 2, (0, 0)), "jpeg")

@@ -256,6 +256,55 @@ def native_levels(dz, osr: openslide.AbstractSlide, raw: RawTiles) -> dict[int, 
     return mapping
 
 
+def half_scale_levels(dz, osr: openslide.AbstractSlide, raw: RawTiles) -> dict[int, int]:
+    """Deep Zoom level -> OpenSlide level, for Deep Zoom levels at exactly twice a served level's downsample
+    (the levels between those of a /4 pyramid)."""
+    mapping = {}
+    top = dz.level_count - 1
+    for dz_level in range(dz.level_count):
+        downsample = 2 ** (top - dz_level)
+        level = osr.get_best_level_for_downsample(downsample)
+        if level in raw.levels and osr.level_downsamples[level] * 2 == downsample:
+            mapping[dz_level] = level
+    return mapping
+
+
+def half_scale_tile(dz, mapping: dict[int, int], raw: RawTiles, dz_level: int, col: int,
+                    row: int) -> Image.Image | None:
+    """A Deep Zoom tile at twice a served level's downsample, from its 2 x 2 whole source tiles each decoded
+    at half scale in the DCT domain (libjpeg's scaled IDCT, Pillow's `draft`): a quarter of the decoding
+    work and no resampling pass, where OpenSlide's path decodes them in full and resizes with Lanczos.
+    None (OpenSlide's path) unless the tile covers exactly four whole source tiles."""
+    level = mapping.get(dz_level)
+    if level is None:
+        return None
+    size = raw.tile_size
+    if size % 16:
+        return None  # half-scale blocks would not tile the output exactly
+    (location, slide_level, l_size), z_size = dz._get_tile_info(dz_level, (col, row))
+    downsample = 2 ** (dz.level_count - 1 - dz_level)
+    if (slide_level != level or tuple(l_size) != (2 * size, 2 * size) or tuple(z_size) != (size, size)
+            or tuple(location) != (col * size * downsample, row * size * downsample)):
+        return None
+    half = size // 2
+    out = Image.new("RGB", (size, size))
+    for dy in (0, 1):
+        for dx in (0, 1):
+            data = raw.tile(level, 2 * col + dx, 2 * row + dy)
+            if data is None:
+                return None
+            try:
+                image = Image.open(io.BytesIO(data))
+                image.draft("RGB", (half, half))
+                if image.size != (half, half):
+                    return None
+                out.paste(image.convert("RGB"), (dx * half, dy * half))
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise CorruptTile(f"Source tile {2 * col + dx},{2 * row + dy} of level {level} could not be "
+                                  f"decoded: {exc}") from None
+    return out
+
+
 def dz_tile(dz, mapping: dict[int, int], raw: RawTiles, dz_level: int, col: int, row: int) -> bytes | None:
     """The Deep Zoom tile's JPEG from the file, or None where it is not exactly one whole source tile."""
     level = mapping.get(dz_level)

@@ -43,6 +43,10 @@ RENDER_VERSION = "2"
 # Part of the DZI URL the viewer loads (`?grid=`; OpenSeadragon carries it to every tile URL): tiles are
 # cached by browsers for a day without asking, so a grid change (2: tile-aligned) must change the URLs.
 GRID_VERSION = "2"
+# Deep Zoom levels at twice a served level's downsample (between the levels of a /4 pyramid) are drawn from
+# the source tiles decoded at half scale in the DCT domain instead of OpenSlide's full decode + Lanczos
+# (`passthrough.half_scale_tile`); False serves them by OpenSlide's path.
+HALF_SCALE_DECODE = True
 TILE_FORMATS = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
 
 
@@ -63,6 +67,7 @@ class OpenedSlide:
     signature: str  # changes if the file is replaced, so ETags and cached bytes follow the file
     raw: passthrough.RawTiles | None = None  # the file's own JPEG tiles, where they can be served as stored
     native: dict[int, int] = field(default_factory=dict)  # Deep Zoom level -> OpenSlide level served raw
+    half: dict[int, int] = field(default_factory=dict)  # Deep Zoom level -> served level at half its downsample
     passthrough_note: str = ""  # why tiles are (not) served raw, for logs and tests
 
     def etag(self, key: str) -> str:
@@ -120,9 +125,11 @@ class SlideLRU:
                 osr.set_cache(self._cache)
             raw, note = passthrough.probe(path, osr)
             native: dict[int, int] = {}
+            half: dict[int, int] = {}
             if raw is not None:
                 dz = DeepZoomGenerator(osr, tile_size=raw.tile_size, overlap=0, limit_bounds=DZ_LIMIT_BOUNDS)
                 native = passthrough.native_levels(dz, osr, raw)
+                half = passthrough.half_scale_levels(dz, osr, raw) if HALF_SCALE_DECODE else {}
             if not native:
                 raw = None
                 dz = DeepZoomGenerator(
@@ -130,7 +137,7 @@ class SlideLRU:
                 )
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideUnreadable(f"The slide file could not be opened: {exc}") from None
-        return OpenedSlide(slide_id, str(path), osr, dz, signature, raw, native, note)
+        return OpenedSlide(slide_id, str(path), osr, dz, signature, raw, native, half, note)
 
     def discard(self, slide_id: str) -> None:
         """Forget a handle: OpenSlide errors are sticky, so a handle that failed once must be reopened."""
@@ -247,13 +254,17 @@ def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> by
         raise TileNotFound(str(exc)) from None
 
     def render() -> bytes:
-        if opened.raw is not None and fmt in ("jpeg", "jpg"):
+        if opened.raw is not None:
             try:
-                data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
+                if fmt in ("jpeg", "jpg"):
+                    data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
+                    if data is not None:
+                        return data  # the scanner's own JPEG, as stored
+                image = passthrough.half_scale_tile(dz, opened.half, opened.raw, level, col, row)
             except passthrough.CorruptTile as exc:
                 raise SlideUnreadable(str(exc)) from None
-            if data is not None:
-                return data  # the scanner's own JPEG, as stored
+            if image is not None:
+                return encode(image, fmt)
         return encode(dz.get_tile(level, (col, row)), fmt)
 
     return cached_render(opened, ("dz", level, col, row, fmt), render)
