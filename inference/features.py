@@ -378,6 +378,222 @@ def extract_slide_features(slide_path: str | Path, encoder: PatchEncoder, patch_
                          n_candidates=grid.n_candidates, wall_seconds=time.perf_counter() - t_start, **timings)
 
 
+class _ThreadReaders:
+    """`read_chunk_at` on reading threads, each with its own handles (several slides open per thread)."""
+
+    def __init__(self):
+        self.local = threading.local()
+        self.caches: list[dict] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, path: str, level: int, read_size: int, patch_size: int, coords: np.ndarray):
+        from .slides import read_chunk_at
+
+        cache = getattr(self.local, "cache", None)
+        if cache is None:
+            cache = self.local.cache = {}
+            with self.lock:
+                self.caches.append(cache)
+        return read_chunk_at(path, level, read_size, patch_size, coords, cache)
+
+    def close(self) -> None:
+        for cache in self.caches:
+            for h in cache.values():
+                h.close()
+            cache.clear()
+
+
+def _plan(path: str, patch_size: int, target_mpp: float, max_patches: int | None, min_tissue: float,
+          fallback_mpp: float | None, overlap: int, mpp: float | None) -> tuple[PatchGrid, float]:
+    t0 = time.perf_counter()
+    slide = open_slide(path)
+    try:
+        grid = patch_grid(slide, patch_size=patch_size, target_mpp=target_mpp, max_patches=max_patches,
+                          min_tissue=min_tissue, fallback_mpp=fallback_mpp, overlap=overlap, mpp=mpp)
+    finally:
+        slide.close()
+    return grid, t0
+
+
+def iter_slide_features(slide_paths, encoder: PatchEncoder, patch_size: int = 224, target_mpp: float = 1.0,
+                        max_patches: int | None = None, batch_size: int | None = None, workers: int = 4,
+                        fallback_mpp: float | None = None, min_tissue: float = 0.4, overlap: int = 0,
+                        mpps=None, readers: str = "threads", in_flight: int = 2, chunk: int | None = None,
+                        progress: Progress | None = None):
+    """`extract_slide_features` for many slides with several in flight: yields SlideFeatures in order.
+
+    While the encoder works on one slide, the next ``in_flight - 1`` slides are planned (tissue mask and
+    grid, on a planning thread) and their patches read: reading is one stream of chunks over all slides
+    through one pool (threads, or spawned processes with ``readers="processes"``), and an encoder batch may
+    hold the end of one slide and the start of the next, so the encoder never waits for a slide boundary.
+    Features stay on the encoder's device until their slide is complete (one device -> host copy per slide).
+    ``mpps``: per-slide microns-per-pixel overrides (None entries: the file's). Timings per slide:
+    read_seconds (its chunks' reading), read_wait_seconds (the encoder waiting for its chunks),
+    encode_seconds (its share of the batches), wall_seconds (planning start to last feature; slides overlap).
+    ``progress(done_slides, total_slides)``.
+    """
+    paths = [str(p) for p in slide_paths]
+    mpps = list(mpps) if mpps is not None else [None] * len(paths)
+    if len(mpps) != len(paths):
+        raise ValueError("mpps must have one entry per slide")
+    if readers not in ("threads", "processes"):
+        raise ValueError(f"readers must be 'threads' or 'processes', got {readers!r}")
+    if not paths:
+        if progress:
+            progress(0, 0)
+        return
+    bs = int(batch_size or encoder.default_batch_size())
+    size = int(chunk or max(4, min(64, bs // max(1, workers))))
+    in_flight = max(1, int(in_flight))
+    planner = ThreadPoolExecutor(1, thread_name_prefix="slide-plan")
+    thread_reader = None
+    if readers == "processes":
+        import multiprocessing
+
+        from .slides import read_chunk_at
+
+        pool = ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
+        read_fn = read_chunk_at
+    else:
+        pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="patch-read")
+        read_fn = thread_reader = _ThreadReaders()
+    plans: deque = deque()  # (slide index, future of (grid, t0)) planned ahead
+    state: dict[int, dict[str, Any]] = {}  # slides being read/encoded
+    pending: deque = deque()  # (slide index, n patches, future of (images, seconds))
+    window = max(2, 2 * max(1, workers), (2 * bs) // size)
+    next_plan = 0
+    next_read = (0, 0)  # (slide index, next patch index) of the read cursor
+    next_out = 0  # the next slide to yield
+    buffered: list[tuple[int, np.ndarray]] = []
+    have = 0
+    done = 0
+
+    def plan_more() -> None:
+        nonlocal next_plan
+        while next_plan < len(paths) and next_plan < next_out + in_flight and len(plans) + len(state) < in_flight + 1:
+            plans.append((next_plan, planner.submit(_plan, paths[next_plan], patch_size, target_mpp, max_patches,
+                                                    min_tissue, fallback_mpp, overlap, mpps[next_plan])))
+            next_plan += 1
+
+    def submit_more(block: bool = False) -> None:
+        """Keep `window` chunks in flight; a next slide whose plan is not ready yet is waited for only when
+        `block` (nothing else to do), so the encoder never waits for a tissue mask."""
+        nonlocal next_read
+        while len(pending) < window:
+            s, start = next_read
+            if s >= len(paths) or s >= next_out + in_flight or "error" in state.get(s, {}):
+                return
+            if s not in state:
+                if not plans or plans[0][0] != s:
+                    plan_more()
+                    if not plans or plans[0][0] != s:
+                        return
+                if not (block or plans[0][1].done()):
+                    return
+                try:
+                    grid, t0 = plans.popleft()[1].result()
+                except Exception as exc:  # raised when its turn comes, after the slides before it
+                    state[s] = {"error": exc}
+                    return
+                state[s] = {"grid": grid, "t0": t0, "outs": [], "encoded": 0, "read": 0.0, "wait": 0.0,
+                            "encode": 0.0}
+                plan_more()
+            grid = state[s]["grid"]
+            if start >= len(grid):
+                next_read = (s + 1, 0)
+                continue
+            coords = grid.coords[start:start + size]
+            pending.append((s, len(coords), pool.submit(read_fn, paths[s], grid.level, grid.read_size,
+                                                        grid.patch_size, coords)))
+            next_read = (s, start + len(coords))
+
+    def encode(images: np.ndarray, owners: list[tuple[int, int]]) -> None:
+        t0 = time.perf_counter()
+        feats = encoder.encode_on_device(images, batch_size=bs)
+        dt = time.perf_counter() - t0
+        at = 0
+        for s, n in owners:
+            st = state[s]
+            st["outs"].append(feats[at:at + n])
+            st["encoded"] += n
+            st["encode"] += dt * n / len(images)
+            at += n
+
+    def finished(s: int) -> SlideFeatures:
+        st = state.pop(s)
+        grid = st["grid"]
+        feats = torch.cat(st["outs"]).float().cpu() if st["outs"] else torch.zeros(0, encoder.dim)
+        return SlideFeatures(features=feats, coords=grid.coords.copy(), patch_size_level0=grid.patch_size_level0,
+                             patch_size=grid.patch_size, target_mpp=grid.target_mpp, slide_mpp=grid.slide_mpp,
+                             dimensions=grid.dimensions, encoder_spec=dict(encoder.spec),
+                             n_candidates=grid.n_candidates, read_seconds=st["read"],
+                             read_wait_seconds=st["wait"], encode_seconds=st["encode"],
+                             wall_seconds=time.perf_counter() - st["t0"])
+
+    try:
+        plan_more()
+        while next_out < len(paths):
+            submit_more()
+            if "error" in state.get(next_out, {}):
+                raise state[next_out]["error"]
+            if next_out in state and state[next_out]["encoded"] == len(state[next_out]["grid"]) and not any(
+                    s == next_out for s, _ in buffered):
+                sf = finished(next_out)
+                next_out += 1
+                done += 1
+                if progress:
+                    progress(done, len(paths))
+                yield sf  # reads of the next slides go on meanwhile
+                continue
+            if not pending:
+                if buffered:  # the end of the data: encode what is left
+                    images = np.concatenate([b for _, b in buffered])
+                    owners = [(s, len(b)) for s, b in buffered]
+                    buffered, have = [], 0
+                    encode(images, owners)
+                    continue
+                before = (next_read, len(state))
+                submit_more(block=True)
+                if not pending and (next_read, len(state)) == before:
+                    raise RuntimeError("slide pipeline stalled")  # not reached: plans are taken in order
+                continue
+            s, n, fut = pending.popleft()
+            t0 = time.perf_counter()
+            images, seconds = fut.result()
+            state[s]["wait"] += time.perf_counter() - t0
+            state[s]["read"] += seconds
+            buffered.append((s, images))
+            have += n
+            submit_more()
+            if have >= bs or not pending:
+                stacked = np.concatenate([b for _, b in buffered])
+                owners = [(o, len(b)) for o, b in buffered]
+                take = min(bs, len(stacked))
+                # Split ownership at `take` rows; the rest stays buffered.
+                head, rest, at = [], [], 0
+                for o, m in owners:
+                    if at + m <= take:
+                        head.append((o, m))
+                    elif at < take:
+                        head.append((o, take - at))
+                        rest.append((o, at + m - take))
+                    else:
+                        rest.append((o, m))
+                    at += m
+                encode(stacked[:take], head)
+                left = stacked[take:]
+                buffered, at = [], 0
+                for o, m in rest:
+                    buffered.append((o, left[at:at + m]))
+                    at += m
+                have = len(left)
+    finally:
+        planner.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        if thread_reader is not None:
+            thread_reader.close()
+
+
 def _feature_name(rec: dict) -> str:
     if "case_id" in rec:
         return f"{rec['case_id']}_{rec.get('part', 'A')}.safetensors"
@@ -387,8 +603,11 @@ def _feature_name(rec: dict) -> str:
 def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, out_dir: str | Path,
                             max_patches: int | None = 256, workers: int = 4, batch_size: int = 64,
                             patch_size: int = 224, target_mpp: float = 1.0, fallback_mpp: float | None = None,
-                            overwrite: bool = False, progress: Progress | None = None) -> Path:
-    """Features for every slide of a corpus manifest, cached as safetensors; returns out_dir/index.jsonl."""
+                            overwrite: bool = False, progress: Progress | None = None, in_flight: int = 2,
+                            readers: str = "threads") -> Path:
+    """Features for every slide of a corpus manifest, cached as safetensors; returns out_dir/index.jsonl.
+
+    Slides are extracted with ``in_flight`` of them in the pipeline at once (`iter_slide_features`)."""
     from .synthetic.corpus import load_manifest  # local import: the corpus module is data-side only
 
     records = load_manifest(manifest_path)
@@ -397,7 +616,9 @@ def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, ou
     tiling = {"mpp": target_mpp, "patch_size": patch_size, "overlap": 0, "min_tissue": 0.4}
     (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim, "tiling": tiling},
                                                  indent=2))
-    index = []
+    counts: dict[int, int] = {}
+    todo: list[int] = []
+    n_done = 0
     for i, rec in enumerate(records):
         path = out / _feature_name(rec)
         fresh = False
@@ -408,18 +629,28 @@ def extract_corpus_features(manifest_path: str | Path, encoder: PatchEncoder, ou
                          and meta.target_mpp == target_mpp and meta.extra.get("max_patches") == max_patches)
             except (OSError, ValueError):
                 fresh = False
-        if not fresh:
-            sf = extract_slide_features(rec["slide_path"], encoder, patch_size, target_mpp, max_patches,
-                                        batch_size, workers, fallback_mpp)
-            sf.save(path, extra={"max_patches": max_patches, "slide": rec["slide"]})
-            n = len(sf)
+        if fresh:
+            counts[i] = meta.n_patches
+            n_done += 1
+            if progress:
+                progress(n_done, len(records))
         else:
-            n = meta.n_patches
-        index.append({"slide": rec["slide"], "features": path.name, "n_patches": int(n),
-                      "split": rec.get("split"), "diagnosis": rec.get("diagnosis"), "case_id": rec.get("case_id"),
-                      "part": rec.get("part")})
+            todo.append(i)
+    # The slides to extract go through one pipeline with several in flight (reading never waits on a slide
+    # boundary); each is saved as soon as it is complete.
+    stream = iter_slide_features([records[i]["slide_path"] for i in todo], encoder, patch_size, target_mpp,
+                                 max_patches, batch_size, workers, fallback_mpp, in_flight=in_flight,
+                                 readers=readers)
+    for i, sf in zip(todo, stream, strict=True):
+        rec = records[i]
+        sf.save(out / _feature_name(rec), extra={"max_patches": max_patches, "slide": rec["slide"]})
+        counts[i] = len(sf)
+        n_done += 1
         if progress:
-            progress(i + 1, len(records))
+            progress(n_done, len(records))
+    index = [{"slide": rec["slide"], "features": _feature_name(rec), "n_patches": int(counts[i]),
+              "split": rec.get("split"), "diagnosis": rec.get("diagnosis"), "case_id": rec.get("case_id"),
+              "part": rec.get("part")} for i, rec in enumerate(records)]
     if progress and not records:
         progress(0, 0)
     idx = out / "index.jsonl"
