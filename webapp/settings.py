@@ -193,10 +193,14 @@ SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_ENGINE = "webapp.accounts.sessions"
 SESSION_IDLE_SECONDS = env_int("PATHALIGN_SESSION_IDLE_SECONDS", 30 * 60)
 
-# Login throttling (django-axes): lock a username+IP pair after repeated failures.
+# Login throttling (django-axes): a username after repeated failures from anywhere, and separately an
+# address after repeated failures over any usernames (password spraying). Sign-in, the sign-out password
+# and the password change all count (webapp/accounts/reauth.py).
 AXES_FAILURE_LIMIT = env_int("PATHALIGN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = 0.25  # hours
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "webapp.accounts.client_ip.client_address"  # the audit log uses the same address
+TRUSTED_PROXY_HOPS = 0  # production behind PATHALIGN_BEHIND_PROXY: PATHALIGN_PROXY_COUNT
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLED = env_bool("PATHALIGN_AXES_ENABLED", True)
 

@@ -38,8 +38,7 @@ SECURE_SSL_REDIRECT = SSL_REDIRECT
 if BEHIND_PROXY:
     # Only behind a proxy that overwrites these headers; otherwise a client could claim HTTPS or an IP.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    AXES_IPWARE_PROXY_COUNT = PROXY_COUNT
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+    TRUSTED_PROXY_HOPS = PROXY_COUNT  # the client's address for the lockout and the audit log (accounts/client_ip.py)
 SECURE_HSTS_SECONDS = HSTS_SECONDS
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = HSTS_PRELOAD

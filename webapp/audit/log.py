@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import hashlib
 
+from webapp.accounts.client_ip import client_address
+
 from .models import AuditEvent
 
 
 def _client_ip(request) -> str | None:
-    # REMOTE_ADDR only: X-Forwarded-For is trusted only when a deployment's proxy sets it (see docs).
-    return request.META.get("REMOTE_ADDR") or None
+    """The client's address as the lockout sees it (webapp/accounts/client_ip.py): REMOTE_ADDR, or behind a
+    configured trusted proxy (PATHALIGN_BEHIND_PROXY, PATHALIGN_PROXY_COUNT) the address that proxy put in
+    X-Forwarded-For. A header is never trusted unless configured (finding, issue 16: behind a proxy every
+    event recorded the proxy's address)."""
+    return client_address(request)
 
 
 def _session_hash(request) -> str:

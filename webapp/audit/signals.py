@@ -1,4 +1,4 @@
-"""Sign-ins, sign-outs, failed sign-ins and lockouts are audit events too.
+"""Sign-ins, sign-outs, failed sign-ins, lockouts and user management are audit events too.
 
 A failed attempt stores whether the typed username exists, never the typed text: people type passwords
 into the username box, and this log is append-only.
@@ -10,7 +10,14 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
+from webapp.accounts.signals import user_managed
+
 from .log import record
+
+
+@receiver(user_managed)
+def _user_managed(sender, request, target, action, before=None, after=None, **kwargs) -> None:
+    record(request, action, obj=target, before=before, after=after, target=target.get_username())
 
 
 @receiver(user_logged_in)
