@@ -58,9 +58,12 @@ def test_importing_settings_starts_and_creates_nothing(module, tmp_path):
     assert probe["seconds"] < 5, probe  # about 0.2 s: no server start, no connection attempt
     assert probe["loaded"] == []  # neither the database driver nor pgserver was even imported
     # The URL of the embedded server on that directory, computed, not asked of a running server.
-    assert probe["url"] == f"postgresql://postgres:@/pathalign?host={pgdata}"
+    # As the application role, its password in the libpq password file beside the data directory.
+    auth = f"passfile={pgdata}.auth/pgpass"
+    assert probe["url"] == f"postgresql://pathalign_app@/pathalign?host={pgdata}&{auth}"
     if module == "webapp.settings_test":  # the run's own broker database, created by the test setup later
-        assert probe["broker"] == f"sqla+postgresql+psycopg://postgres:@/broker_probe?host={pgdata}"
+        assert probe["broker"] == f"sqla+postgresql+psycopg://pathalign_app@/broker_probe?host={pgdata}&{auth}"
+    assert not Path(f"{pgdata}.auth").exists()  # the password file is the server's start's to write
     assert list(pgdata.iterdir()) == []  # no initdb, no postmaster.pid
     assert not var.exists()  # no slide store, drop folder, upload area or model folder made at import
     assert _postmasters_on(pgdata) == []

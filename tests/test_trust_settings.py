@@ -53,6 +53,11 @@ REFUSED = [
     ({"DJANGO_SECRET_KEY": "dev-only-insecure-key-do-not-use-in-production" + "x" * 10,
       "DJANGO_ALLOWED_HOSTS": "pathalign.example.org"}, "DJANGO_SECRET_KEY"),
     ({"DJANGO_SECRET_KEY": "k" * 20 + secrets.token_urlsafe(40)}, "DJANGO_ALLOWED_HOSTS"),
+    # issue 16: a low-entropy key Django's own check accepts, and a wildcard host
+    ({"DJANGO_SECRET_KEY": "abcde" * 10, "DJANGO_ALLOWED_HOSTS": "pathalign.example.org"}, "DJANGO_SECRET_KEY"),
+    ({"DJANGO_SECRET_KEY": secrets.token_urlsafe(64), "DJANGO_ALLOWED_HOSTS": "*"}, "DJANGO_ALLOWED_HOSTS"),
+    ({"DJANGO_SECRET_KEY": secrets.token_urlsafe(64), "DJANGO_ALLOWED_HOSTS": "pathalign.example.org,*"},
+     "DJANGO_ALLOWED_HOSTS"),
 ]
 
 

@@ -93,7 +93,7 @@ def env_list(name: str, default: str) -> list[str]:
 VAR_DIR = env_path("PATHALIGN_VAR_DIR", BASE_DIR / "var")
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-do-not-use-in-production")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEBUG = env_bool("DJANGO_DEBUG", False)  # off unless asked for: the debug pages show the URL map and settings
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
@@ -216,6 +216,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env_path("PATHALIGN_STATIC_ROOT", BASE_DIR / "staticfiles")
+# Development serves static files through whitenoise from the source folders (DEBUG is off by default, so
+# runserver's own static view is not there); production serves the collected, hashed files only.
+WHITENOISE_USE_FINDERS = True
 
 # --- slide storage: files live under SLIDE_STORE_DIR with generated names; never under a user-chosen name
 SLIDE_STORE_DIR = env_path("PATHALIGN_SLIDE_STORE", VAR_DIR / "slides")

@@ -24,7 +24,17 @@ DATABASE_ROLE_CHECK = "error"  # connected as a superuser or table owner: `check
 
 # --- the secret key: required, long and not the development default
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith(("dev-only", "django-insecure")):
+
+
+def _low_entropy(key: str) -> bool:
+    """Too few distinct characters, or a short block repeated ('abcde' * 10 passes Django's own check)."""
+    if len(set(key)) < 20:
+        return True
+    return any(len(key) % size == 0 and key == key[:size] * (len(key) // size) for size in range(1, len(key) // 2 + 1))
+
+
+if (len(SECRET_KEY) < 50 or _low_entropy(SECRET_KEY)
+        or SECRET_KEY.startswith(("dev-only", "django-insecure"))):
     raise ImproperlyConfigured(
         "Set DJANGO_SECRET_KEY to 50 or more random characters for production "
         "(python -c \"import secrets; print(secrets.token_urlsafe(64))\")."
@@ -32,6 +42,9 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith(("d
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "")
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("Set DJANGO_ALLOWED_HOSTS to the host name(s) the site is served under.")
+if any(host == "*" or host.startswith("*") for host in ALLOWED_HOSTS):
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must name the host(s) the site is served under, not '*': "
+                               "a wildcard lets any Host header through (password-reset links, cache poisoning).")
 
 # --- HTTPS only
 SECURE_SSL_REDIRECT = SSL_REDIRECT
@@ -64,6 +77,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+WHITENOISE_USE_FINDERS = False  # collected files only
 
 # --- logs: no query strings (a search box could put an accession number there), no SQL
 LOGGING = {

@@ -2,5 +2,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+from webapp.celery import SETTINGS_FROM_ENVIRONMENT
+
+# Production settings unless the environment names others: a server that imports this is a deployment.
+if not SETTINGS_FROM_ENVIRONMENT:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings_production"
 application = get_wsgi_application()
