@@ -7,6 +7,7 @@ and kept in var/demo-credentials.txt (readable by the owner only) so they can be
 from __future__ import annotations
 
 import importlib
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,9 +63,10 @@ def seed_users(context: DemoContext) -> None:
         lines = [f"{username:10} {role:12} {password}" for username, role, password in created]
         path = credentials_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+        # 0600 from its creation (not chmodded afterwards: the passwords must never be readable by others)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as handle:
             handle.write("\n".join(lines) + "\n")
-        path.chmod(0o600)
+        path.chmod(0o600)  # a file an older version made under the umask
         context.log(f"Demo accounts (shown once; also in {path}):\n  " + "\n  ".join(lines))
 
 

@@ -227,7 +227,8 @@ SLIDE_UPLOAD_MAX_BYTES = env_int("PATHALIGN_UPLOAD_MAX_BYTES", 20 * 1024**3)
 # Same filesystem as the store: storing an upload is a rename, not a copy.
 FILE_UPLOAD_TEMP_DIR = str(env_path("PATHALIGN_UPLOAD_TMP", VAR_DIR / "upload-tmp"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2  # larger uploads stream to FILE_UPLOAD_TEMP_DIR
-FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_PERMISSIONS = 0o600  # owner-only, like everything the service writes (webapp/apps.py)
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 MODEL_BUNDLE_DIR = env_path("PATHALIGN_MODEL_DIR", VAR_DIR / "models")
 
 

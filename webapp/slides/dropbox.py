@@ -86,8 +86,18 @@ def resolve_entry(name: str) -> Path:
 
 def import_entry(name: str, *, part: Part, stain: str = "H&E", block_label: str = "", user=None) -> Slide:
     path = resolve_entry(name)
-    return ingest_slide(path, part=part, original_filename=name, stain=stain, block_label=block_label,
-                        user=user, move=True)
+    slide = ingest_slide(path, part=part, original_filename=name, stain=stain, block_label=block_label,
+                         user=user, move=True)
+    _owner_only(slide.path.parent)  # a moved file keeps the mode the scanner gave it
+    return slide
+
+
+def _owner_only(folder: Path) -> None:
+    """The stored slide's folder 0700 and everything in it 0700/0600, however the scanner wrote it."""
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def import_matched(user=None) -> tuple[list[Slide], list[tuple[str, str]]]:
