@@ -18,7 +18,11 @@ def _finished(job_id):
 def test_worker_runs_job_from_embedded_broker(celery_worker_process, cast):
     with transaction.atomic():
         job = jobs.create_job("selftest", user=cast.admin, params={"echo": "hello"})
-    done = wait_for(lambda: _finished(job.pk), timeout=90, message="the selftest job")
+        assert Job.objects.get(pk=job.pk).dispatched_at is None  # not sent inside the transaction
+    # Sent by the commit itself, not later by the stale-job sweeper (which resends unsent jobs after 30 s and
+    # made this test pass with the on_commit(dispatch) line removed: issue 16).
+    assert Job.objects.get(pk=job.pk).dispatched_at is not None
+    done = wait_for(lambda: _finished(job.pk), timeout=25, message="the selftest job, well before any resend")
     assert done.state == JobState.SUCCEEDED, done.error
     assert done.result["echo"] == "hello" and done.progress == 1.0 and done.attempts == 1
     assert done.started_at <= done.finished_at
@@ -59,13 +63,16 @@ def test_worker_runs_job_from_redis(transactional_db, cast, settings):
         use_broker(original)
 
 
-def test_job_is_sent_only_after_commit(db, monkeypatch):
+def test_job_is_sent_only_after_commit(db, monkeypatch, django_capture_on_commit_callbacks):
     sent = []
     monkeypatch.setattr(jobs, "dispatch", lambda job_id: sent.append(job_id))
-    with transaction.atomic():
-        job = jobs.create_job("selftest")
-        assert sent == []  # not yet: the worker could not see the row
-    # pytest-django wraps the test in a transaction, so run the on-commit hooks by hand.
+    # pytest-django wraps the test in a transaction: the capture runs the on-commit hooks as a commit would.
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            job = jobs.create_job("selftest")
+            assert sent == []  # not yet: the worker could not see the row
+        assert sent == []  # still inside the test's transaction
+    assert sent == [job.pk]  # and sent once it commits
     assert job.state == JobState.QUEUED
 
 

@@ -120,7 +120,7 @@ def test_values_are_read_into_settings(monkeypatch, tmp_path):
     assert values["JOB_PULSE_SECONDS"] == 1.5 and values["SKIP_DEMO_MODEL"] is True
     assert values["INFERENCE_DEVICE"] == "cuda:1" and values["DEMO_BUNDLE_DIR"] == tmp_path / "demo"
     assert values["DRAFT_NUM_BEAMS"] == 1 and values["TILE_JPEG_QUALITY"] == 90
-    assert values["MULTIMODAL_MODEL_DIR"] is None and values["STALE_JOB_SECONDS"] == 120
+    assert values["MULTIMODAL_MODEL_DIR"] is None and values["STALE_JOB_SECONDS"] == 20
 
 
 # --- one place, one table ----------------------------------------------------------------------------------

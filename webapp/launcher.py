@@ -76,12 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if not args.no_worker:
-            # One worker process per GPU host is the production shape; here one consumes both queues.
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "default,gpu",
-                 "--concurrency=1", "--loglevel=INFO", "-n", "local@%h", "--without-gossip", "--without-mingle"],
-                cwd=ROOT, start_new_session=True,
-            ))
+            # The production shape on one machine: a worker for light jobs (drafts, imports) and one for the
+            # model (gpu), so a long analysis never holds up a draft.
+            for queue, concurrency in (("default", 2), ("gpu", 1)):
+                children.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", queue,
+                     f"--concurrency={concurrency}", "--loglevel=INFO", "-n", f"{queue}@%h", "--without-gossip",
+                     "--without-mingle"],
+                    cwd=ROOT, start_new_session=True,
+                ))
         children.append(subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
             cwd=ROOT, start_new_session=True,

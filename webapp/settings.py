@@ -240,9 +240,10 @@ OPENSLIDE_CACHE_MB = env_int("PATHALIGN_OPENSLIDE_CACHE_MB", 256, minimum=0)
 
 # --- jobs (webapp/jobs): every running job beats every JOB_PULSE_SECONDS; one without a beat for
 # STALE_JOB_SECONDS lost its worker; every worker sweeps for such jobs every JOB_SWEEP_SECONDS.
-JOB_PULSE_SECONDS = env_seconds("PATHALIGN_JOB_PULSE_SECONDS", 10)
-STALE_JOB_SECONDS = env_seconds("PATHALIGN_STALE_JOB_SECONDS", 120)
-JOB_SWEEP_SECONDS = env_seconds("PATHALIGN_SWEEP_SECONDS", 60)
+# Defaults: a lost worker's job is queued again within 25 s (no beat for 20 s, found by a sweep every 5 s).
+JOB_PULSE_SECONDS = env_seconds("PATHALIGN_JOB_PULSE_SECONDS", 5)
+STALE_JOB_SECONDS = env_seconds("PATHALIGN_STALE_JOB_SECONDS", 20)
+JOB_SWEEP_SECONDS = env_seconds("PATHALIGN_SWEEP_SECONDS", 5)
 # Every worker also removes store files an interrupted upload left without a row (older than an hour).
 ORPHAN_SWEEP_SECONDS = env_seconds("PATHALIGN_ORPHAN_SWEEP_SECONDS", 600)
 ANALYZE_TIME_LIMIT = env_int("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)  # seconds per slide analysis

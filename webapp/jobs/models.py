@@ -54,6 +54,11 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # When the broker last accepted this job's message; null while the broker was unreachable.
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Higher first: a STAT case's jobs jump the queue (runner.run_job takes them before the job it was sent).
+    priority = models.PositiveSmallIntegerField(default=0)
+    # What happened to the job beyond its current message: requeues after a lost worker, retries after an
+    # error ([{"at": iso time, "event": ..., "text": ...}]); the message line is overwritten, this is not.
+    history = models.JSONField(default=list, blank=True)
 
     class Meta:
         db_table = "analysis_job"

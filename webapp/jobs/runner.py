@@ -8,6 +8,7 @@ The Celery task `run_job` is a thin shell around `execute`, which tests call dir
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from .models import Job, JobState
@@ -81,12 +83,30 @@ def stale_after() -> timedelta:
 
 
 # --- queueing ----------------------------------------------------------------------------------------
-def create_job(kind: str, *, slide=None, case=None, user=None, params: dict | None = None) -> Job:
-    """Create a queued job and send it to Celery once the surrounding transaction commits."""
+STAT_PRIORITY = 9  # a STAT case's jobs; everything else 0
+
+
+def _priority_of(case, slide) -> int:
+    """STAT cases first. The case is read by its attribute (the job table sits below the cases app)."""
+    case = case if case is not None else getattr(getattr(slide, "part", None), "case", None)
+    return STAT_PRIORITY if getattr(case, "priority", "") == "stat" else 0
+
+
+def note(job_id: int, event: str, text: str) -> None:
+    """Append an entry to the job's history (kept: the message line is overwritten by the next progress)."""
+    entry = {"at": timezone.now().isoformat(timespec="seconds"), "event": event, "text": text[:300]}
+    Job.objects.filter(pk=job_id).update(history=RawSQL("history || %s::jsonb", [json.dumps([entry])]))
+
+
+def create_job(kind: str, *, slide=None, case=None, user=None, params: dict | None = None,
+               priority: int | None = None) -> Job:
+    """Create a queued job and send it to Celery once the surrounding transaction commits. `priority`
+    (default: STAT_PRIORITY for a STAT case's jobs, else 0): higher runs first."""
     if kind not in HANDLERS:
         raise ValueError(f"unknown job kind {kind!r}")
     job = Job.objects.create(
-        kind=kind, queue=HANDLERS[kind].queue, slide=slide, case=case, created_by=user, params=params or {}
+        kind=kind, queue=HANDLERS[kind].queue, slide=slide, case=case, created_by=user, params=params or {},
+        priority=_priority_of(case, slide) if priority is None else priority,
     )
     transaction.on_commit(lambda: dispatch(job.pk))
     return job
@@ -96,6 +116,8 @@ def dispatch(job_id: int, countdown: float | None = None) -> bool:
     """Send a job to the broker. With the broker down the job stays queued; `requeue_stale` resends it."""
     job = Job.objects.only("queue", "kind").get(pk=job_id)
     handler = HANDLERS.get(job.kind)
+    # No broker priority (the embedded broker has none; Redis counts them the other way round): run_job
+    # takes more urgent queued jobs first itself, the same on every broker.
     options: dict = {"countdown": countdown} if countdown else {}
     if handler and handler.time_limit:
         options.update(time_limit=handler.time_limit, soft_time_limit=max(1, handler.time_limit - 30))
@@ -215,10 +237,11 @@ def execute(job_id: int) -> Job:
             _finish(job.pk, JobState.FAILED, error=error)
             raise
         log.warning("job %s failed (attempt %d), retrying in %.0f s: %s", job.pk, job.attempts, delay, exc)
+        message = f"Retrying after an error (attempt {job.attempts} of {MAX_ATTEMPTS} failed)."
         Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-            state=JobState.QUEUED, error=error[:10000], dispatched_at=None,
-            message=f"Retrying after an error (attempt {job.attempts} of {MAX_ATTEMPTS} failed).",
+            state=JobState.QUEUED, error=error[:10000], dispatched_at=None, message=message,
         )
+        note(job.pk, "retry", f"{message} {type(exc).__name__}: {exc}")
         dispatch(job.pk, countdown=delay)
         return Job.objects.get(pk=job.pk)
     return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
@@ -236,8 +259,19 @@ def _finish(job_id: int, state: str, *, error: str = "", result: dict | None = N
 @shared_task(acks_late=True, name="jobs.run_job")
 def run_job(job_id: int) -> str:
     """The Celery shell: run the job; `execute` records failures and retries (the policy is not Celery's)."""
-    if not Job.objects.filter(pk=job_id).exists():
+    job = Job.objects.filter(pk=job_id).only("queue", "priority").first()
+    if job is None:
         return "gone"  # deleted while queued
+    # More urgent work first (STAT cases), whatever order the broker hands messages out in: queued jobs of
+    # this queue with a higher priority that are not waiting out a retry delay. Their own messages find them
+    # done later (execute skips finished jobs).
+    urgent = (Job.objects.filter(state=JobState.QUEUED, queue=job.queue, priority__gt=job.priority, error="")
+              .order_by("-priority", "created_at").values_list("pk", flat=True)[:10])
+    for urgent_id in urgent:
+        try:
+            execute(urgent_id)
+        except Exception as exc:  # noqa: BLE001 - recorded on that job by execute; go on with this one
+            log.info("urgent job %s taken first failed: %s", urgent_id, exc)
     try:
         return execute(job_id).state
     except Exception:  # noqa: BLE001 - recorded on the job by execute; the message is done with either way
@@ -273,9 +307,13 @@ def requeue_stale(
         if retry_delay(job.attempts, None) is None:
             if claim.update(state=JobState.FAILED, finished_at=now,
                             error=f"The worker stopped responding {job.attempts} times; giving up."):
+                note(job.pk, "failed", f"Failed: worker {job.worker or '?'} stopped responding, attempt "
+                                       f"{job.attempts} of {MAX_ATTEMPTS}.")
                 touched += 1
         elif claim.update(state=JobState.QUEUED, heartbeat_at=now, dispatched_at=None,
                           message="Requeued after its worker stopped responding."):
+            note(job.pk, "requeued", f"Requeued: worker {job.worker or '?'} stopped responding during attempt "
+                                     f"{job.attempts}.")
             dispatch(job.pk)
             touched += 1
     quiet = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - queued_after)
