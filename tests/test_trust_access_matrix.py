@@ -191,3 +191,37 @@ def test_access_matrix(world):
         "method (the statuses seen today are shown: check them against the view's intent before copying):\n  "
         + "\n  ".join(unlisted))
     assert not problems, "Access control differs from tests/access_matrix.py:\n  " + "\n  ".join(problems)
+
+
+# --- content, not only status codes (issue 16: list pages answered 200 to everyone and nobody looked inside) ---
+LIST_PAGES = [("home", ""), ("case_list", ""), ("case_list", "?q=S26-71"), ("case_list", "?q=PSN-"),
+              ("worklist", ""), ("analysis_search", "?mode=text&q=adenoma"), ("evaluation_studies", ""),
+              ("job_list", ""), ("audit_log", "")]
+
+
+def test_list_pages_and_search_show_nobody_elses_cases(cast, case_factory, client_for):
+    from django.urls import reverse
+
+    cases = {
+        "path1": case_factory(assigned_to=cast.path1, accession_number="S26-71001", patient_pseudonym="PSN-ALPHA"),
+        "path2": case_factory(assigned_to=cast.path2, accession_number="S26-71002", patient_pseudonym="PSN-BRAVO"),
+        None: case_factory(accession_number="S26-71003", patient_pseudonym="PSN-CHARLIE"),
+    }
+    for viewer in ("outsider", "evaluator", "path2"):
+        client = client_for(getattr(cast, viewer))
+        hidden = [c for owner, c in cases.items() if owner != viewer]
+        answered = 0
+        for name, query in LIST_PAGES:
+            response = client.get(reverse(name) + query)
+            if response.status_code != 200:
+                assert response.status_code in (302, 403, 404), (viewer, name, response.status_code)
+                continue
+            answered += 1
+            page = response.content.decode()
+            for case in hidden:
+                assert case.accession_number not in page, (viewer, name + query, case.accession_number)
+                assert case.patient_pseudonym not in page, (viewer, name + query, case.patient_pseudonym)
+        assert answered >= 3, (viewer, "expected some list pages to answer 200")
+        if viewer == "path2":  # and the pathologist does see their own case in the list and the search
+            own = client.get(reverse("case_list") + "?q=S26-71").content.decode()
+            assert "S26-71002" in own
