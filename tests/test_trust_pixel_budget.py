@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from webapp.slides import pixel_budget
-
 ROOT = Path(__file__).resolve().parent.parent
 RSS_LIMIT_MB = 512
 
@@ -111,6 +109,8 @@ def test_deep_zoom_reads_of_a_bomb_stay_within_the_budget(db, bomb):
 
 def test_the_budget_follows_the_pyramid(good_slide):
     import openslide
+
+    from webapp.slides import pixel_budget
 
     slide = openslide.OpenSlide(str(good_slide))
     level = pixel_budget.thumbnail_level(slide, (512, 512))

@@ -12,7 +12,6 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from tests.conftest import PASSWORD
-from webapp.accounts import reauth
 from webapp.audit.models import AuditEvent
 
 
@@ -32,6 +31,8 @@ def test_the_password_change_form_counts_towards_the_lockout(cast, client_for, s
 
 
 def test_the_reauthentication_helper_counts_and_locks(cast, settings):
+    from webapp.accounts import reauth
+
     factory = RequestFactory()
 
     def attempt(password: str):
