@@ -5,8 +5,12 @@ import contextlib
 import http.client
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
@@ -26,7 +30,9 @@ def bench_database(name: str, separate: bool = False) -> Iterator[str]:
         return
     with contextlib.ExitStack() as stack:
         server = external or stack.enter_context(embedded_db.running())
-        yield embedded_db.ensure_database(server, name)
+        # The owner role owns (and migrates) the bench database, as `make run` does for the app's own; a
+        # bench database made before the roles existed is handed over.
+        yield embedded_db.ensure_database(server, name, owner=None if external else embedded_db.OWNER_ROLE)
 
 
 def wait_until_serving(process: subprocess.Popen, port: int, path: str = "/healthz",
@@ -46,3 +52,11 @@ def wait_until_serving(process: subprocess.Popen, port: int, path: str = "/healt
             time.sleep(0.3)
     process.terminate()
     raise RuntimeError(f"gunicorn did not answer within {timeout:.0f} s")
+
+
+def migrate_as_owner(env: dict | None = None) -> None:
+    """`manage.py migrate` as the database owner (the app role may not create tables; the migration grants it
+    its rights afterwards), in a process of its own so that the bench process stays the application role."""
+    env = dict(os.environ if env is None else env)
+    env["PATHALIGN_DB_ROLE"] = "owner"
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
