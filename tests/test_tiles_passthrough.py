@@ -1,10 +1,11 @@
 """Tile passthrough: Deep Zoom tiles of native levels are the file's own JPEG bytes, decoding to exactly the
 pixels OpenSlide returns; everything else falls back to OpenSlide's path and stays correct.
 
-Real files only, written here with tifffile and the project's writer: an Aperio SVS (each tile a complete
-JPEG, as tifffile writes), an SVS-like file with abbreviated tiles and a JPEGTables tag (as Aperio scanners
-write), a generic tiled TIFF with a level at a downsample of 3 (not a Deep Zoom level), one with partial
-edge tiles, a deflate-compressed tiled TIFF, and a copy of an SVS with one corrupt tile.
+Real files only, written here with tifffile, pydicom and the project's writer: an Aperio SVS (each tile a
+complete JPEG, as tifffile writes), an SVS-like file with abbreviated tiles and a JPEGTables tag (as Aperio
+scanners write), a generic tiled TIFF with a level at a downsample of 3 (not a Deep Zoom level), one with
+partial edge tiles, a deflate-compressed tiled TIFF, a DICOM WSI (two instances, TILED_FULL, JPEG baseline
+frames) and a copy of an SVS with one corrupt tile.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import pytest
 import tifffile
 from django.urls import reverse
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, VLWholeSlideMicroscopyImageStorage, generate_uid
 
 from inference.synthetic.wsi import write_pyramidal_tiff
 from tests.conftest import tissue_like
@@ -58,6 +62,74 @@ def _abbreviated_tiles(rgb: np.ndarray, tile: int) -> tuple[bytes, list[bytes]]:
     return tables, streams
 
 
+def _jpeg_tiles(rgb: np.ndarray, tile: int) -> list[bytes]:
+    out = []
+    for y in range(0, rgb.shape[0], tile):
+        for x in range(0, rgb.shape[1], tile):
+            block = np.full((tile, tile, 3), 255, np.uint8)
+            part = rgb[y:y + tile, x:x + tile]
+            block[:part.shape[0], :part.shape[1]] = part
+            buffer = io.BytesIO()
+            Image.fromarray(block).save(buffer, "JPEG", quality=80)
+            out.append(buffer.getvalue())
+    return out
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def write_dicom_wsi(folder: Path, levels: list[tuple[int, int, list[bytes]]], tile: int, mpp: float = 0.5) -> list[Path]:
+    """A DICOM VL Whole Slide Microscopy series, one file per level (width, height, row-major JPEG frames):
+    TILED_FULL, one focal plane, one optical path, JPEG baseline (YBR_FULL_422), as WSI converters write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for index, (width, height, frames) in enumerate(levels):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
+        meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = VLWholeSlideMicroscopyImageStorage, uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.Modality, ds.Manufacturer, ds.PatientName, ds.PatientID = "SM", "Synthetic", "Synthetic", "SYN-1"
+        ds.ContainerIdentifier, ds.SeriesNumber, ds.InstanceNumber = "SYN-SLIDE-1", 1, index + 1
+        ds.ImageType = (["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if index == 0
+                        else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"])
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = width, height, 1
+        ds.Columns = ds.Rows = tile
+        ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.LossyImageCompression, ds.BurnedInAnnotation, ds.SpecimenLabelInImage = "01", "NO", "NO"
+        ds.FocusMethod, ds.ExtendedDepthOfField = "AUTO", "NO"
+        spacing = mpp * levels[0][0] / width / 1000  # mm
+        measures = Dataset()
+        measures.PixelSpacing, measures.SliceThickness = [spacing, spacing], 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = width * spacing, height * spacing, 0.001
+        origin = Dataset()
+        origin.XOffsetInSlideCoordinateSystem = origin.YOffsetInSlideCoordinateSystem = 0
+        ds.TotalPixelMatrixOriginSequence = [origin]
+        optical = Dataset()
+        optical.OpticalPathIdentifier = "1"
+        optical.IlluminationTypeCodeSequence = [_code("111744", "DCM", "Brightfield illumination")]
+        optical.IlluminationColorCodeSequence = [_code("414298005", "SCT", "Full Spectrum")]
+        ds.OpticalPathSequence, ds.NumberOfOpticalPaths = [optical], 1
+        ds.PixelData = encapsulate(frames, has_bot=True)
+        ds["PixelData"].VR = "OB"
+        paths.append(folder / f"level-{index}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("passthrough")
@@ -82,6 +154,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["edges"] = folder / "edges.tiff"  # 1000 x 700: the right and bottom tiles are partial
     tifffile.imwrite(out["edges"], rgb[:700, :1000], tile=(256, 256), compression="jpeg", photometric="rgb",
                      metadata=None)
+
+    out["dicom_frames"] = [_jpeg_tiles(rgb, 256), _jpeg_tiles(np.asarray(Image.fromarray(rgb).resize(
+        (768, 512), Image.Resampling.BOX)), 256)]
+    out["dicom"] = write_dicom_wsi(folder / "dicom", [(1536, 1024, out["dicom_frames"][0]),
+                                                      (768, 512, out["dicom_frames"][1])], 256)[0]
 
     out["deflate"] = folder / "deflate.tiff"
     tifffile.imwrite(out["deflate"], rgb, tile=(256, 256), compression="zlib", photometric="rgb", metadata=None)
@@ -130,10 +207,12 @@ def raw_tile(path: Path, page_index: int, index: int) -> bytes:
 
 
 # --- passthrough: the file's bytes, OpenSlide's pixels ------------------------------------------------
-@pytest.mark.parametrize("name", ["svs", "svs_tables", "tiff"])
-def test_native_tiles_are_the_files_jpeg_and_decode_to_openslides_pixels(opened, name):
+@pytest.mark.parametrize("name", ["svs", "svs_tables", "tiff", "dicom"])
+def test_native_tiles_are_the_files_jpeg_and_decode_to_openslides_pixels(opened, files, name):
     slide = opened(name)
     assert slide.raw is not None, slide.passthrough_note
+    assert slide.osr.properties["openslide.vendor"] == {"svs": "aperio", "svs_tables": "aperio",
+                                                        "tiff": "generic-tiff", "dicom": "dicom"}[name]
     assert '<Image TileSize="256" Overlap="0" Format="jpeg"' in slide.dz.get_dzi("jpeg")
     top = slide.dz.level_count - 1
     assert slide.native[top] == 0  # full resolution is served raw
@@ -144,10 +223,13 @@ def test_native_tiles_are_the_files_jpeg_and_decode_to_openslides_pixels(opened,
             data = tiles.dz_tile(slide, dz_level, col, row, "jpeg")
             expected = openslide_region(slide.osr, level, col * 256, row * 256, 256, 256)
             assert np.abs(decode(data) - expected).max() <= 1, (dz_level, col, row)
-            # Not re-encoded: the JPEG's scan is the file's own bytes.
-            source = raw_tile(slide.path, {"svs": [0, 2], "svs_tables": [0], "tiff": [0, 1]}[name][level],
-                              row * (-(-width // 256)) + col)
-            assert source[source.index(b"\xff\xda"):] in data
+            # Not re-encoded: the JPEG's scan is the file's own bytes (a DICOM frame: the whole frame).
+            index = row * (-(-width // 256)) + col
+            if name == "dicom":
+                assert data == files["dicom_frames"][level][index]
+            else:
+                source = raw_tile(slide.path, {"svs": [0, 2], "svs_tables": [0], "tiff": [0, 1]}[name][level], index)
+                assert source[source.index(b"\xff\xda"):] in data
             checked += 1
     assert checked >= 3
 
@@ -278,3 +360,16 @@ def test_levels_at_twice_a_native_downsample_are_decoded_at_half_scale(opened, f
         edges.dz.get_tile(edges.dz.level_count - 2, (1, 0)), "jpeg")
     assert tiles.dz_tile(edges, edges.dz.level_count - 2, 0, 0, "jpeg") != tiles.encode(
         edges.dz.get_tile(edges.dz.level_count - 2, (0, 0)), "jpeg")
+
+
+def test_a_dicom_series_uploaded_as_a_folder_serves_its_frames(files, cast, case_factory, client_for):
+    case = case_factory(assigned_to=cast.path1)
+    slide = ingest_slide(files["dicom"].parent, part=case.parts.first(), original_filename="scan", move=False)
+    client = client_for(cast.path1)
+    dzi = client.get(reverse("slide_dzi", args=[slide.pk]))
+    assert dzi.status_code == 200 and b'TileSize="256" Overlap="0"' in dzi.content
+    top = tiles.slides.get(str(slide.pk), slide.path).dz.level_count - 1
+    response = client.get(reverse("slide_dzi_tile", args=[slide.pk, top, 4, 2, "jpeg"]))
+    assert response.status_code == 200 and response.content == files["dicom_frames"][0][2 * 6 + 4]
+    tiles.slides.clear()
+    tiles.encoded.clear()

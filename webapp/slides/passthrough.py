@@ -57,21 +57,22 @@ class NativeLevel:
     down: int
     tables: bytes  # JPEGTables without its EOI, or b"" when every tile carries its own tables
     components: int
+    path: str  # the file holding the level (DICOM: one file per level)
 
 
 class RawTiles:
     """The raw JPEG tiles of a slide's passable levels (OpenSlide level -> NativeLevel)."""
 
-    def __init__(self, path: str | Path, tile_size: int, levels: dict[int, NativeLevel]) -> None:
-        self.path = str(path)
+    def __init__(self, tile_size: int, levels: dict[int, NativeLevel]) -> None:
         self.tile_size = tile_size
         self.levels = levels
-        # Lives as long as the slide handle: the LRU drops handles without closing them (a reader may hold
-        # one), and the file closes itself with its last reference.
-        self._file = open(self.path, "rb")  # noqa: SIM115
+        # Open as long as the slide handle: the LRU drops handles without closing them (a reader may hold
+        # one), and each file closes itself with its last reference.
+        self._files = {path: open(path, "rb") for path in {native.path for native in levels.values()}}  # noqa: SIM115
 
     def close(self) -> None:
-        self._file.close()
+        for handle in self._files.values():
+            handle.close()
 
     def tile(self, level: int, col: int, row: int) -> bytes | None:
         """The complete JPEG of source tile (col, row) of OpenSlide level `level`; None where the file holds
@@ -85,7 +86,7 @@ class RawTiles:
             return None
         if count > 64 * 1024 * 1024:
             raise CorruptTile(f"Source tile {col},{row} of level {level} declares {count} bytes.")
-        data = os.pread(self._file.fileno(), count, offset)
+        data = os.pread(self._files[native.path].fileno(), count, offset)
         if len(data) != count:
             raise CorruptTile(f"Source tile {col},{row} of level {level} is truncated ({len(data)} of {count} "
                               "bytes in the file).")
@@ -147,7 +148,7 @@ def complete_jpeg(tables: bytes, data: bytes, size: int, components: int, where:
 
 
 # --- probing a slide --------------------------------------------------------------------------------
-def _level_of_page(page, tile: int | None) -> tuple[int, NativeLevel] | None:
+def _level_of_page(page, tile: int | None, path: str) -> tuple[int, NativeLevel] | None:
     """(tile size, NativeLevel) for a JPEG-tiled page tifffile can describe, else None."""
     if not page.is_tiled or page.compression != 7 or page.planarconfig != 1 or page.imagedepth != 1:
         return None
@@ -169,7 +170,7 @@ def _level_of_page(page, tile: int | None) -> tuple[int, NativeLevel] | None:
         if tables[:2] != SOI:
             return None
         tables = tables[:-2] if tables[-2:] == EOI else tables
-    return size, NativeLevel(offsets, counts, across, down, tables, page.samplesperpixel)
+    return size, NativeLevel(offsets, counts, across, down, tables, page.samplesperpixel, path)
 
 
 def _agrees(raw: RawTiles, osr: openslide.AbstractSlide, level: int) -> bool:
@@ -196,35 +197,128 @@ def _agrees(raw: RawTiles, osr: openslide.AbstractSlide, level: int) -> bool:
     return ours.shape == theirs[..., :3].shape and int(np.abs(ours - theirs[..., :3]).max()) <= 1
 
 
+def _tiff_levels(path: str, osr: openslide.AbstractSlide) -> tuple[int | None, dict[int, NativeLevel], str]:
+    import tifffile
+
+    tile, levels = None, {}
+    with tifffile.TiffFile(path) as tif:
+        pages = list(tif.pages[:MAX_PAGES])
+        for level, (width, height) in enumerate(osr.level_dimensions):
+            for page in pages:
+                if getattr(page, "imagewidth", None) == width and page.imagelength == height and page.is_tiled:
+                    found = _level_of_page(page, tile, path)
+                    if found is not None:
+                        tile, levels[level] = found
+                    break
+            if level == 0 and 0 not in levels:
+                return None, {}, "level 0 is not a JPEG-tiled TIFF image"
+    return tile, levels, ""
+
+
+DICOM_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+DICOM_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+MAX_DICOM_FILES = 256
+
+
+def _dicom_frames(path: str, frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offsets, lengths) of each frame of the file's encapsulated Pixel Data, one fragment per frame."""
+    import pydicom
+
+    offsets, lengths = np.zeros(frames, np.int64), np.zeros(frames, np.int64)
+    with open(path, "rb") as handle:
+        pydicom.dcmread(handle, stop_before_pixels=True)  # leaves the file at the Pixel Data element
+        fd, pos = handle.fileno(), handle.tell()
+        # (7FE0,0010), explicit VR OB, undefined length: the value is a sequence of items.
+        if os.pread(fd, 12, pos) != b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff":
+            return None
+        pos, index = pos + 12, -1  # index -1: the Basic Offset Table item
+        while index <= frames:
+            header = os.pread(fd, 8, pos)
+            if len(header) != 8:
+                return None
+            tag, length = header[:4], int.from_bytes(header[4:], "little")
+            if tag == b"\xfe\xff\xdd\xe0":  # sequence delimiter
+                break
+            if tag != b"\xfe\xff\x00\xe0" or index >= frames:
+                return None  # not an item, or more fragments than frames
+            if index >= 0:
+                offsets[index], lengths[index] = pos + 8, length
+            pos += 8 + length
+            index += 1
+    return (offsets, lengths) if index == frames else None
+
+
+def _dicom_levels(path: str, osr: openslide.AbstractSlide) -> tuple[int | None, dict[int, NativeLevel], str]:
+    """The levels of a DICOM WSI series (one file per level, TILED_FULL, JPEG baseline frames)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    main = pydicom.dcmread(path, stop_before_pixels=True)
+    series = main.get("SeriesInstanceUID")
+    volumes = []
+    for candidate in sorted(Path(path).parent.iterdir())[:MAX_DICOM_FILES]:
+        if not candidate.is_file():
+            continue
+        try:
+            dataset = pydicom.dcmread(candidate, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        image_type = list(dataset.get("ImageType", []))
+        if (dataset.get("SeriesInstanceUID") == series and dataset.get("SOPClassUID") == DICOM_WSI
+                and len(image_type) > 2 and image_type[2] == "VOLUME"):
+            volumes.append((str(candidate), dataset))
+    tile, levels = None, {}
+    for level, size in enumerate(osr.level_dimensions):
+        for candidate, dataset in volumes:
+            if (dataset.get("TotalPixelMatrixColumns"), dataset.get("TotalPixelMatrixRows")) != size:
+                continue
+            side = dataset.get("Columns")
+            if (str(dataset.file_meta.get("TransferSyntaxUID", "")) != DICOM_JPEG_BASELINE
+                    or dataset.get("DimensionOrganizationType") != "TILED_FULL"
+                    or side != dataset.get("Rows") or not MIN_TILE <= int(side) <= MAX_TILE
+                    or (tile is not None and side != tile)
+                    or int(dataset.get("TotalPixelMatrixFocalPlanes", 1) or 1) != 1
+                    or int(dataset.get("NumberOfOpticalPaths", 1) or 1) != 1
+                    or dataset.get("SamplesPerPixel") not in (1, 3) or dataset.get("BitsAllocated") != 8
+                    or int(dataset.get("PlanarConfiguration", 0) or 0) != 0):
+                break
+            across, down = -(-size[0] // side), -(-size[1] // side)
+            if int(dataset.get("NumberOfFrames", 1) or 1) != across * down:
+                break
+            frames = _dicom_frames(candidate, across * down)
+            if frames is not None:
+                tile = int(side)
+                levels[level] = NativeLevel(frames[0], frames[1], across, down, b"",
+                                            int(dataset.SamplesPerPixel), candidate)
+            break
+        if level == 0 and 0 not in levels:
+            return None, {}, "level 0 is not a TILED_FULL series of JPEG baseline frames"
+    return tile, levels, ""
+
+
 def probe(path: str | Path, osr: openslide.AbstractSlide) -> tuple[RawTiles | None, str]:
     """The slide's raw JPEG tiles where they can be served as they are, with the reason when not."""
     if not isinstance(osr, openslide.OpenSlide):
         return None, "not opened by OpenSlide"
     props = osr.properties
     vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "")
-    if vendor not in TIFF_VENDORS:
+    if vendor not in TIFF_VENDORS and vendor != "dicom":
         return None, f"format {vendor or 'unknown'!r} is not read raw (served by OpenSlide)"
     if any(int(props.get(name, 0) or 0) for name in (openslide.PROPERTY_NAME_BOUNDS_X,
                                                       openslide.PROPERTY_NAME_BOUNDS_Y)):
         return None, "the slide's bounds do not start at 0,0 (tiles would not align)"
     try:
-        import tifffile
-
-        with tifffile.TiffFile(str(path)) as tif:
-            pages = list(tif.pages[:MAX_PAGES])
-            tile, levels = None, {}
-            for level, (width, height) in enumerate(osr.level_dimensions):
-                for page in pages:
-                    if getattr(page, "imagewidth", None) == width and page.imagelength == height and page.is_tiled:
-                        found = _level_of_page(page, tile)
-                        if found is not None:
-                            tile, levels[level] = found[0], found[1]
-                        break
-                if level == 0 and 0 not in levels:
-                    return None, "level 0 is not a JPEG-tiled TIFF image"
+        if vendor == "dicom":
+            tile, levels, why = _dicom_levels(str(path), osr)
+        else:
+            tile, levels, why = _tiff_levels(str(path), osr)
+    except ImportError as exc:
+        return None, f"the reader is not installed: {exc}"
     except Exception as exc:  # noqa: BLE001 - an accelerator: any doubt means the OpenSlide path
-        return None, f"tifffile could not read the layout: {exc}"
-    raw = RawTiles(path, tile, levels)
+        return None, f"the layout could not be read: {exc}"
+    if tile is None or not levels:
+        return None, why or "no level can be read raw"
+    raw = RawTiles(tile, levels)
     # The check reads through a handle of its own: OpenSlide errors are sticky, and a corrupt check tile
     # must not break the handle that serves the slide.
     try:
