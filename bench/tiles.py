@@ -1,6 +1,6 @@
 """Tile serving benchmark: our Deep Zoom endpoint over HTTP against OpenSlide's own reference, same run.
 
-    .venv/bin/python bench/tiles.py [--size 50000] [--tiles 300] [--threads 4] [--formats svs,tiff]
+    .venv/bin/python bench/tiles.py [--size 50000] [--tiles 300] [--threads 4] [--formats svs,tiff,dicom]
 
 1. A synthetic Aperio slide of size x size pixels (0.25 µm/px, 40x, 256 px JPEG tiles, pyramid /4 /16 /64)
    is written once under var/bench/ (streamed tile by tile); a generic tiled TIFF (no Aperio description,
@@ -20,7 +20,8 @@
    tiles/s: 1000 / its mean ms, one thread).
 Targets (issue #18): cold p95 <= 0.5 x reference p95; cold tiles/s >= 2 x reference's; warm p95 < 10 ms.
 
-DICOM WSI is not in the table: see docs/viewer.md (tiles of DICOM slides are OpenSlide's path today).
+A DICOM WSI series (VL Whole Slide Microscopy, one file per level, TILED_FULL, JPEG baseline frames) is made
+from the same tiles the same way (`--formats svs,tiff,dicom`, the default).
 """
 from __future__ import annotations
 
@@ -77,9 +78,10 @@ def ensure_slide(size: int, seed: int) -> Path:
 
 def warm_page_cache(path: Path) -> None:
     # Both the reference and the server read the file from the OS page cache, not from disk.
-    with open(path, "rb") as handle:
-        while handle.read(64 * 1024 * 1024):
-            pass
+    for name in sorted(path.parent.glob("*.dcm")) if path.suffix == ".dcm" else [path]:
+        with open(name, "rb") as handle:
+            while handle.read(64 * 1024 * 1024):
+                pass
 
 
 def ensure_tiff(svs: Path) -> Path:
@@ -108,6 +110,78 @@ def ensure_tiff(svs: Path) -> Path:
                          extratags=[(347, 7, len(tables), tables, True)] if tables else [])
     os.replace(partial, path)
     return path
+
+
+def ensure_dicom(svs: Path) -> Path:
+    """A DICOM WSI series (a folder, one instance per level) with the SVS's own JPEG tiles as its frames."""
+    import tifffile
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, VLWholeSlideMicroscopyImageStorage, generate_uid
+
+    folder = svs.with_name(f"{svs.stem}-dicom")
+    if (folder / "level-0.dcm").exists():
+        return folder / "level-0.dcm"
+    print(f"writing {folder}/ (once; cached for later runs)")
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+
+    def code(value: str, scheme: str, meaning: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return item
+
+    with tifffile.TiffFile(svs) as source:
+        handle = source.filehandle
+        pages = [p for p in source.pages if p.is_tiled]
+        for index, page in enumerate(pages):
+            frames = []
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+                handle.seek(offset)
+                frames.append(handle.read(count))
+            assert not page.jpegtables, "the bench SVS carries its tables in every tile"
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
+            meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+            meta.TransferSyntaxUID = JPEGBaseline8Bit
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = VLWholeSlideMicroscopyImageStorage, uid
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+            ds.Modality, ds.Manufacturer, ds.PatientName, ds.PatientID = "SM", "Synthetic", "Bench", "BENCH-1"
+            ds.ContainerIdentifier, ds.SeriesNumber, ds.InstanceNumber = "BENCH-SLIDE-1", 1, index + 1
+            ds.ImageType = (["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if index == 0
+                            else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"])
+            ds.DimensionOrganizationType = "TILED_FULL"
+            ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = page.imagewidth, page.imagelength
+            ds.TotalPixelMatrixFocalPlanes = 1
+            ds.Columns, ds.Rows, ds.NumberOfFrames = page.tilewidth, page.tilelength, len(frames)
+            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.LossyImageCompression, ds.BurnedInAnnotation, ds.SpecimenLabelInImage = "01", "NO", "NO"
+            ds.FocusMethod, ds.ExtendedDepthOfField = "AUTO", "NO"
+            spacing = 0.25 * pages[0].imagewidth / page.imagewidth / 1000  # mm
+            measures = Dataset()
+            measures.PixelSpacing, measures.SliceThickness = [spacing, spacing], 0.001
+            shared = Dataset()
+            shared.PixelMeasuresSequence = [measures]
+            ds.SharedFunctionalGroupsSequence = [shared]
+            ds.ImagedVolumeWidth = page.imagewidth * spacing
+            ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = page.imagelength * spacing, 0.001
+            origin = Dataset()
+            origin.XOffsetInSlideCoordinateSystem = origin.YOffsetInSlideCoordinateSystem = 0
+            ds.TotalPixelMatrixOriginSequence = [origin]
+            optical = Dataset()
+            optical.OpticalPathIdentifier = "1"
+            optical.IlluminationTypeCodeSequence = [code("111744", "DCM", "Brightfield illumination")]
+            optical.IlluminationColorCodeSequence = [code("414298005", "SCT", "Full Spectrum")]
+            ds.OpticalPathSequence, ds.NumberOfOpticalPaths = [optical], 1
+            ds.PixelData = encapsulate(frames, has_bot=len(frames) < 2**20)
+            ds["PixelData"].VR = "OB"
+            ds.save_as(partial / f"level-{index}.dcm", enforce_file_format=True)
+    os.replace(partial, folder)
+    return folder / "level-0.dcm"
 
 
 def pick_tiles(path: Path, count: int, seed: int, tile_size: int = 254, overlap: int = 1) -> list[tuple[int, int, int]]:
@@ -189,10 +263,13 @@ def prepare_app(paths: list[Path]) -> tuple[list[str], str]:
     part = Part.objects.get_or_create(case=case, label="A", defaults={"site": "Bench"})[0]
     ids = []
     for path in paths:
-        link = store / "bench" / path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(path.resolve())  # the store holds the file by reference: no 1 GB copy
+        # The store holds the file by reference (no 1 GB copy); a DICOM series by its folder.
+        target = path.parent if path.suffix == ".dcm" else path
+        folder_link = store / "bench" / target.name
+        folder_link.parent.mkdir(parents=True, exist_ok=True)
+        if not folder_link.exists():
+            folder_link.symlink_to(target.resolve())
+        link = folder_link / path.name if path.suffix == ".dcm" else folder_link
         slide = Slide.objects.filter(file_path=str(link.relative_to(store))).first()
         if slide is None:
             metadata, handle = inspect_slide(link)
@@ -289,7 +366,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=50_000, help="slide width and height in pixels")
     parser.add_argument("--tiles", type=int, default=300, help="distinct tiles per timed pass")
     parser.add_argument("--threads", type=int, default=4, help="concurrent connections for tiles/s")
-    parser.add_argument("--formats", default="svs,tiff", help="which files: svs, tiff (comma-separated)")
+    parser.add_argument("--formats", default="svs,tiff,dicom", help="which files: svs, tiff, dicom (comma-separated)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "tiles-latest.json")
@@ -364,9 +441,10 @@ def bench_file(args, name: str, path: Path, slide_id: str, port: int, cookie: st
 
 def run(args: argparse.Namespace) -> int:
     svs = ensure_slide(args.size, args.seed)
-    files = {"svs": ("Aperio SVS", svs), "tiff": ("generic tiled TIFF", None)}
+    files = {"svs": ("Aperio SVS", lambda: svs), "tiff": ("generic tiled TIFF", lambda: ensure_tiff(svs)),
+             "dicom": ("DICOM WSI", lambda: ensure_dicom(svs))}
     chosen = [name.strip() for name in args.formats.split(",") if name.strip()]
-    paths = {name: files[name][1] or ensure_tiff(svs) for name in chosen}
+    paths = {name: files[name][1]() for name in chosen}
     ids, cookie = prepare_app([paths[name] for name in chosen])
     load_before = os.getloadavg()
     print(f"machine: {machine()}; load average {load_before[0]:.2f}")
