@@ -248,7 +248,7 @@ def main() -> int:
             r = bench_model(name, device, slide, cap, args)
             rows.append(r)
             pps, refps = r["n"] / r["wall"], r["n"] / r["ref"]
-            print(f"{name:9s} {r['n']:7d} {pps:9.1f} {refps:10.1f} {pps / refps:6.2f} {r['n'] / r['read']:11.1f}"
+            print(f"{name:9s} {r['n']:7d} {pps:9.3g} {refps:10.3g} {pps / refps:6.2f} {r['n'] / r['read']:11.4g}"
                   f" {100 * r['encode'] / r['wall']:7.0f}% {100 * r['wait'] / r['wall']:8.0f}%"
                   f" {1000 * r['qformer']:6.0f}ms  (batch {r['bs']}, {r['workers']} {r['readers']}, "
                   f"built in {r['built']:.0f} s)", flush=True)
