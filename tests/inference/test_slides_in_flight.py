@@ -13,8 +13,11 @@ TINY_ENCODER = {"kind": "random", "seed": 0, "dim": 24, "input_size": 32}  # as 
 
 
 @pytest.fixture(scope="module")
-def slides(small_corpus, tmp_path_factory):
-    _, records = small_corpus
+def slides(tmp_path_factory):
+    from inference.synthetic.corpus import generate_corpus, load_manifest
+
+    records = load_manifest(generate_corpus(tmp_path_factory.mktemp("corpus"), n_cases=3, seed=5, size=1536,
+                                            workers=1))
     blank = write_pyramidal_tiff(tmp_path_factory.mktemp("blank") / "blank.svs",
                                  np.full((512, 512, 3), 255, np.uint8), mpp=1.0)
     # An empty slide in the middle: the pipeline goes on past a slide without patches.
