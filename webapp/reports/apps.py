@@ -11,6 +11,7 @@ class ReportsConfig(AppConfig):
         from webapp.cases.models import register_correction_window
 
         from . import (
+            checks,  # noqa: F401 - the deploy check on PATHALIGN_PUBLIC_BASE_URL
             drafting,  # noqa: F401 - registers the draft and embed jobs and the report_signed receiver
             triage,  # noqa: F401 - the slide_analysed receiver (triage before the case is opened)
         )
