@@ -141,7 +141,7 @@ def test_output_shortlist_restricts_decoding_and_matches_full_softmax_on_its_tok
         beams = model.generate(patches, num_beams=3, max_new_tokens=8)[0]
     ids = sorted(set(allowed) | {model.config.sep_token_id})
     assert model.config.output_vocab == ids
-    assert torch.allclose(short, full[:, ids])  # same logits, fewer of them
+    assert torch.allclose(short, full[:, ids], atol=1e-5)  # same logits (up to GEMM rounding), fewer
     assert torch.isinf(scattered).sum(-1).tolist() == [model.config.vocab_size - len(ids)] * 3
     assert tokens and set(tokens + beams) <= set(ids)
     # Targets map to shortlist positions; a token outside it is ignored (-100) by the loss.
