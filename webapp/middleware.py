@@ -195,18 +195,19 @@ class SessionLimitsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
-
-    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> None:
+        response = self.get_response(request)
+        # After the view, and only if it looked at its user (this never loads a session by itself: a tile
+        # request stays query-free, and a database outage stays the view's to answer with a 503).
+        user = getattr(request, "_cached_user", None)
         match = getattr(request, "resolver_match", None)
-        if match is not None and match.url_name in SESSIONLESS_VIEWS:
-            return None
-        user = getattr(request, "user", None)
-        if user is None or not user.is_authenticated:
-            return None
-        now, session = time.time(), request.session
-        if session.get(sessions.SIGNED_IN_AT) is None:
-            session[sessions.SIGNED_IN_AT] = session[sessions.SEEN_AT] = now
-        elif now - session.get(sessions.SEEN_AT, 0) > SEEN_WRITE_SECONDS:
-            session[sessions.SEEN_AT] = now
-        return None
+        if user is None or not user.is_authenticated or (match is not None and match.url_name in SESSIONLESS_VIEWS):
+            return response
+        try:
+            now, session = time.time(), request.session
+            if session.get(sessions.SIGNED_IN_AT) is None:
+                session[sessions.SIGNED_IN_AT] = session[sessions.SEEN_AT] = now
+            elif now - session.get(sessions.SEEN_AT, 0) > SEEN_WRITE_SECONDS:
+                session[sessions.SEEN_AT] = now
+        except (OperationalError, InterfaceError):  # the database went away meanwhile: next request
+            pass
+        return response
