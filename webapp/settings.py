@@ -249,6 +249,26 @@ ORPHAN_SWEEP_SECONDS = env_seconds("PATHALIGN_ORPHAN_SWEEP_SECONDS", 600)
 ANALYZE_TIME_LIMIT = env_int("PATHALIGN_ANALYZE_TIME_LIMIT", 2 * 3600)  # seconds per slide analysis
 TRAIN_TIME_LIMIT = env_int("PATHALIGN_TRAIN_TIME_LIMIT", 12 * 3600)  # seconds per training job
 
+
+def _env_fraction(name: str, default: float) -> float:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(name, "a number from 0 to 1", value) from None
+    if not 0 <= number <= 1:
+        raise _bad(name, "a number from 0 to 1", value)
+    return number
+
+
+# --- the flywheel's gates (webapp/analysis): "Make active" refuses a bundle whose held-out slide -> report
+# R@1 is below the active bundle's by more than this (0.02 = 2 points) unless a lab admin overrides it with a
+# written reason; training is offered only with at least this many signed-out cases in every class.
+BUNDLE_MAX_REGRESSION = _env_fraction("PATHALIGN_BUNDLE_MAX_REGRESSION", 0.02)
+TRAIN_MIN_CASES_PER_CLASS = env_int("PATHALIGN_TRAIN_MIN_CASES_PER_CLASS", 5, minimum=2)
+
 # --- models (webapp/analysis, webapp/reports)
 MAX_CACHED_MODELS = env_int("PATHALIGN_MAX_CACHED_MODELS", 2)  # loaded bundles kept per worker process
 # "": the GPU this worker sees (CUDA_VISIBLE_DEVICES), else the CPU.
