@@ -131,7 +131,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(port: int, workers: int, threads: int) -> subprocess.Popen:
+def start_gunicorn(port: int, workers: int, threads: int, access_log: bool = True) -> subprocess.Popen:
     env = bench_env()
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings_production", DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
                DJANGO_ALLOWED_HOSTS="127.0.0.1", PATHALIGN_SSL_REDIRECT="0")
@@ -139,12 +139,14 @@ def start_gunicorn(port: int, workers: int, threads: int) -> subprocess.Popen:
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                    check=True)
     log = open(BENCH_DIR / "gunicorn.log", "wb")
+    # The access log without query strings (they could hold a searched accession number), as deployed
+    # (docs/operations.md); --no-access-log measures what its lines cost.
+    access = (["--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms']
+              if access_log else [])
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-         "--timeout", "60", "--graceful-timeout", "10", "--keep-alive", "30",
-         # The access log without query strings (they could hold a searched accession number).
-         "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'],
+         "--timeout", "60", "--graceful-timeout", "10", "--keep-alive", "30", *access],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -413,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-seconds", type=float, default=8)
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2))
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
+                        help="gunicorn without its access log (each line costs CPU: see docs/operations.md)")
     args = parser.parse_args(argv)
     os.environ.update(bench_env())  # before anything imports the settings, which read it once
     with bench_database(os.environ["PATHALIGN_DB_NAME"]):
@@ -422,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     data = prepare(args.slides, args.editors, args.slide_size)
     port = free_port()
-    server = start_gunicorn(port, args.workers, args.threads)
+    server = start_gunicorn(port, args.workers, args.threads, args.access_log)
     try:
         load_before = os.getloadavg()[0]
         print(f"gunicorn: {args.workers} gthread workers x {args.threads} threads on 127.0.0.1:{port}, "
+              f"access log {'on' if args.access_log else 'off'}, "
               f"{os.cpu_count()} CPUs; {len(data['slides'])} slides {args.slide_size}x{args.slide_size}; "
               f"load average {load_before:.2f}")
         alone, alone_s, alone_cpu = run_phase(port, data, 1, 0, False, args.reference_seconds, server.pid)
