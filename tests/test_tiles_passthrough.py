@@ -354,6 +354,9 @@ def test_levels_at_twice_a_native_downsample_are_decoded_at_half_scale(opened, f
     # Its four source tiles, decoded whole by OpenSlide and box-averaged, agree as closely.
     whole = openslide_region(slide.osr, 0, 1024, 512, 512, 512).reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
     assert np.abs(ours - whole).mean() <= 1.5 * np.abs(current - reference).mean()
+    # PNG stays OpenSlide's exact pixels.
+    png = tiles.dz_tile(slide, top - 1, 2, 1, "png")
+    assert png == tiles.encode(image, "png")
     # A tile that does not cover four whole source tiles is OpenSlide's (the right edge of the edges file).
     edges = opened("edges")
     assert tiles.dz_tile(edges, edges.dz.level_count - 2, 1, 0, "jpeg") == tiles.encode(

@@ -254,12 +254,12 @@ def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> by
         raise TileNotFound(str(exc)) from None
 
     def render() -> bytes:
-        if opened.raw is not None:
+        # JPEG only: a PNG asks for OpenSlide's exact pixels, rendered as before.
+        if opened.raw is not None and fmt in ("jpeg", "jpg"):
             try:
-                if fmt in ("jpeg", "jpg"):
-                    data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
-                    if data is not None:
-                        return data  # the scanner's own JPEG, as stored
+                data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
+                if data is not None:
+                    return data  # the scanner's own JPEG, as stored
                 image = passthrough.half_scale_tile(dz, opened.half, opened.raw, level, col, row)
             except passthrough.CorruptTile as exc:
                 raise SlideUnreadable(str(exc)) from None
