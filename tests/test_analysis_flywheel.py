@@ -179,8 +179,9 @@ def test_training_is_not_offered_below_the_minimum_per_class(active_bundle, case
     assert not Job.objects.filter(kind=training.TRAIN).exists()
     # The job checks again (it may have been queued before cases were amended away).
     job = training.queue_training(cast.admin, "local", "1", TINY_TRAINING)
-    failed = jobs.execute(job.pk)
-    assert failed.state == JobState.FAILED and "stomach: 3 cases (2 more needed)" in failed.error
+    with pytest.raises(jobs.JobFailed, match=r"stomach: 3 cases \(2 more needed\)"):
+        jobs.execute(job.pk)
+    assert Job.objects.get(pk=job.pk).state == JobState.FAILED
     settings.TRAIN_MIN_CASES_PER_CLASS = 3
     assert training.training_readiness().ok
     assert "Start training" in client.get("/models/").content.decode()

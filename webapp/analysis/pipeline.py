@@ -10,12 +10,13 @@ import io
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -106,12 +107,131 @@ def refresh_eval(bundle: ModelBundle) -> ModelBundle:
 
 
 def activate_bundle(bundle: ModelBundle) -> ModelBundle:
-    """Make `bundle` the one active bundle (the partial unique index allows no second)."""
+    """Make `bundle` the one active bundle (the partial unique index allows no second). Unchecked: for
+    seeding, the demo and tests; a lab admin's "Make active" goes through the gate (`make_active`)."""
     with transaction.atomic():
         ModelBundle.objects.filter(is_active=True).exclude(pk=bundle.pk).update(is_active=False)
         ModelBundle.objects.filter(pk=bundle.pk).update(is_active=True)
     bundle.refresh_from_db()
     return bundle
+
+
+# --- the flywheel's gate -----------------------------------------------------------------------------
+OVERRIDE_MIN_CHARS = 10  # an override's written reason: a sentence, not "ok"
+
+
+def _points(fraction: float) -> int:
+    return round(abs(fraction) * 100)
+
+
+def _n_of(figures: dict, key: str) -> str:
+    hits = figures.get(f"{key}_hits")
+    if hits is None and figures.get(key) is not None and figures.get("n"):
+        hits = round(figures[key] * figures["n"])
+    return f"{hits} of {figures.get('n', '?')}"
+
+
+def comparison_lines(comparison: dict | None, active_label: str = "the active one") -> list[str]:
+    """The held-out comparison in plain words, one sentence per figure, new bundle first."""
+    if not comparison:
+        return []
+    new, old = comparison.get("new") or {}, comparison.get("active") or {}
+    if new.get("i2t_r1") is None or old.get("i2t_r1") is None:
+        return [f"Only {new.get('n', 0)} held-out slides: too few to compare."]
+    lines = []
+    rows = [("i2t_r1", "finds the right report first for", "held-out slides"),
+            ("i2t_r5", "has the right report among its first five for", "held-out slides"),
+            ("label_accuracy", f"names the right {comparison.get('class_basis') or 'class'} for", "held-out slides")]
+    for key, verb, what in rows:
+        if new.get(key) is None or old.get(key) is None:
+            continue
+        delta = new[key] - old[key]
+        verdict = ("the same" if _points(delta) == 0 else
+                   f"{'better' if delta > 0 else 'worse'} by {_points(delta)} points")
+        lines.append(f"The new bundle {verb} {_n_of(new, key)} {what}; {active_label} for {_n_of(old, key)}: "
+                     f"{verdict}.")
+    return lines
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether "Make active" may switch to a bundle without an override, and why (in plain words)."""
+
+    allowed: bool
+    reason: str
+    new_r1: float | None = None
+    active_r1: float | None = None
+    margin: float = 0.0
+    compared_with: str = ""
+
+    def details(self) -> dict:
+        """What the audit event records."""
+        return {"gate": self.reason, "new_r1": self.new_r1, "active_r1": self.active_r1, "margin": self.margin,
+                "compared_with": self.compared_with}
+
+
+class ActivationRefused(Exception):
+    def __init__(self, gate: Gate):
+        super().__init__(gate.reason)
+        self.gate = gate
+
+
+def activation_gate(bundle: ModelBundle, active: ModelBundle | None = None) -> Gate:
+    """The rule: with no active bundle, or for the active one itself, nothing to compare. Otherwise the
+    bundle's held-out comparison (written by the training job) must be against the bundle active now, and
+    its slide -> report R@1 may be below the active bundle's by at most BUNDLE_MAX_REGRESSION. Anything else
+    needs an override with a written reason."""
+    margin = float(settings.BUNDLE_MAX_REGRESSION)
+    active = active if active is not None else ModelBundle.objects.filter(is_active=True).first()
+    if active is None:
+        return Gate(True, "No bundle is active yet, so there is nothing to compare it with.", margin=margin)
+    if active.pk == bundle.pk:
+        return Gate(True, "This bundle is the active one.", margin=margin)
+    stated = f"the margin is {_points(margin)} points of R@1"
+    comparison = (bundle.eval_figures or {}).get("heldout_comparison") or {}
+    new, old = comparison.get("new") or {}, comparison.get("active") or {}
+    if not comparison:
+        return Gate(False, f"This bundle has no held-out comparison with the active bundle {active.key} (it was "
+                           "registered from disk, not trained here): making it active needs an override with "
+                           "a reason.", margin=margin)
+    compared_with = str(comparison.get("active_bundle_key") or comparison.get("active_bundle") or "")
+    if comparison.get("active_bundle_id") != active.pk:
+        return Gate(False, f"This bundle was compared with {compared_with or 'another bundle'}, but {active.key} "
+                           "is active now: making it active needs an override with a reason.",
+                    margin=margin, compared_with=compared_with)
+    new_r1, old_r1 = new.get("i2t_r1"), old.get("i2t_r1")
+    if new_r1 is None or old_r1 is None:
+        return Gate(False, f"The held-out set ({new.get('n', 0)} slides) was too small to compare: making it "
+                           "active needs an override with a reason.", margin=margin, compared_with=compared_with)
+    delta = float(new_r1) - float(old_r1)
+    figures = {"new_r1": float(new_r1), "active_r1": float(old_r1), "margin": margin,
+               "compared_with": compared_with}
+    if delta < -margin - 1e-9:
+        return Gate(False, f"On the held-out cases the new bundle finds the right report first for "
+                           f"{_n_of(new, 'i2t_r1')} slides against {_n_of(old, 'i2t_r1')} for {active.key}: "
+                           f"worse by {_points(delta)} points of R@1; {stated}, so making it active needs an "
+                           "override with a reason.", **figures)
+    word = "better" if delta > 0 else "not worse than the margin"
+    return Gate(True, f"On the held-out cases the new bundle is {word} ({_n_of(new, 'i2t_r1')} against "
+                      f"{_n_of(old, 'i2t_r1')} for {active.key}); {stated}.", **figures)
+
+
+def make_active(bundle: ModelBundle, *, override_reason: str = "") -> tuple[Gate, bool]:
+    """A lab admin's "Make active": through the gate, or past it with a written reason.
+
+    Returns (gate, overridden); raises ActivationRefused when the gate says no and no reason is given.
+    Checked under a lock on the bundle rows, so the gate is judged against the bundle that is active when
+    the switch happens."""
+    reason = (override_reason or "").strip()
+    with transaction.atomic():
+        list(ModelBundle.objects.select_for_update().filter(Q(is_active=True) | Q(pk=bundle.pk)))
+        bundle.refresh_from_db()
+        gate = activation_gate(bundle)
+        overridden = not gate.allowed
+        if overridden and len(reason) < OVERRIDE_MIN_CHARS:
+            raise ActivationRefused(gate)
+        activate_bundle(bundle)
+    return gate, overridden
 
 
 def coverage(bundle: ModelBundle) -> tuple[int, int]:

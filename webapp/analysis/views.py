@@ -4,9 +4,10 @@ from __future__ import annotations
 import datetime as dt
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -139,38 +140,58 @@ def _bundle_rows() -> list[dict]:
     return rows
 
 
+def _readiness() -> training.Readiness | None:
+    try:
+        return training.training_readiness()
+    except ImproperlyConfigured:  # no pair source registered (the reports app is not installed)
+        return None
+
+
 @lab_admin_required
 def bundle_list(request: HttpRequest) -> HttpResponse:
     register = RegisterForm(request.POST or None)
     if request.method == "POST" and register.is_valid():
         try:
-            bundle = pipeline.register_bundle(register.cleaned_data["path"], user=request.user,
-                                              activate=register.cleaned_data["activate"])
+            bundle = pipeline.register_bundle(register.cleaned_data["path"], user=request.user)
         except pipeline.BundleInvalid as exc:
             register.add_error("path", str(exc))
         else:
-            record(request, "model_register", obj=bundle, path=bundle.path, active=bundle.is_active)
+            record(request, "model_register", obj=bundle, path=bundle.path, active=False)
             messages.success(request, f"Registered {bundle}.")
+            if register.cleaned_data["activate"]:  # the same gate as "Make active"
+                _activate(request, bundle, "")
             return redirect("bundle_detail", bundle_id=bundle.pk)
     version = dt.datetime.now().strftime("%Y.%m.%d-%H%M")
     jobs = Job.objects.filter(kind__in=[pipeline.REEMBED, training.TRAIN]).order_by("-created_at")[:10]
+    active = runtime.active_bundle()
+    rows = _bundle_rows()
+    for row in rows:
+        row["gate"] = pipeline.activation_gate(row["bundle"], active)
     return render(request, "analysis/bundle_list.html", {
-        "rows": _bundle_rows(), "register": register, "train": TrainForm(initial={"version": version}),
-        "jobs": jobs, "search_bundle": runtime.search_bundle(),
+        "rows": rows, "register": register, "train": TrainForm(initial={"version": version}),
+        "jobs": jobs, "search_bundle": runtime.search_bundle(), "readiness": _readiness(),
     })
+
+
+def _detail_context(bundle: ModelBundle) -> dict:
+    done, total = pipeline.coverage(bundle)
+    active = runtime.active_bundle()
+    comparison = bundle.eval_figures.get("heldout_comparison")
+    compared = (comparison or {}).get("active_bundle_key") or (comparison or {}).get("active_bundle") or ""
+    return {
+        "bundle": bundle, "done": done, "total": total, "active": active, "comparison": comparison,
+        "comparison_lines": pipeline.comparison_lines(comparison, f"the active one ({compared})"),
+        "gate": pipeline.activation_gate(bundle, active), "override_min": pipeline.OVERRIDE_MIN_CHARS,
+        "margin_points": round(100 * settings.BUNDLE_MAX_REGRESSION),
+        "figures": _flat_figures(bundle.eval_figures), "search_bundle": runtime.search_bundle(),
+        "jobs": Job.objects.filter(params__bundle=bundle.pk, kind=pipeline.REEMBED)[:5],
+    }
 
 
 @lab_admin_required
 def bundle_detail(request: HttpRequest, bundle_id: int) -> HttpResponse:
     bundle = get_object_or_404(ModelBundle, pk=bundle_id)
-    done, total = pipeline.coverage(bundle)
-    active = runtime.active_bundle()
-    comparison = bundle.eval_figures.get("heldout_comparison")
-    return render(request, "analysis/bundle_detail.html", {
-        "bundle": bundle, "done": done, "total": total, "active": active, "comparison": comparison,
-        "figures": _flat_figures(bundle.eval_figures), "search_bundle": runtime.search_bundle(),
-        "jobs": Job.objects.filter(params__bundle=bundle.pk, kind=pipeline.REEMBED)[:5],
-    })
+    return render(request, "analysis/bundle_detail.html", _detail_context(bundle))
 
 
 def _flat_figures(figures: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -187,15 +208,34 @@ def _flat_figures(figures: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows[:200]
 
 
+def _activate(request: HttpRequest, bundle: ModelBundle, reason: str) -> pipeline.Gate | None:
+    """Through the gate; audited either way. None when refused (the message says why)."""
+    previous = runtime.active_bundle()
+    try:
+        gate, overridden = pipeline.make_active(bundle, override_reason=reason)
+    except pipeline.ActivationRefused as refused:
+        record(request, "model_activate_refused", obj=bundle, previous=str(previous) if previous else "",
+               **refused.gate.details())
+        messages.error(request, f"{bundle} was not made active. {refused.gate.reason}")
+        return None
+    record(request, "model_activate_override" if overridden else "model_activate", obj=bundle,
+           previous=str(previous) if previous else "", override=overridden,
+           reason=reason.strip() if overridden else "", **gate.details())
+    messages.success(request, f"{bundle} is now the active model{' (gate overridden)' if overridden else ''}. "
+                              "New slides are embedded with it; re-embed the archive so search can switch to it.")
+    return gate
+
+
 @lab_admin_required
 @require_POST
 def bundle_activate(request: HttpRequest, bundle_id: int) -> HttpResponse:
+    """ "Make active": allowed by the gate (pipeline.activation_gate), or with a written override reason."""
     bundle = get_object_or_404(ModelBundle, pk=bundle_id)
-    previous = runtime.active_bundle()
-    pipeline.activate_bundle(bundle)
-    record(request, "model_activate", obj=bundle, previous=str(previous) if previous else "")
-    messages.success(request, f"{bundle} is now the active model. New slides are embedded with it; "
-                              "re-embed the archive so search can switch to it.")
+    reason = request.POST.get("override_reason", "")[:2000]
+    if _activate(request, bundle, reason) is None:
+        context = _detail_context(bundle)
+        context["override_reason"] = reason
+        return render(request, "analysis/bundle_detail.html", context, status=409)
     return redirect("bundle_detail", bundle_id=bundle.pk)
 
 
@@ -215,6 +255,11 @@ def bundle_train(request: HttpRequest) -> HttpResponse:
     form = TrainForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a name, a version and a number of epochs.")
+        return redirect("bundle_list")
+    readiness = _readiness()
+    if readiness is None or not readiness.ok:
+        messages.error(request, "Training is not offered yet. " + (readiness.summary() if readiness else
+                                                                   "No source of signed-out cases is installed."))
         return redirect("bundle_list")
     data = form.cleaned_data
     job = training.queue_training(request.user, data["name"], data["version"], {"epochs": data["epochs"]})
