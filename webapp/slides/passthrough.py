@@ -318,7 +318,10 @@ def probe(path: str | Path, osr: openslide.AbstractSlide) -> tuple[RawTiles | No
         return None, f"the layout could not be read: {exc}"
     if tile is None or not levels:
         return None, why or "no level can be read raw"
-    raw = RawTiles(tile, levels)
+    try:
+        raw = RawTiles(tile, levels)
+    except OSError as exc:
+        return None, f"the file could not be opened for raw reads: {exc}"
     # The check reads through a handle of its own: OpenSlide errors are sticky, and a corrupt check tile
     # must not break the handle that serves the slide.
     try:
@@ -373,8 +376,8 @@ def half_scale_tile(dz, mapping: dict[int, int], raw: RawTiles, dz_level: int, c
     if level is None:
         return None
     size = raw.tile_size
-    if size % 16:
-        return None  # half-scale blocks would not tile the output exactly
+    if size % 16 or raw.levels[level].components != 3:
+        return None  # half-scale blocks would not tile the output exactly; grey JPEGs: OpenSlide's path
     (location, slide_level, l_size), z_size = dz._get_tile_info(dz_level, (col, row))
     downsample = 2 ** (dz.level_count - 1 - dz_level)
     if (slide_level != level or tuple(l_size) != (2 * size, 2 * size) or tuple(z_size) != (size, size)

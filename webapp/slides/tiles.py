@@ -1,7 +1,7 @@
 """Open slides and encoded tiles, cached in memory so a tile request costs one dictionary lookup when warm.
 
-Where the file allows it (`passthrough.probe`: JPEG-tiled TIFF levels whose tiles decode to OpenSlide's own
-pixels), the Deep Zoom grid is tile-aligned: tile size = the file's tile size, overlap 0, so a Deep Zoom tile
+Where the file allows it (`passthrough.probe`: JPEG-tiled TIFF levels or DICOM WSI JPEG frames whose tiles
+decode to OpenSlide's own pixels), the Deep Zoom grid is tile-aligned: tile size = the file's tile size, overlap 0, so a Deep Zoom tile
 of a native level is one source tile, served as the file's JPEG bytes. Other slides keep the grid of
 openslide-python's examples/deepzoom (254 + 1 overlap); other levels and edge tiles are rendered by OpenSlide.
 
@@ -130,6 +130,8 @@ class SlideLRU:
                 dz = DeepZoomGenerator(osr, tile_size=raw.tile_size, overlap=0, limit_bounds=DZ_LIMIT_BOUNDS)
                 native = passthrough.native_levels(dz, osr, raw)
                 half = passthrough.half_scale_levels(dz, osr, raw) if HALF_SCALE_DECODE else {}
+            if raw is not None and not native:
+                note = f"{note}; but no Deep Zoom level is one of them at scale 1"
             if not native:
                 raw = None
                 dz = DeepZoomGenerator(
