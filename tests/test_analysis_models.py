@@ -50,7 +50,9 @@ def test_admin_registers_sees_figures_activates_and_reembeds(
     assert response.status_code == 302 and not bundle.is_active
     page = client.get(f"/models/{bundle.pk}/").content.decode()
     assert "zero_shot_accuracy" in page and "0.500" in page
-    assert client.post(f"/models/{bundle.pk}/activate/").status_code == 302
+    assert client.post(f"/models/{bundle.pk}/activate/").status_code == 409  # no held-out comparison: the gate
+    assert client.post(f"/models/{bundle.pk}/activate/",
+                       {"override_reason": "Registered from disk for this test."}).status_code == 302
     bundle.refresh_from_db()
     assert bundle.is_active
     assert client.post(f"/models/{bundle.pk}/reembed/").status_code == 302
