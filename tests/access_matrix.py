@@ -102,6 +102,9 @@ MATRIX: dict[str, dict] = {
     "slide_overlays": {"GET": case_read(200, anonymous=404), "POST": everyone(405)},
     # No overlay is computed in the world, so even permitted users get 404 here (UNVERIFIED: permitted path).
     "slide_overlay": {"GET": everyone(404), "POST": everyone(405), "kwargs": {"name": "attention"}},
+    # Setting a slide's um/px (issue #14) is the lab admins' (a role page: 403); the world's POST sends no
+    # value, so the admin's answer is the 400 "not a plausible resolution" (the permitted path is #14's test).
+    "slide_set_mpp": {"GET": everyone(405), "POST": admin_only(400)},
     # --- analysis: jobs and models are the lab admins'; search is for pathologists and admins
     "analysis_search": {"GET": any_user(200) | {"evaluator": 403}, "POST": any_user(200) | {"evaluator": 403}},
     "slide_job_status": {"GET": case_read(200), "POST": case_read(200)},
