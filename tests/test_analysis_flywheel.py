@@ -187,6 +187,34 @@ def test_training_is_not_offered_below_the_minimum_per_class(active_bundle, case
     assert "Start training" in client.get("/models/").content.decode()
 
 
+def test_classes_are_the_reported_diagnosis_category_when_every_case_states_one(active_bundle, case_factory,
+                                                                                cast):
+    from tests.model_fixtures import bundle_row
+    from tests.test_reports_support import drafted_report
+    from webapp.reports import services
+    from webapp.reports.labelsets import ensure_default_label_sets
+    from webapp.reports.models import Classification, LabelSet
+
+    ensure_default_label_sets()
+    category = LabelSet.objects.get(name="Diagnosis category")
+    labels = list(category.labels.values_list("name", flat=True))[:2]
+    for i, label in enumerate([labels[0], labels[0], labels[1]]):
+        case = case_factory(assigned_to=cast.path1)
+        report = drafted_report(case, cast.path1, f"Text {i}.")
+        classification = Classification.objects.create(
+            section=report.sections.get(), label_set=category, scores={labels[0]: 0.5, labels[1]: 0.5},
+            model_label=labels[1], model_confidence=0.5, bundle=bundle_row("tiny@1"))
+        services.decide(classification, label, cast.path1)
+        services.sign(report, cast.path1)
+    pairs = training.pair_source()
+    assert sorted(p.label for p in pairs) == sorted([labels[0], labels[0], labels[1]])
+    readiness = training.training_readiness()
+    assert readiness.basis == "diagnosis category" and readiness.counts == {labels[0]: 2, labels[1]: 1}
+    # One case without a decided category: every case falls back to its organ.
+    signed_report(case_factory(assigned_to=cast.path1), cast.path1, "No category decided.")
+    assert training.training_readiness().basis == "organ"
+
+
 def test_heldout_split_is_by_case_stratified_and_deterministic():
     classes = {case: ("colon" if case % 2 else "stomach") for case in range(1, 21)}
     held = training.heldout_cases(classes, seed=0)

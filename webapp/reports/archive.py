@@ -3,7 +3,8 @@
 - `signed_reports_by_case(case_ids)`: {case id: [{"report", "kind", "signed_at", "text"}]}, newest first,
   for "slide -> signed-out reports of similar cases" (webapp.analysis.search).
 - `training_pairs()`: (slide, text) pairs for training a bundle (webapp.analysis.training): each part's
-  reported text (`Report.objects.reported()`) goes with the slides of that part.
+  reported text (`Report.objects.reported()`) goes with the slides of that part, with the diagnosis category
+  the pathologist confirmed or chose for that part, where there is one (the training's class).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from collections.abc import Iterable
 from webapp.analysis.training import TrainingPair
 from webapp.slides.models import Slide
 
-from .models import Report, ReportSection, ReportStatus
+from .models import Classification, Decision, Report, ReportSection, ReportStatus
+
+DIAGNOSIS_SET = "Diagnosis category"  # the label set whose reported label is a training pair's class
 
 
 def signed_reports_by_case(case_ids: Iterable[int]) -> dict[int, list[dict]]:
@@ -42,11 +45,15 @@ def training_pairs() -> list[TrainingPair]:
     reported_slides = Slide.objects.filter(part_id__in=sections.values("part_id")).order_by("pk")
     for part_id, slide_id in reported_slides.values_list("part_id", "pk"):
         slides_by_part[part_id].append(str(slide_id))
+    labels = dict(Classification.objects.filter(
+        section__in=sections, label_set__name=DIAGNOSIS_SET,
+        decision__in=(Decision.CONFIRMED, Decision.OVERRIDDEN)).values_list("section_id", "decided_label"))
     pairs = []
     for section in sections:
         text = section.text.strip()
         if not text:
             continue
         for slide_id in slides_by_part[section.part_id]:
-            pairs.append(TrainingPair(slide_id, text, section.report.case_id, section.part_id))
+            pairs.append(TrainingPair(slide_id, text, section.report.case_id, section.part_id,
+                                      labels.get(section.pk, "")))
     return pairs
