@@ -32,6 +32,8 @@ def bench_database(name: str, separate: bool = False) -> Iterator[str]:
         server = external or stack.enter_context(embedded_db.running())
         # The owner role owns (and migrates) the bench database, as `make run` does for the app's own; a
         # bench database made before the roles existed is handed over.
+        if not external:  # the app's broker database too (settings.BROKER_DATABASE), as `make run` makes it
+            embedded_db.ensure_database(server, f"{name}_broker", owner=embedded_db.APP_ROLE)
         yield embedded_db.ensure_database(server, name, owner=None if external else embedded_db.OWNER_ROLE)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 sys.path.insert(0, str(ROOT))
-from bench_server import bench_database, wait_until_serving  # noqa: E402 - bench/ is the script directory
+from bench_server import bench_database, migrate_as_owner, wait_until_serving  # noqa: E402 - bench/ is the script directory
 
 PASSWORD = "bench-password-1234"  # noqa: S105 - a bench-only account in the bench database
 
@@ -65,17 +65,16 @@ def tiny_bundle() -> Path:
 
 def setup(bundle_dir: Path):
     os.environ.update(bench_env())
+    migrate_as_owner()  # the app role this process runs as may not create tables
     import django
 
     django.setup()
-    from django.core.management import call_command
 
     from webapp.accounts.models import User
     from webapp.analysis import pipeline
     from webapp.analysis.models import ModelBundle
     from webapp.reports.labelsets import ensure_default_label_sets
 
-    call_command("migrate", verbosity=0)
     ensure_default_label_sets()
     bundle = ModelBundle.objects.filter(path=str(bundle_dir.resolve())).first()
     bundle = pipeline.activate_bundle(bundle) if bundle else pipeline.register_bundle(bundle_dir, activate=True)
