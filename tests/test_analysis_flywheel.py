@@ -272,3 +272,30 @@ def test_training_job_compares_both_bundles_on_the_same_heldout_cases(
         page = client_for(cast.admin).get(f"/models/{bundle.pk}/").content.decode()
         assert "held-out slides" in page and "The new bundle finds the right report first" in page
         runtime.forget_models()
+
+
+# --- in Chromium -----------------------------------------------------------------------------------------
+@pytest.mark.browser
+def test_bundle_page_in_the_browser_states_both_bundles_and_overrides_with_a_reason(
+    transactional_db, tiny_bundle_dir, second_bundle_dir, tmp_path, settings, cast, page_for
+):
+    from playwright.sync_api import expect
+
+    settings.VAR_DIR = tmp_path / "var"
+    runtime.forget_models()
+    base = pipeline.register_bundle(tiny_bundle_dir, activate=True)
+    worse = _bundle_with_comparison(tmp_path, second_bundle_dir, base, new_r1=0.6, active_r1=0.9)
+    page = page_for(cast.admin)
+    page.goto(f"/models/{worse.pk}/")
+    expect(page.locator("#comparison-words")).to_contain_text(
+        f"The new bundle finds the right report first for 6 of 10 held-out slides; the active one ({base.key}) "
+        "for 9 of 10: worse by 30 points.")
+    expect(page.locator("#gate")).to_contain_text("needs an override")
+    assert page.get_by_role("button", name="Make active", exact=True).count() == 0
+    page.fill("textarea[name=override_reason]", "Reviewed the held-out cases with the lab director.")
+    page.get_by_role("button", name="Make active anyway").click()
+    expect(page.locator("h1")).to_contain_text("active")
+    worse.refresh_from_db()
+    assert worse.is_active
+    assert AuditEvent.objects.filter(action="model_activate_override", object_id=str(worse.pk)).exists()
+    runtime.forget_models()
