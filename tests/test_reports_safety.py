@@ -409,3 +409,16 @@ def test_deploy_check_wants_the_public_base_url(db):
     result = _manage("check", "--deploy", DATABASE_URL=url, DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
                      DJANGO_ALLOWED_HOSTS="pathalign.example.org")
     assert "pathalign.W101" in result.stdout + result.stderr
+
+
+def test_wrong_signing_passwords_count_towards_the_lockout(cast, case_factory, client_for, settings):
+    report = drafted_report(case_factory(assigned_to=cast.path1), cast.path1)
+    client = client_for(cast.path1)
+    url = reverse("report_sign", args=[report.pk])
+    versions = {f"section_version_{s.pk}": s.version for s in report.sections.all()}
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        assert client.post(url, {"password": "guess-guess-1", **versions}).status_code in (403, 429)
+    # Locked now: the right password is refused too, and nothing is signed.
+    assert client.post(url, {"password": PASSWORD, **versions}).status_code in (403, 429)
+    assert Report.objects.get(pk=report.pk).status == "draft"
+    assert AuditEvent.objects.filter(action="login_locked_out", username="dr_one").exists()

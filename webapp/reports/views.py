@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from webapp.accounts import reauth
 from webapp.accounts.decorators import lab_admin_required
 from webapp.analysis.runtime import active_bundle
 from webapp.audit.log import record
@@ -297,11 +298,17 @@ def report_sign(request: HttpRequest, report_id: int) -> HttpResponse:
     """Electronic signature: the signer types their password again; a wrong one is refused and logged."""
     report = access.get_report_for_user(request.user, report_id, work=True)
     case = report.case
-    if not request.user.check_password(request.POST.get("password", "")):
-        record(request, "report.sign_refused", case=case, obj=report, reason="wrong password")
+    # Through axes (accounts.reauth): a wrong signing password counts towards the lockout like a login.
+    if not reauth.check_password(request, request.user, request.POST.get("password", "")):
+        locked = reauth.locked_out(request)
+        record(request, "report.sign_refused", case=case, obj=report,
+               reason="locked out" if locked else "wrong password")
         failures = AuditEvent.objects.filter(action="report.sign_refused", object_id=str(report.pk)).count()
-        messages.error(request, f"Wrong password: the report was not signed ({failures} refused attempt"
-                                f"{'s' if failures != 1 else ''} logged).")
+        if locked:
+            messages.error(request, f"{reauth.LOCKED_MESSAGE} The report was not signed.")
+        else:
+            messages.error(request, f"Wrong password: the report was not signed ({failures} refused attempt"
+                                    f"{'s' if failures != 1 else ''} logged).")
         context = workspace_context(request, case)
         return render(request, "reports/workspace.html", context, status=403)
     versions = {}
