@@ -1,4 +1,6 @@
-"""Coverage-guided fuzzing of slide acceptance with atheris (libFuzzer for Python).
+"""Coverage-guided fuzzing of slide acceptance with atheris (libFuzzer for Python): every input goes
+through `read_slide_file`, i.e. what `ingest_slide` does with a file's bytes (inspect_slide, then the
+thumbnail within the pixel budget).
 
     mkdir -p /tmp/fuzz-new && .venv/bin/python fuzz/fuzz_inspect_slide.py /tmp/fuzz-new fuzz/corpus \
         -max_total_time=300 -max_len=65536 -rss_limit_mb=4096 -timeout=20
@@ -25,7 +27,8 @@ setup_django()
 # Django's set-up may have imported the slide code already; import it afresh under the coverage hooks
 # (instrument_all() would instrument every loaded function, minutes of start-up).
 sys.modules.pop("webapp.slides.ingest", None)
-with atheris.instrument_imports(include=["webapp.slides.ingest"]):
+sys.modules.pop("webapp.slides.pixel_budget", None)
+with atheris.instrument_imports(include=["webapp.slides.ingest", "webapp.slides.pixel_budget"]):
     import webapp.slides.ingest  # noqa: F401
 
 

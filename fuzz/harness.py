@@ -1,7 +1,9 @@
-"""What the fuzz target and the corpus replay share: run `inspect_slide` on bytes, classify the outcome.
+"""What the fuzz target and the corpus replay share: run what ingest does with a file's bytes on them
+(`read_slide_file`: inspect_slide, then the thumbnail within the pixel budget), classify the outcome.
 
-The slide-acceptance contract: for any bytes, `inspect_slide` returns metadata or raises `SlideRejected`;
-it never raises anything else, never crashes the process and never hangs.
+The slide-acceptance contract: for any bytes, `read_slide_file` returns metadata and a thumbnail or raises
+`SlideRejected`; it never raises anything else, never crashes the process and never hangs. (The rest of
+`ingest_slide` moves the file and writes the row; no byte of the file is read there.)
 """
 from __future__ import annotations
 
@@ -39,21 +41,20 @@ KNOWN = {name for name in os.environ.get("PATHALIGN_FUZZ_KNOWN", "").split(",") 
 
 def check_bytes(data: bytes, suffix: str = ".svs") -> str:
     """'accepted' or 'rejected: <reason>'; any other exception propagates (that is a finding)."""
-    from webapp.slides.ingest import SlideRejected, inspect_slide
+    from webapp.slides.ingest import SlideRejected, read_slide_file
 
     handle = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
     try:
         with handle:
             handle.write(data)
         try:
-            _, slide = inspect_slide(Path(handle.name))
+            read_slide_file(Path(handle.name))
         except SlideRejected as exc:
             return f"rejected: {exc}"
         except Exception as exc:
             if type(exc).__name__ in KNOWN:
                 return f"known finding: {type(exc).__name__}"
             raise
-        slide.close()
         return "accepted"
     finally:
         os.unlink(handle.name)

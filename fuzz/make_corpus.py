@@ -1,4 +1,4 @@
-"""Write the corpus of broken slide files that `tests/test_trust_fuzz.py` replays through `inspect_slide`.
+"""Write the corpus of broken slide files that `tests/test_trust_fuzz.py` replays through `read_slide_file` (inspect_slide and the thumbnail).
 
     .venv/bin/python fuzz/make_corpus.py            # rewrites fuzz/corpus/ (deterministic, a few hundred KB)
 

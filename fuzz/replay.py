@@ -1,4 +1,4 @@
-"""Replay corpus files through `inspect_slide`, one JSON line per file, in a guarded process.
+"""Replay corpus files through `read_slide_file` (inspect_slide, then the thumbnail), one JSON line per file, in a guarded process.
 
     .venv/bin/python fuzz/replay.py fuzz/corpus/*          # prints {"file":..., "outcome":...} lines
 

@@ -148,16 +148,33 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
+# The most pixels one decode may produce (the web app's pixel budget, webapp/slides/pixel_budget.py, is the
+# same; a test checks they agree): get_thumbnail decodes a whole level, and a single-level file declaring
+# 16k x 16k would otherwise be 268 Mpixel in memory at once.
+MAX_DECODE_PIXELS = 4096 * 4096
+
+
+class OverPixelBudget(ValueError):
+    """A read would decode more than MAX_DECODE_PIXELS at once."""
+
+
 def tissue_mask(slide: openslide.OpenSlide, max_side: int | None = None, mask_um: float = 8.0,
                 mpp: float | None = None) -> TissueMask:
     """Tissue mask on a thumbnail of about `mask_um` microns per pixel (256..2048 px on the long side), or
-    `max_side` pixels when given or when the slide has no MPP."""
+    `max_side` pixels when given or when the slide has no MPP. The thumbnail's level must fit
+    MAX_DECODE_PIXELS (OverPixelBudget otherwise)."""
     w, h = slide.dimensions
     if max_side is None:
         try:
             max_side = int(np.clip(max(w, h) * slide_mpp(slide, mpp=mpp) / mask_um, 256, 2048))
         except MissingMPPError:
             max_side = 1024
+    level = slide.get_best_level_for_downsample(max(w, h) / max_side)
+    lw, lh = slide.level_dimensions[level]
+    if lw * lh > MAX_DECODE_PIXELS:
+        raise OverPixelBudget(f"the tissue mask would decode level {level} whole ({lw} x {lh}, "
+                              f"{lw * lh / 1e6:.0f} Mpixel); at most {MAX_DECODE_PIXELS / 1e6:.0f} Mpixel are "
+                              "decoded at once, and the file has no smaller level")
     thumb = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
     return TissueMask(tissue_mask_from_rgb(thumb), downsample=w / thumb.shape[1] if thumb.shape[1] else 1.0)
 
@@ -233,6 +250,9 @@ def patch_grid(slide: openslide.OpenSlide, patch_size: int = 224, target_mpp: fl
     level = choose_level(slide, factor)
     ds = float(slide.level_downsamples[level])
     read_size = max(1, int(round(ps0 / ds)))
+    if read_size * read_size > MAX_DECODE_PIXELS:
+        raise OverPixelBudget(f"each patch would decode {read_size} x {read_size} pixels from level {level}; at "
+                              f"most {MAX_DECODE_PIXELS / 1e6:.0f} Mpixel are decoded at once")
     w, h = slide.dimensions
     nx, ny = (w - ps0) // step + 1 if w >= ps0 else 0, (h - ps0) // step + 1 if h >= ps0 else 0
     if nx == 0 or ny == 0:

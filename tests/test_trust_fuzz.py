@@ -1,5 +1,6 @@
 """Hostile slide files: every file of the committed corpus (fuzz/corpus, written by fuzz/make_corpus.py) is
-either accepted or refused with SlideRejected by `inspect_slide`: no other exception, no crash, no hang.
+either accepted or refused with SlideRejected by `read_slide_file` (what ingest_slide does with the bytes:
+inspect_slide and the thumbnail within the pixel budget): no other exception, no crash, no hang.
 
 The replay runs in a child process (fuzz/replay.py) with a memory cap and a per-file watchdog, so a crash
 in OpenSlide's C code or a hang is reported with the file's name instead of taking pytest down.
@@ -77,7 +78,7 @@ def test_every_corpus_file_is_accepted_or_rejected_cleanly():
             f"{name} now gives {outcome!r}: the finding looks fixed; remove it from KNOWN_FINDINGS ({where})")
     bad = {name: outcome for name, outcome in outcomes.items()
            if not (outcome == "accepted" or outcome.startswith("rejected: "))}
-    assert not bad, "inspect_slide must only ever raise SlideRejected:\n" + "\n".join(
+    assert not bad, "read_slide_file must only ever raise SlideRejected:\n" + "\n".join(
         f"  {name}: {outcome}" for name, outcome in bad.items())
     assert all(outcomes[name] == "accepted" for name in SEEDS), {name: outcomes[name] for name in SEEDS}
     wrongly_accepted = [name for name in MUST_REJECT if not outcomes[name].startswith("rejected: ")]

@@ -15,6 +15,7 @@ from pathlib import Path
 import openslide
 from django.conf import settings
 from django.db import transaction
+from PIL import Image
 
 from . import pixel_budget
 from .models import Slide
@@ -166,6 +167,21 @@ def safe_display_name(name: str) -> str:
     return name[:255]
 
 
+def read_slide_file(path: Path) -> tuple[SlideMetadata, Image.Image]:
+    """Everything ingest does with a file's bytes: validate and read its metadata (`inspect_slide`), then
+    make its thumbnail within the pixel budget. SlideRejected (with a sentence for the user) for anything
+    wrong; never another exception (the fuzz target, fuzz/fuzz_inspect_slide.py, runs exactly this)."""
+    metadata, handle = inspect_slide(path)
+    try:
+        return metadata, pixel_budget.thumbnail(handle, THUMBNAIL_SIZE)  # never a whole unbounded level
+    except pixel_budget.OverBudget as exc:
+        raise SlideRejected(str(exc)) from None
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:  # a damaged tile past the checked ones
+        raise SlideRejected(f"The slide's pixels cannot be read ({exc}).") from None
+    finally:
+        handle.close()
+
+
 def ingest_slide(
     source: Path,
     *,
@@ -197,13 +213,7 @@ def ingest_slide(
         else:
             shutil.copyfile(source, staged)
         slide_file = staged if staged.is_file() else _main_file_in(staged)
-        metadata, handle = inspect_slide(slide_file)
-        try:
-            thumbnail = pixel_budget.thumbnail(handle, THUMBNAIL_SIZE)  # never a whole unbounded level
-        except pixel_budget.OverBudget as exc:
-            raise SlideRejected(str(exc)) from None
-        finally:
-            handle.close()
+        metadata, thumbnail = read_slide_file(slide_file)
         size = staged.stat().st_size if staged.is_file() else sum(
             p.stat().st_size for p in staged.rglob("*") if p.is_file()
         )
