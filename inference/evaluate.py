@@ -312,10 +312,355 @@ def format_table(result: dict[str, Any], targets: dict[str, float] | None = None
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Benchmark v2 (synthetic WSI corpus v2): slide-level baselines and PathAlign by lesion-share stratum
+
+BENCH_STRATA = ("<1%", "1-5%", "<5%", "diffuse", "normal", "all")
+BENCH_TARGETS = {"mean-pool malignant AUC, <5% strata (at most)": 0.75,
+                 "PathAlign malignant AUC, 1-5% (at least)": 0.90, "PathAlign malignant AUC, <1% (at least)": 0.80,
+                 "PathAlign attention localisation AUC (at least)": 0.85}
+
+
+def is_v2_corpus(corpus: str | os.PathLike) -> bool:
+    p = Path(corpus)
+    p = p / "manifest.jsonl" if p.is_dir() else p
+    with open(p) as fh:
+        first = fh.readline()
+    return bool(first.strip()) and '"corpus_version": 2' in first
+
+
+def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | os.PathLike, workers: int = 2,
+                        batch_size: int = 64, tiling: dict[str, Any] | None = None,
+                        log: Callable[[str], object] = print) -> Path:
+    """Every tissue patch of every v2 slide, one safetensors file per slide (``<slide_id>.safetensors``,
+    float16) plus ``index.jsonl`` and ``encoder.json`` in the format of ``features.extract_corpus_features``
+    (so ``train.load_examples`` reads it). Resumable: files already made by this encoder and tiling are
+    kept. Slides stream through ``features.iter_slide_features``; each is written as soon as it is done."""
+    import json
+
+    from inference import features as feats
+    from inference.bundle import normalise_tiling
+    from inference.synthetic.corpus_v2 import load_manifest as load_v2
+
+    t = normalise_tiling(tiling)
+    recs = load_v2(corpus)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim, "tiling": t}, indent=2))
+    todo = []
+    for i, rec in enumerate(recs):
+        path = out / f"{rec['slide_id']}.safetensors"
+        try:
+            meta = feats.read_meta(path)
+            if (meta.matches(encoder.spec) and meta.patch_size == t["patch_size"] and meta.target_mpp == t["mpp"]):
+                continue
+        except (OSError, ValueError):
+            pass
+        todo.append(i)
+    t0 = time.perf_counter()
+    stream = feats.iter_slide_features([recs[i]["slide_path"] for i in todo], encoder, t["patch_size"], t["mpp"],
+                                       None, batch_size, workers, min_tissue=t["min_tissue"], overlap=t["overlap"])
+    n_done = 0
+    for i, sf in zip(todo, stream, strict=True):
+        sf.save(out / f"{recs[i]['slide_id']}.safetensors", extra={"slide": recs[i]["slide"]}, dtype=torch.float16)
+        n_done += 1
+        log(f"features {n_done}/{len(todo)}: {recs[i]['slide_id']} {len(sf)} patches "
+            f"({time.perf_counter() - t0:.0f} s)")
+    with open(out / "index.jsonl", "w") as fh:
+        for rec in recs:
+            meta = feats.read_meta(out / f"{rec['slide_id']}.safetensors")
+            fh.write(json.dumps({"slide": rec["slide"], "features": f"{rec['slide_id']}.safetensors",
+                                 "n_patches": meta.n_patches, "split": rec["split"], "diagnosis": rec["diagnosis"],
+                                 "case_id": rec["case_id"], "part": rec["part"]}) + "\n")
+    return out
+
+
+def _bench_slides(corpus: str | os.PathLike, features_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Manifest records with their features path, patch coordinates and per-patch lesion fraction."""
+    from safetensors import safe_open
+
+    from inference.features import read_meta
+    from inference.synthetic.corpus_v2 import load_manifest as load_v2
+    from inference.synthetic.corpus_v2 import load_mask, patch_lesion_fraction
+
+    out = []
+    for rec in load_v2(corpus):
+        path = Path(features_dir) / f"{rec['slide_id']}.safetensors"
+        if not path.is_file():  # not extracted (yet): a partial run scores the slides that are
+            continue
+        meta = read_meta(path)
+        if meta.n_patches == 0:
+            continue
+        with safe_open(str(path), framework="pt") as fh:
+            coords = fh.get_tensor("coords").numpy()
+        mask, ds = load_mask(rec)
+        rec = dict(rec, features_path=str(path), n_patches=meta.n_patches,
+                   lesion_fraction=patch_lesion_fraction(mask, ds, coords, meta.patch_size_level0))
+        out.append(rec)
+    return out
+
+
+def _folds(slides: Sequence[dict], k: int, seed: int) -> list[int]:
+    """Fold index per slide, grouped by part (all slides of a part in one fold), parts dealt round-robin
+    in a seeded order within each malignant/benign group so folds hold both."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, bool] = {}
+    for s in slides:
+        parts[s["part_id"]] = parts.get(s["part_id"], False) or bool(s["part_malignant"])
+    fold_of: dict[str, int] = {}
+    i = 0
+    for flag in (True, False):
+        ids = sorted(p for p, m in parts.items() if m == flag)
+        for p in rng.permutation(ids).tolist():
+            fold_of[p] = i % k
+            i += 1
+    return [fold_of[s["part_id"]] for s in slides]
+
+
+def _stratum_sets(slides: Sequence[dict]) -> dict[str, list[int]]:
+    idx: dict[str, list[int]] = {k: [] for k in BENCH_STRATA}
+    for i, s in enumerate(slides):
+        idx["all"].append(i)
+        idx[s["stratum"]].append(i)
+        if s["stratum"] in ("<1%", "1-5%"):
+            idx["<5%"].append(i)
+    return idx
+
+
+def _figures(slides: Sequence[dict], mal: np.ndarray, dia: np.ndarray, classes: Sequence[str],
+             attention: Sequence[np.ndarray] | None) -> dict[str, Any]:
+    """Per stratum: n, malignant AUC (the stratum's malignant slides against every non-malignant slide of
+    the set), diagnosis balanced accuracy (within the stratum), attention localisation AUC (lesion slides
+    of the stratum); and part-level accuracy over the set's parts."""
+    from inference.synthetic.catalog import DIAGNOSIS_BY_KEY
+
+    y_mal = np.asarray([bool(s["malignant"]) for s in slides])
+    pred = [classes[i] for i in np.asarray(dia).argmax(1)]
+    out: dict[str, Any] = {}
+    for name, idx in _stratum_sets(slides).items():
+        if not idx:
+            continue
+        f: dict[str, Any] = {"n": len(idx), "n_malignant": int(y_mal[idx].sum())}
+        pos = [i for i in idx if y_mal[i]]
+        neg = [i for i in range(len(slides)) if not y_mal[i]]
+        if pos and neg:
+            f["malignant_auc"] = metrics.roc_auc(mal[pos + neg], [1] * len(pos) + [0] * len(neg))
+        f["diagnosis_balanced_accuracy"] = metrics.balanced_accuracy([pred[i] for i in idx],
+                                                                     [slides[i]["diagnosis"] for i in idx])
+        if attention is not None:
+            loc = metrics.localisation_auc([attention[i] for i in idx], [slides[i]["lesion_fraction"] for i in idx])
+            if loc["n_slides"]:
+                f["localisation_auc"] = loc["mean_auc"]
+                f["localisation_auc_pooled"] = loc["pooled_auc"]
+                f["localisation_slides"] = loc["n_slides"]
+        out[name] = f
+    order = ("normal", "benign", "inflammatory", "precancerous", "malignant")
+
+    def severity(key: str) -> int:
+        return order.index(DIAGNOSIS_BY_KEY[key].category) if key in DIAGNOSIS_BY_KEY else 0
+
+    parts: dict[str, list[int]] = {}
+    for i, s in enumerate(slides):
+        parts.setdefault(s["part_id"], []).append(i)
+    dx_ok, mal_ok = [], []
+    for ids in parts.values():
+        best = max(ids, key=lambda i: (severity(pred[i]), float(np.max(dia[i]))))
+        dx_ok.append(pred[best] == slides[ids[0]]["part_diagnosis"])
+        mal_ok.append((max(mal[i] for i in ids) > 0.5) == bool(slides[ids[0]]["part_malignant"]))
+    out["parts"] = {"n": len(parts), "part_diagnosis_accuracy": float(np.mean(dx_ok)),
+                    "part_malignant_accuracy": float(np.mean(mal_ok))}
+    return out
+
+
+def _bags(slides: Sequence[dict], classes: Sequence[str]) -> list[Any]:
+    from inference.mil import FeatureBag
+
+    return [FeatureBag(s["features_path"], int(bool(s["malignant"])), list(classes).index(s["diagnosis"]))
+            for s in slides]
+
+
+def _fit_predict(train: Sequence[dict], test_sets: Sequence[Sequence[dict]], classes: Sequence[str],
+                 seed: int, mil_epochs: int) -> dict[str, list[tuple[np.ndarray, np.ndarray, Any]]]:
+    """Train both baselines on `train`; (malignant prob, diagnosis probs, attention) for each test set."""
+    from inference.mil import MeanPoolLogReg, MILBaseline
+
+    bags = _bags(train, classes)
+    mp = MeanPoolLogReg(seed=seed).fit(bags)
+    mil = MILBaseline(len(classes), epochs=mil_epochs, seed=seed).fit(bags)
+    out: dict[str, list] = {"mean-pool": [], "gated-attention MIL": []}
+    for ts in test_sets:
+        tb = _bags(ts, classes)
+        m, d = mp.predict(tb, len(classes))
+        out["mean-pool"].append((m, d, None))
+        o = mil.predict(tb)
+        out["gated-attention MIL"].append((o.malignant_prob, o.diagnosis_prob, o.attention))
+    return out
+
+
+def _pathalign_scores(model: PathAlign, slides: Sequence[dict], classes: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Zero-shot with the v2 prompts (worded unlike any report): malignant score = softmax mass (over
+    classes, query-max cosine / 0.05) on malignant classes; attention = the Q-Former's patch attention."""
+    from safetensors import safe_open
+
+    from inference.synthetic.catalog import DIAGNOSIS_BY_KEY
+    from inference.synthetic.templates_v2 import ZERO_SHOT_PROMPTS
+
+    names, label_embs = model.label_embeddings({c: list(ZERO_SHOT_PROMPTS[c]) for c in classes})
+    malignant = np.asarray([DIAGNOSIS_BY_KEY[c].category == "malignant" for c in names])
+    mal, dia, att = [], [], []
+    for s in slides:  # one slide's features in memory at a time
+        with safe_open(s["features_path"], framework="pt") as fh:
+            x = fh.get_tensor("features").float()
+        emb = model.embed_many([x])[0]
+        sim = (emb.queries @ label_embs.T).max(0)  # [L]
+        p = np.exp((sim - sim.max()) / 0.05)
+        p = p / p.sum()
+        mal.append(float(p[malignant].sum()))
+        dia.append(p)
+        att.append(emb.attention)
+    return np.asarray(mal), np.stack(dia), att
+
+
+def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, model: PathAlign | None = None,
+                 cv_folds: int = 5, seed: int = 0, mil_epochs: int = 40,
+                 log: Callable[[str], object] = print) -> dict[str, Any]:
+    """The slide-level benchmark on a v2 corpus (see docs/model.md, "Benchmark v2").
+
+    Protocol "held-out": baselines trained on train + val, scored on test and new-site. Protocol "cv":
+    `cv_folds`-fold cross-validation grouped by part over every training-site slide (train + val + test),
+    predictions pooled over the folds (more slides per stratum on small corpora); new-site is never
+    trained on. PathAlign (a bundle, when given) trains nothing: zero-shot and attention on each set."""
+    import json
+
+    t0 = time.perf_counter()
+    slides = _bench_slides(corpus, features_dir)
+    from inference.synthetic.corpus_v2 import v2_diagnoses
+
+    classes = [c for c in v2_diagnoses() if any(s["diagnosis"] == c for s in slides)]
+    train = [s for s in slides if s["split"] in ("train", "val")]
+    sets = {"test": [s for s in slides if s["split"] == "test"],
+            "new-site": [s for s in slides if s["split"] == "new-site"]}
+    result: dict[str, Any] = {"classes": classes, "n_slides": len(slides),
+                              "n_patches_mean": float(np.mean([s["n_patches"] for s in slides])),
+                              "n_patches_min": int(min(s["n_patches"] for s in slides)),
+                              "splits": {k: sum(s["split"] == k for s in slides)
+                                         for k in ("train", "val", "test", "new-site")},
+                              "strata": {k: sum(s["stratum"] == k for s in slides) for k in BENCH_STRATA[:4] if k != "<5%"},
+                              "protocols": {}}
+    cfile = Path(corpus) / "corpus.json" if Path(corpus).is_dir() else Path(corpus).parent / "corpus.json"
+    if cfile.is_file():
+        result["corpus"] = json.loads(cfile.read_text())
+    log(f"held-out: training baselines on {len(train)} slides ...")
+    held: dict[str, dict[str, Any]] = {}
+    preds = _fit_predict(train, [sets["test"], sets["new-site"]], classes, seed, mil_epochs)
+    for method, outs in preds.items():
+        for (name, ss), (m, d, a) in zip(sets.items(), outs, strict=True):
+            if ss:
+                held.setdefault(name, {})[method] = _figures(ss, m, d, classes, a)
+    if model is not None:
+        for name, ss in sets.items():
+            if ss:
+                log(f"PathAlign on {len(ss)} {name} slides ...")
+                m, d, a = _pathalign_scores(model, ss, classes)
+                held[name]["PathAlign (zero-shot)"] = _figures(ss, m, d, classes, a)
+        result["bundle"] = {"name": model.spec["name"], "version": model.spec["version"]}
+    result["protocols"]["held-out"] = held
+    if cv_folds > 1:
+        pool = [s for s in slides if s["split"] != "new-site"]
+        folds = _folds(pool, cv_folds, seed)
+        n = len(pool)
+        agg = {m: (np.zeros(n), np.zeros((n, len(classes))), [None] * n) for m in ("mean-pool", "gated-attention MIL")}
+        for k in range(cv_folds):
+            tr = [s for s, f in zip(pool, folds, strict=True) if f != k]
+            te_idx = [i for i, f in enumerate(folds) if f == k]
+            if not te_idx or not tr:
+                continue
+            log(f"cv fold {k + 1}/{cv_folds}: {len(tr)} train, {len(te_idx)} test slides ...")
+            got = _fit_predict(tr, [[pool[i] for i in te_idx]], classes, seed + k, mil_epochs)
+            for method, outs in got.items():
+                m, d, a = outs[0]
+                for j, i in enumerate(te_idx):
+                    agg[method][0][i] = m[j]
+                    agg[method][1][i] = d[j]
+                    agg[method][2][i] = None if a is None else a[j]
+        result["protocols"]["cv"] = {"pooled": {
+            method: _figures(pool, m, d, classes, None if a[0] is None else a) for method, (m, d, a) in agg.items()}}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return result
+
+
+def format_benchmark(result: dict[str, Any]) -> str:
+    """One table per protocol and set: rows = method x stratum."""
+    lines = [f"benchmark v2: {result['n_slides']} slides, {result['n_patches_mean']:.0f} tissue patches per slide "
+             f"on average (min {result['n_patches_min']}); splits {result['splits']}; strata {result['strata']}"]
+    head = f"{'method':<24}{'stratum':<9}{'n':>4}{'n_mal':>6}{'mal AUC':>9}{'dx bACC':>9}{'loc AUC':>9}"
+    for proto, sets in result["protocols"].items():
+        for name, methods in sets.items():
+            lines += ["", f"[{proto}] {name}", head, "-" * len(head)]
+            for method, figs in methods.items():
+                for stratum in BENCH_STRATA:
+                    f = figs.get(stratum)
+                    if not f:
+                        continue
+
+                    def v(key: str, f: dict = f) -> str:
+                        x = f.get(key)
+                        return f"{x:>9.3f}" if isinstance(x, float) and x == x else f"{'-':>9}"
+
+                    lines.append(f"{method:<24}{stratum:<9}{f['n']:>4}{f['n_malignant']:>6}{v('malignant_auc')}"
+                                 f"{v('diagnosis_balanced_accuracy')}{v('localisation_auc')}")
+                p = figs.get("parts")
+                if p:
+                    lines.append(f"{method:<24}{'parts':<9}{p['n']:>4}{'':>6}  part dx acc {p['part_diagnosis_accuracy']:.3f}"
+                                 f", part malignant acc {p['part_malignant_accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def main_v2(args: argparse.Namespace) -> int:
+    """`python -m inference.evaluate [BUNDLE] --corpus V2DIR`: the v2 benchmark (baselines; PathAlign too
+    when a bundle is given). Features: built-in encoder (or the bundle's), cached under <corpus>/features-*."""
+    import json
+
+    from inference.encoders import build_encoder
+
+    model = PathAlign.load(args.bundle) if args.bundle else None
+    def log(m: str) -> None:
+        print(m, file=sys.stderr, flush=True)
+
+    corpus = Path(args.corpus)
+    root = corpus if corpus.is_dir() else corpus.parent
+    if model is not None:
+        encoder, tiling = model.encoder, model.tiling
+        name = model.spec["encoder"].get("name", "encoder")
+    else:
+        encoder, tiling = build_encoder({"kind": "builtin"}), None
+        name = encoder.spec.get("name", "builtin")
+    features = Path(args.features) if args.features else root / f"features-v2-{name}"
+    if not args.skip_extract:
+        extract_v2_features(corpus, encoder, features, workers=args.workers, tiling=tiling, log=log)
+    result = benchmark_v2(corpus, features, model, cv_folds=args.cv_folds, seed=args.seed,
+                          mil_epochs=args.mil_epochs, log=log)
+    print(format_benchmark(result))
+    out = Path(args.out) if args.out else root / "benchmark-v2.json"
+    out.write_text(json.dumps(result, indent=1, default=float))
+    log(f"wrote {out}")
+    if model is not None and not args.no_write:
+        from inference.bundle import EVAL_FILE, write_eval
+
+        ev = Path(args.bundle) / EVAL_FILE
+        current = json.loads(ev.read_text()) if ev.is_file() else {}
+        write_eval(args.bundle, current | {"benchmark_v2": result})
+        log(f"wrote {ev} (benchmark_v2)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(description="Evaluate a PathAlign bundle against the mean-pool baseline.")
-    ap.add_argument("bundle")
+    ap = argparse.ArgumentParser(description="Evaluate a PathAlign bundle against the mean-pool baseline; on a "
+                                 "v2 corpus, the slide-level benchmark (bundle optional).")
+    ap.add_argument("bundle", nargs="?", default=None)
     ap.add_argument("--corpus", required=True, help="corpus directory or manifest.jsonl")
     ap.add_argument(
         "--features",
@@ -326,7 +671,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_generation_arguments(ap)
     ap.add_argument("--no-write", action="store_true", help="do not write eval.json into the bundle")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="v2: where to write the benchmark JSON (default <corpus>/benchmark-v2.json)")
+    ap.add_argument("--cv-folds", type=int, default=5, help="v2: folds of the grouped cross-validation (0: none)")
+    ap.add_argument("--mil-epochs", type=int, default=40, help="v2: gated-attention MIL training epochs")
+    ap.add_argument("--workers", type=int, default=2, help="v2: patch-reading threads")
+    ap.add_argument("--skip-extract", action="store_true", help="v2: score the slides whose features exist")
     args = ap.parse_args(argv)
+    if is_v2_corpus(args.corpus):
+        return main_v2(args)
+    if args.bundle is None:
+        ap.error("a bundle is required for a v1 corpus")
     from inference.bundle import write_eval
     from inference.train import load_examples
 

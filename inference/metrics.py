@@ -203,3 +203,96 @@ def diagnosis_stated_rate(
     texts: Sequence[str], truths: Sequence[str], names: dict[str, Sequence[str]]
 ) -> float:
     return float(np.mean([diagnosis_correct(t, y, names) for t, y in zip(texts, truths, strict=True)]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Slide-level benchmark (corpus v2): balanced accuracy, AUC, attention localisation, streaming moments
+
+
+def balanced_accuracy(predicted: Sequence, truth: Sequence) -> float:
+    """Mean per-class recall over the classes present in ``truth`` (nan when empty)."""
+    truth, predicted = list(truth), list(predicted)
+    if not truth:
+        return float("nan")
+    recalls = []
+    for c in sorted(set(truth), key=str):
+        idx = [i for i, t in enumerate(truth) if t == c]
+        recalls.append(np.mean([predicted[i] == c for i in idx]))
+    return float(np.mean(recalls))
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """ROC AUC (ties count half; Mann-Whitney); nan unless both classes are present."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def localisation_auc(attention: Sequence[np.ndarray], lesion_fraction: Sequence[np.ndarray],
+                     positive: float = 0.25) -> dict[str, float]:
+    """Attention localisation against lesion masks, per slide with lesion patches.
+
+    A patch is positive when at least ``positive`` of it lies in the lesion mask, negative when none of it
+    does; patches in between are left out. Returns the mean per-slide AUC (``mean_auc``), the pooled AUC of
+    per-slide attention ranks (``pooled_auc``: attention as a percentile within its slide) and
+    ``n_slides``."""
+    aucs, ranks, labels = [], [], []
+    for a, frac in zip(attention, lesion_fraction, strict=True):
+        a, frac = np.asarray(a, np.float64), np.asarray(frac, np.float64)
+        keep = (frac >= positive) | (frac <= 0)
+        y = frac[keep] >= positive
+        if y.sum() == 0 or (~y).sum() == 0:
+            continue
+        aucs.append(roc_auc(a[keep], y))
+        from scipy.stats import rankdata
+
+        ranks.append(rankdata(a)[keep] / len(a))
+        labels.append(y)
+    if not aucs:
+        return {"mean_auc": float("nan"), "pooled_auc": float("nan"), "n_slides": 0}
+    return {"mean_auc": float(np.mean(aucs)),
+            "pooled_auc": roc_auc(np.concatenate(ranks), np.concatenate(labels)), "n_slides": len(aucs)}
+
+
+class RunningMoments:
+    """Exact mean and variance per feature over batches of rows (Chan et al.'s parallel update), so that
+    feature statistics come from one streaming pass over per-slide files."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> RunningMoments:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or len(x) == 0:
+            return self
+        nb, mb = len(x), x.mean(0)
+        m2b = ((x - mb) ** 2).sum(0)
+        if self._mean is None:
+            self.n, self._mean, self._m2 = nb, mb, m2b
+            return self
+        n = self.n + nb
+        delta = mb - self._mean
+        self._mean = self._mean + delta * nb / n
+        self._m2 = self._m2 + m2b + delta**2 * self.n * nb / n
+        self.n = n
+        return self
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.zeros(0) if self._mean is None else self._mean
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.zeros(0) if self._m2 is None else self._m2 / max(self.n, 1)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
