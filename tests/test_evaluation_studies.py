@@ -146,11 +146,12 @@ def test_select_parts_by_filters_and_accessions(cast, case_factory):
 def test_normalise_for_rating_hides_layout_and_identifiers():
     text = ("History:\n62M, smoker\n\nDiagnosis:\nA. Lung (S26-00042), biopsy:\r\n  Adenocarcinoma.\n\n\n\n"
             "Electronically signed by Dr Lee\n")
-    assert sources.normalise_for_rating(text) == "Diagnosis:\nA. Lung ([accession]), biopsy:\n  Adenocarcinoma."
+    # staff=[]: no user names to look up (the de-identifier also knows every user's name; see test_reports_safety)
+    assert sources.normalise_for_rating(text, staff=[]) == "Diagnosis:\nA. Lung ([id]), biopsy:\n  Adenocarcinoma."
     other = "FINAL DIAGNOSIS:\nA. Skin:\n- BCC.\n- Mitoses: moderate.\n\nCLINICAL DATA:\n52M, rule out melanoma\n"
-    assert sources.normalise_for_rating(other) == "FINAL DIAGNOSIS:\nA. Skin:\n- BCC.\n- Mitoses: moderate."
+    assert sources.normalise_for_rating(other, staff=[]) == "FINAL DIAGNOSIS:\nA. Skin:\n- BCC.\n- Mitoses: moderate."
     inline = "Clinical information: 61F, dyspepsia\n\nDIAGNOSIS: A. Stomach: adenocarcinoma.\n"
-    assert sources.normalise_for_rating(inline) == "DIAGNOSIS: A. Stomach: adenocarcinoma."
+    assert sources.normalise_for_rating(inline, staff=[]) == "DIAGNOSIS: A. Stomach: adenocarcinoma."
 
 
 def test_sources_from_the_reports_app(cast, case_factory):
