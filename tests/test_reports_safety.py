@@ -380,7 +380,7 @@ def test_thresholds_are_calibrated_from_signed_out_decisions(cast, case_factory,
     activate_bundle(bundle)
     ensure_default_label_sets()
     organ = LabelSet.objects.get(name="Organ")
-    for index, (confidence, right) in enumerate(decisions):
+    for confidence, right in decisions:
         case = case_factory(assigned_to=cast.path1)
         report = drafted_report(case, cast.path1)
         item = Classification.objects.create(section=report.sections.get(), label_set=organ, bundle=bundle,
