@@ -457,15 +457,21 @@ def report_fhir(request: HttpRequest, report_id: int) -> HttpResponse:
     return JsonResponse(resource, content_type="application/fhir+json", json_dumps_params={"indent": 2})
 
 
-@login_required
-@require_GET
-def case_fhir(request: HttpRequest, case_id: int) -> HttpResponse:
-    """The case's DiagnosticReport now (its latest version)."""
+def _verified_case_chain(request: HttpRequest, case_id: int) -> tuple:
+    """(case, its signed reports, None), or a 409 response as the third item when the record fails its
+    integrity check; 404 when nothing is signed yet (or the case is not the user's)."""
     case = access.get_case_for_report(request.user, case_id)
     chain = export.signed_chain(case)
     if not chain:
         raise Http404("Nothing is signed out yet.")
-    refused = _refuse_if_tampered(request, case, chain)
+    return case, chain, _refuse_if_tampered(request, case, chain)
+
+
+@login_required
+@require_GET
+def case_fhir(request: HttpRequest, case_id: int) -> HttpResponse:
+    """The case's DiagnosticReport now (its latest version)."""
+    case, chain, refused = _verified_case_chain(request, case_id)
     if refused:
         return refused
     version = export.versions(case, chain)[-1]
@@ -478,11 +484,7 @@ def case_fhir(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_GET
 def case_fhir_history(request: HttpRequest, case_id: int) -> HttpResponse:
     """Every version of the case's DiagnosticReport with its Provenance (e-signature), as a history Bundle."""
-    case = access.get_case_for_report(request.user, case_id)
-    chain = export.signed_chain(case)
-    if not chain:
-        raise Http404("Nothing is signed out yet.")
-    refused = _refuse_if_tampered(request, case, chain)
+    case, chain, refused = _verified_case_chain(request, case_id)
     if refused:
         return refused
     record(request, "report.export", case=case, format="fhir-history")
