@@ -546,7 +546,7 @@ def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, mod
                               "n_patches_min": int(min(s["n_patches"] for s in slides)),
                               "splits": {k: sum(s["split"] == k for s in slides)
                                          for k in ("train", "val", "test", "new-site")},
-                              "strata": {k: sum(s["stratum"] == k for s in slides) for k in BENCH_STRATA[:4] if k != "<5%"},
+                              "strata": {k: sum(s["stratum"] == k for s in slides) for k in ("<1%", "1-5%", "diffuse", "normal")},
                               "protocols": {}}
     cfile = Path(corpus) / "corpus.json" if Path(corpus).is_dir() else Path(corpus).parent / "corpus.json"
     if cfile.is_file():
