@@ -29,14 +29,15 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 
-# Every benchmark at a size that finishes in minutes (about 3 on the 2-core dev machine); `make bench FULL=1`
-# at the sizes behind the figures in README.md and docs/ (the search bench's million rows alone take over
-# half an hour on 2 cores).
+# Every benchmark at a size that finishes in minutes (the embed bench alone takes about 3 on the 2-core dev
+# machine; the quick load bench shares the quick tiles bench's 20,000 px slide); `make bench FULL=1` at the
+# sizes behind the figures in README.md and docs/ (the search bench's million rows alone take over half an
+# hour on 2 cores).
 ifndef FULL
 BENCH_tiles := --size 20000 --tiles 100
 BENCH_search := --rows 100000 --queries 100 --ef 40,100
 BENCH_reporting := --runs 2 --patches 200 --signs 3
-BENCH_load := --viewers 4 --editors 2 --slides 2 --seconds 8 --reference-seconds 3
+BENCH_load := --viewers 4 --editors 2 --slides 2 --seconds 8 --reference-seconds 3 --slide-size 20000
 endif
 # Each one prints its figures against its reference; all run, and `make bench` fails if any failed.
 bench: $(STAMP)
