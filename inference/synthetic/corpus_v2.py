@@ -33,15 +33,12 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
@@ -65,7 +62,7 @@ from .scanners import (
 )
 from .templates_v2 import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, write_part_report
 from .tissue import Canvas, Look, fibroblasts, lymphocytes, render_tissue, stroma, voronoi_walls
-from .wsi import _downsample, _tile_rows
+from .wsi import write_streamed_slide
 
 MANIFEST = "manifest.jsonl"
 VERSION = 2
@@ -375,7 +372,7 @@ def render_slide(part: dict, j: int, out_dir: Path) -> dict:
     slides_dir = out_dir / "slides"
     slides_dir.mkdir(parents=True, exist_ok=True)
     path = slides_dir / f"{slide_id}.svs"
-    write_streamed_slide(path, width, height, band, mpp=mpp, quality=profile.jpeg_quality,
+    write_streamed_slide(path, width, height, band, mpp=mpp, chunk=CHUNK, quality=profile.jpeg_quality,
                          scanner_id=profile.scanner_id, label=_label_image(part, j))
     mask = np.zeros((lh, lw), np.uint8)
     mask[inside] = 1
@@ -396,66 +393,6 @@ def render_slide(part: dict, j: int, out_dir: Path) -> dict:
     }
     (slides_dir / f"{slide_id}.json").write_text(json.dumps(side, indent=1, sort_keys=True))
     return side
-
-
-def write_streamed_slide(path: Path, width: int, height: int, band: Callable[[int], np.ndarray], mpp: float,
-                         quality: int = 80, scanner_id: str = "SYNTH", tile: int = 256,
-                         label: np.ndarray | None = None) -> Path:
-    """Aperio-style .svs from `band(y0) -> (rows, width, 3)` (CHUNK rows at a time); levels (factor 4) go
-    through temporary memmaps beside the output. Memory: a few bands, whatever the slide size."""
-    sizes = []
-    factor = 4
-    while max(height, width) // factor >= 512:
-        sizes.append((height // factor, width // factor))
-        factor *= 4
-    tmpdir = tempfile.mkdtemp(prefix="slide-v2-", dir=path.parent)
-    levels = [np.lib.format.open_memmap(Path(tmpdir) / f"l{i}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3))
-              for i, (h, w) in enumerate(sizes)]
-
-    def level0_tiles() -> Iterator[np.ndarray]:
-        for y0 in range(0, height, CHUNK):
-            b = band(y0)
-            if levels:
-                h1 = b.shape[0] // 4
-                if h1:
-                    small = _downsample(b[:h1 * 4], 4)[:, :sizes[0][1]]
-                    levels[0][y0 // 4:y0 // 4 + small.shape[0], :small.shape[1]] = small
-            yield from _tile_rows(b, b.shape[0], width, tile)
-
-    head = f"Aperio Image Library v12.0.15 \r\n{width}x{height}"
-    description = (f"{head} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp:g}"
-                   f"|MPP = {mpp:.6f}|ScanScope ID = {scanner_id}")
-    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}}
-    try:
-        with tifffile.TiffWriter(path, bigtiff=True) as writer:
-            writer.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), **jpeg,
-                         photometric="rgb", description=description, metadata=None)
-            for i in range(1, len(levels)):
-                src = levels[i - 1]
-                for y in range(0, sizes[i][0], 256):
-                    blk = np.asarray(src[y * 4:(y + 256) * 4])
-                    small = _downsample(blk, 4)
-                    levels[i][y:y + small.shape[0], :small.shape[1]] = small[:, :sizes[i][1]]
-            smallest = np.asarray(levels[-1]) if levels else band(0)
-            thumb = _downsample(smallest, max(1, max(smallest.shape[:2]) // 768))
-            writer.write(thumb, **jpeg, photometric="rgb", metadata=None, description=f"{head} -> thumbnail")
-            for (h, w), lev in zip(sizes, levels, strict=True):
-                writer.write(_tile_rows(lev, h, w, tile), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
-                             **jpeg, photometric="rgb", metadata=None, description=f"{head} -> level")
-            if label is not None:
-                writer.write(label, compression="lzw", photometric="rgb", metadata=None, subfiletype=1,
-                             description="Aperio Image Library v12.0.15\r\nlabel 400x400")
-                macro = Image.new("RGB", (1280, 431), (225, 228, 230))
-                macro.paste(Image.fromarray(label).resize((380, 380)), (25, 25))
-                th = Image.fromarray(thumb)
-                th.thumbnail((800, 400))
-                macro.paste(th, (440 + (800 - th.width) // 2, (431 - th.height) // 2))
-                writer.write(np.asarray(macro), **jpeg, photometric="rgb", metadata=None, subfiletype=9,
-                             description="Aperio Image Library v12.0.15\r\nmacro 1280x431")
-    finally:
-        levels.clear()
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ a part

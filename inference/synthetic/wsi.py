@@ -5,7 +5,9 @@ then stripped label and macro images named in their ImageDescription.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +87,6 @@ def write_large_synthetic_slide(path: str | Path, width: int, height: int, seed:
     pixel statistics, JPEG cost and pyramid are those of a real scan. Lower levels (factor 4) are built
     from the downsampled bands in temporary memmaps next to the output and deleted afterwards.
     """
-    import tempfile
-
     from .tissue import Look, render_tissue
 
     path = Path(path)
@@ -134,36 +134,44 @@ def write_large_synthetic_slide(path: str | Path, width: int, height: int, seed:
             out[:, x0:x0 + cols] = np.where(m[..., None], src, background)
         return out
 
-    # Pyramid sizes (factor 4) and temporary memmaps for levels 1..n.
+    return write_streamed_slide(path, width, height, band, mpp=mpp, chunk=chunk, quality=quality,
+                                scanner_id="SYNTH-BIG", tile=tile)
+
+
+def write_streamed_slide(path: Path, width: int, height: int, band: Callable[[int], np.ndarray], mpp: float,
+                         chunk: int = 1024, quality: int = 80, scanner_id: str = "SYNTH", tile: int = 256,
+                         label: np.ndarray | None = None) -> Path:
+    """Aperio-style .svs from `band(y0) -> (rows, width, 3)` (`chunk` rows at a time); levels (factor 4) go
+    through temporary memmaps beside the output. Memory: a few bands, whatever the slide size. An optional
+    `label` image is written with a macro image, as a scanner does."""
     sizes = []
     factor = 4
     while max(height, width) // factor >= 512:
         sizes.append((height // factor, width // factor))
         factor *= 4
-    tmpdir = tempfile.mkdtemp(prefix="bigslide-", dir=path.parent)
+    tmpdir = tempfile.mkdtemp(prefix="slide-v2-", dir=path.parent)
     levels = [np.lib.format.open_memmap(Path(tmpdir) / f"l{i}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3))
               for i, (h, w) in enumerate(sizes)]
 
     def level0_tiles() -> Iterator[np.ndarray]:
         for y0 in range(0, height, chunk):
             b = band(y0)
-            if levels:  # downsample the band into level 1 as we go
+            if levels:
                 h1 = b.shape[0] // 4
                 if h1:
                     small = _downsample(b[:h1 * 4], 4)[:, :sizes[0][1]]
                     levels[0][y0 // 4:y0 // 4 + small.shape[0], :small.shape[1]] = small
             yield from _tile_rows(b, b.shape[0], width, tile)
 
-    description = (
-        f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
-        f"JPEG/RGB Q={quality}|AppMag = {10 / mpp:g}|MPP = {mpp:.6f}|ScanScope ID = SYNTH-BIG"
-    )
+    head = f"Aperio Image Library v12.0.15 \r\n{width}x{height}"
+    description = (f"{head} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp:g}"
+                   f"|MPP = {mpp:.6f}|ScanScope ID = {scanner_id}")
     jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}}
     try:
         with tifffile.TiffWriter(path, bigtiff=True) as writer:
             writer.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), **jpeg,
                          photometric="rgb", description=description, metadata=None)
-            for i in range(1, len(levels)):  # each level from the one above it
+            for i in range(1, len(levels)):
                 src = levels[i - 1]
                 for y in range(0, sizes[i][0], 256):
                     blk = np.asarray(src[y * 4:(y + 256) * 4])
@@ -171,15 +179,21 @@ def write_large_synthetic_slide(path: str | Path, width: int, height: int, seed:
                     levels[i][y:y + small.shape[0], :small.shape[1]] = small[:, :sizes[i][1]]
             smallest = np.asarray(levels[-1]) if levels else band(0)
             thumb = _downsample(smallest, max(1, max(smallest.shape[:2]) // 768))
-            writer.write(thumb, **jpeg, photometric="rgb", metadata=None,
-                         description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> thumbnail")
+            writer.write(thumb, **jpeg, photometric="rgb", metadata=None, description=f"{head} -> thumbnail")
             for (h, w), lev in zip(sizes, levels, strict=True):
                 writer.write(_tile_rows(lev, h, w, tile), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
-                             **jpeg, photometric="rgb", metadata=None,
-                             description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> level")
+                             **jpeg, photometric="rgb", metadata=None, description=f"{head} -> level")
+            if label is not None:
+                writer.write(label, compression="lzw", photometric="rgb", metadata=None, subfiletype=1,
+                             description="Aperio Image Library v12.0.15\r\nlabel 400x400")
+                macro = Image.new("RGB", (1280, 431), (225, 228, 230))
+                macro.paste(Image.fromarray(label).resize((380, 380)), (25, 25))
+                th = Image.fromarray(thumb)
+                th.thumbnail((800, 400))
+                macro.paste(th, (440 + (800 - th.width) // 2, (431 - th.height) // 2))
+                writer.write(np.asarray(macro), **jpeg, photometric="rgb", metadata=None, subfiletype=9,
+                             description="Aperio Image Library v12.0.15\r\nmacro 1280x431")
     finally:
-        levels.clear()  # drop the memmaps before removing their files
-        import shutil
-
+        levels.clear()
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
