@@ -82,8 +82,8 @@ def method_options() -> list[MethodOption]:
     has_texts = ReportTextEmbedding.objects.filter(bundle=bundle).exists()
     llm_reason = ""
     if not (config.get("has_bridge") or settings.MULTIMODAL_MODEL_DIR):
-        llm_reason = ("This bundle has no stage-2 language-model bridge and no multimodal model is configured "
-                      "(PATHALIGN_MULTIMODAL_DIR).")
+        llm_reason = ("This model has no language-model bridge, and no multimodal language model is set up; "
+                      "a lab admin can add one.")
     return [
         MethodOption(DraftMethod.QFORMER, DraftMethod.QFORMER.label, generative,
                      "" if generative else "The active bundle is a retrieval model (PathAlign-R)."),
