@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from webapp.cases.deid import deidentify
 
+from .services import part_heading
+
 # A section heading at the start of a line: "History:", "CLINICAL DATA:", "Clinical information: 61F, ...".
 _HEADING = re.compile(r"^\s*([A-Za-z][A-Za-z ]{1,40}):[ \t]*(.*)$")
 HISTORY_HEADINGS = {"history", "clinical history", "clinical information", "clinical data", "clinical details",
@@ -75,9 +77,8 @@ def without_case_specifics(text: str, known: Iterable[str] = ()) -> str:
 
 
 def own_part_header(part) -> str:
-    """'B. Colon, sigmoid, biopsy:': the header a draft for this part starts with."""
-    bits = ", ".join(b for b in (part.site, part.procedure) if b)
-    return f"{part.label}. {bits}:"
+    """'B. Colon, sigmoid, biopsy:': the header a draft for this part starts with (the section's heading)."""
+    return f"{part_heading(part)}:"
 
 
 def with_own_header(text: str, part) -> str:

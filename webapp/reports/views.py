@@ -94,11 +94,6 @@ def _section_rows(report, user) -> list[dict]:
     return rows
 
 
-def _signed_chain(case) -> list[Report]:
-    return list(case.reports.filter(status=ReportStatus.SIGNED).order_by("signed_at", "id")
-                .select_related("signed_by").prefetch_related("sections__classifications__label_set"))
-
-
 def _integrity(reports: list[Report], request) -> dict[int, snapshot.Integrity]:
     """Every read of a signed report verifies it (a mismatch is logged and audited by `snapshot.check`)."""
     return {r.pk: snapshot.check(r, request) for r in reports}
@@ -106,7 +101,7 @@ def _integrity(reports: list[Report], request) -> dict[int, snapshot.Integrity]:
 
 def workspace_context(request: HttpRequest, case) -> dict:
     user = request.user
-    chain = _signed_chain(case)
+    chain = export.signed_chain(case, with_rows=True)
     integrity = _integrity(chain, request)
     current = services.open_report(case)
     signed = [{"report": r, "rows": _section_rows(r, user), "superseded": services.is_superseded(r),
