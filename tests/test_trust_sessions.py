@@ -165,3 +165,16 @@ def test_closing_a_study_stops_its_raters_tiles(cast, case_factory, good_slide, 
     study.save()
     assert process.get(tile) == 404
     assert client.get(tile).status_code == 404
+
+
+def test_the_grant_stamp_query_names_the_models_tables():
+    """tile_access.STAMP_SQL spells its tables out (no string building); they must stay the models'."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+
+    from webapp.cases.models import Case
+    from webapp.slides import tile_access
+
+    tables = (get_user_model()._meta.db_table, Case._meta.db_table, Session._meta.db_table)
+    assert tile_access.STAMP_TABLES == tables
+    assert all(table in tile_access.STAMP_SQL for table in tables)

@@ -25,9 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
-from django.contrib.sessions.models import Session
 from django.core.cache import cache
 from django.db import connection
 from django.dispatch import receiver
@@ -35,7 +33,6 @@ from django.http import Http404
 
 from webapp.audit.log import record
 from webapp.cases.access import can_work_on
-from webapp.cases.models import Case
 
 from .access import get_slide_for_user
 from .models import Slide
@@ -101,14 +98,20 @@ def grant_deidentified_access(request, slide: Slide, source: tuple[str, int], se
     request.session[SESSION_GRANTS] = grants
 
 
+# One query per tile request, so it is raw SQL; the table names are literal (no string building), and
+# tests/test_trust_sessions.py checks they are still the models' tables.
+STAMP_TABLES = ("accounts_user", "cases_case", "django_session")
+STAMP_SQL = (
+    "SELECT u.is_active, u.role, c.assigned_to_id, EXISTS (SELECT 1 FROM django_session s"
+    " WHERE s.session_key = %s AND s.expire_date > now()) FROM accounts_user u, cases_case c"
+    " WHERE u.id = %s AND c.id = %s"
+)
+
+
 def _stamp(user_id: int, case_id: int, session_key: str) -> tuple[tuple, bool] | None:
     """(user active, role, case's assigned pathologist), and whether the session row is alive: one query."""
-    users, cases, sessions = get_user_model()._meta.db_table, Case._meta.db_table, Session._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT u.is_active, u.role, c.assigned_to_id, EXISTS (SELECT 1 FROM {sessions} s"  # noqa: S608
-            f" WHERE s.session_key = %s AND s.expire_date > now()) FROM {users} u, {cases} c"
-            " WHERE u.id = %s AND c.id = %s", [session_key, user_id, case_id])
+        cursor.execute(STAMP_SQL, [session_key, user_id, case_id])
         row = cursor.fetchone()
     return None if row is None else ((row[0], row[1], row[2]), row[3])
 
