@@ -429,7 +429,8 @@
     if (this.panes.compare && this.panes.compare.slideId && pane.name === "main") this.paneMoved(pane, true);
     this.renderMeta();
     this.updateLocation();
-    this.emit("slide-opened", { pane: pane.name, slide: pane.slideId, meta: pane.meta });
+    // osd and element let add-ons (annotations.js) attach to the pane without reaching into the viewer.
+    this.emit("slide-opened", { pane: pane.name, slide: pane.slideId, meta: pane.meta, osd: pane.osd, element: pane.el });
   };
 
   // Side by side: the follower shows the same physical scale (µm per screen pixel), the same relative
