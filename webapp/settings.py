@@ -290,6 +290,14 @@ PATCH_READERS = env_str("PATHALIGN_PATCH_READERS", "threads", r"threads|processe
 PUBLIC_BASE_URL = env_str("PATHALIGN_PUBLIC_BASE_URL", "", r"https?://[^\s/]+(/[^\s]*)?",
                           "an http(s) URL such as https://pathology.example.org").rstrip("/")
 
+# --- IIIF (webapp/slides/iiif.py): the other origins whose pages may read the IIIF service (CORS, which
+# compliance level 1 requires), comma-separated; the app's own origin always may. `*` only when set so.
+IIIF_CORS_ORIGINS = env_list("PATHALIGN_IIIF_CORS_ORIGINS", "")
+for _origin in IIIF_CORS_ORIGINS:
+    if not re.fullmatch(r"\*|https?://[^\s/]+", _origin):
+        raise _bad("PATHALIGN_IIIF_CORS_ORIGINS", "* or comma-separated origins such as https://mirador.example.org",
+                   _origin)
+
 # --- `make run` (webapp/launcher.py)
 RUN_HOST = env_str("PATHALIGN_HOST", "127.0.0.1")
 RUN_PORT = env_int("PATHALIGN_PORT", 8000, maximum=65535)
