@@ -72,6 +72,7 @@ MATRIX: dict[str, dict] = {
     "case_assign": {"GET": any_user(405), "POST": case_write(302)},
     "part_create": {"GET": case_write(200), "POST": case_write(200)},
     "part_edit": {"GET": case_write(200), "POST": case_write(200)},
+    "specimen_rules": {"GET": admin_only(200), "POST": admin_only(200)},  # empty POST: "choose an action"
     # --- slides: upload, thumbnails, drop folder
     "slide_upload": {"GET": any_user(405), "POST": case_write(400)},
     "slide_thumbnail": {"GET": case_read(200)},

@@ -422,3 +422,133 @@ def test_wrong_signing_passwords_count_towards_the_lockout(cast, case_factory, c
     assert client.post(url, {"password": PASSWORD, **versions}).status_code in (403, 429)
     assert Report.objects.get(pk=report.pk).status == "draft"
     assert AuditEvent.objects.filter(action="login_locked_out", username="dr_one").exists()
+
+
+# --- audit of #15 (verify): what the tests above did not pin down ------------------------------------------
+def test_evidence_from_a_case_the_viewer_may_not_open_carries_no_identifier_and_no_link(
+        cast, case_factory, client_for, request, django_capture_on_commit_callbacks):
+    """The identifiers sit inside the diagnosis lines themselves (where 'diagnosis lines only' does not help):
+    the draft, the stored evidence and the page of a pathologist who may not open that case hold none."""
+    from webapp.jobs.models import Job
+    from webapp.jobs.runner import execute
+    from webapp.reports.models import AIDraft
+
+    bundle = request.getfixturevalue("tiny_model")
+    earlier = case_factory(assigned_to=cast.path1, patient_pseudonym="PSN-7777")
+    prime_features(fake_slide(earlier.parts.get()), bundle, seed=1)
+    leaky = (f"Tubular adenoma, low grade ({earlier.accession_number}, PSN-7777, MRN 00123456), discussed with "
+             "Dr. Okafor on 4 June 2025 and with Ana One.")
+    with django_capture_on_commit_callbacks(execute=True):
+        signed_report(earlier, cast.path1, text=leaky)
+    execute(Job.objects.get(kind="embed_report", case=earlier).pk)
+
+    case = case_factory(assigned_to=cast.path2)
+    prime_features(fake_slide(case.parts.get()), bundle, seed=2)
+    client = client_for(cast.path2)
+    assert client.post(reverse("report_draft", args=[case.pk]), {"method": "retrieval"},
+                       HTTP_HX_REQUEST="true").status_code == 200
+    execute(Job.objects.filter(case=case, kind="draft_report").latest("created_at").pk)
+    section = services.open_report(case).sections.get()
+    evidence = AIDraft.objects.get(section=section).evidence
+    page = client.get(reverse("report_workspace", args=[case.pk])).content.decode()
+    assert client.get(reverse("case_detail", args=[earlier.pk])).status_code == 404  # may not open it
+    shown = [section.text, str(evidence), page]
+    assert "Tubular adenoma, low grade" in section.text and "Tubular adenoma, low grade" in page
+    for text in shown:
+        for identifier in (earlier.accession_number, "PSN-7777", "00123456", "Okafor", "4 June 2025", "Ana One"):
+            assert identifier not in text, (identifier, text[:300])
+    for name in ("report_workspace", "case_detail"):
+        assert reverse(name, args=[earlier.pk]) not in page
+
+
+def test_a_flagged_draft_is_shown_as_unsafe_in_the_workspace(cast, case_factory, client_for):
+    from webapp.reports.drafting import draft_warnings
+    from webapp.reports.models import AIDraft
+
+    case = case_factory(assigned_to=cast.path1, sites={"A": "Lung, right upper lobe"})
+    report = services.start_report(case, cast.path1)
+    section = report.sections.get()
+    text = with_own_header("Colonic mucosa with tubular adenoma.", section.part)
+    services.save_section(section, text, section.version, cast.path1)
+    AIDraft.objects.create(section=section, method="retrieval", text=text,
+                           warnings=draft_warnings(text, section.part))
+    page = client_for(cast.path1).get(reverse("report_workspace", args=[case.pk])).content.decode()
+    assert 'data-role="draft-warning"' in page and "Unsafe AI draft" in page and "names colon" in page
+
+
+def test_the_worklist_shows_the_models_suggestion_and_the_decision_apart(cast, case_factory, client_for):
+    """After an override and sign-out the AI column still shows the model's own suggestion (never the
+    pathologist's decision labelled 'AI'); the decision has its own column."""
+    import re
+
+    case = case_factory(assigned_to=cast.path1)
+    report = drafted_report(case, cast.path1)
+    services.decide(triage_classification(report, "Likely malignant", 0.8), "Likely benign", cast.path1)
+    services.sign(report, cast.path1)
+    rows = client_for(cast.path1).get(reverse("worklist"), {"show": "signed"}, HTTP_HX_REQUEST="true")
+    row = re.search(rf"<tr[^>]*>(?:(?!</tr>).)*{case.accession_number}(?:(?!</tr>).)*</tr>",
+                    rows.content.decode(), re.S).group(0)
+    assert re.search(r'data-role="ai-suggestion"[^>]*>AI: Likely malignant 80%', row), row
+    assert re.search(r'data-role="decision">Likely benign<', row), row
+    assert "AI: Likely benign" not in row
+
+
+def test_confirmed_labels_are_coded_with_snomed_ct_and_every_version_names_its_specimens(
+        cast, case_factory, client_for):
+    ensure_default_label_sets()
+    case = case_factory(assigned_to=cast.path1, parts=("A", "B"))
+    report = drafted_report(case, cast.path1)
+    organ = LabelSet.objects.get(name="Organ")
+    colon = organ.labels.get(name="Colon")
+    assert colon.code_system == "http://snomed.info/sct" and colon.code
+    item = Classification.objects.create(section=report.sections.get(part__label="A"), label_set=organ,
+                                         scores={"Colon": 0.9, "Lung": 0.1}, model_label="Colon",
+                                         model_confidence=0.9)
+    services.decide(item, "Colon", cast.path1)
+    report = services.sign(report, cast.path1).report
+    addendum = services.start_followup(case, "addendum", cast.path1)
+    section = addendum.sections.get()
+    services.save_section(section, "MMR immunohistochemistry: retained.", section.version, cast.path1)
+    addendum = services.sign(addendum, cast.path1).report
+    client = client_for(cast.path1)
+    for signed in (report, addendum):
+        resource = client.get(reverse("report_fhir", args=[signed.pk])).json()
+        assert resource["conclusionCode"] == [{"coding": [{"system": "http://snomed.info/sct", "code": colon.code,
+                                                           "display": "Colon"}], "text": "A Organ: Colon"}]
+        assert [s["reference"] for s in resource["specimen"]] == ["#part-A", "#part-B"]
+        contained = {c["id"]: c for c in resource["contained"] if c["resourceType"] == "Specimen"}
+        assert contained["part-A"]["collection"]["bodySite"]["text"] == "Colon, sigmoid"
+
+
+def test_specimen_rules_are_edited_by_a_lab_admin_and_reclassify_parts(cast, case_factory, client_for):
+    """The organ/procedure mapping that retrieval filters by is the lab's to edit (a page for lab admins),
+    and every part follows an edit at once; edits are audited."""
+    from webapp.cases.models import SpecimenRule
+
+    case = case_factory(assigned_to=cast.path1, sites={"A": "Ileum, terminal"})
+    part = case.parts.get()
+    assert part.organ == ""
+    url = reverse("specimen_rules")
+    admin = client_for(cast.admin)
+    page = admin.get(url)
+    assert page.status_code == 200 and b"sigmoid" in page.content and b"Ileum, terminal" in page.content
+    assert client_for(cast.path1).get(url).status_code == 403
+    assert client_for(cast.path1).post(url, {"action": "add", "field": "site", "contains": "ileum",
+                                             "family": "colon"}).status_code == 403
+    response = admin.post(url, {"action": "add", "field": "site", "contains": "ileum", "family": "Colon",
+                                "order": 5})
+    assert response.status_code == 302
+    part.refresh_from_db()
+    assert part.organ == "colon"  # families are lower case, as the defaults
+    rule = SpecimenRule.objects.get(field="site", contains="ileum")
+    assert AuditEvent.objects.filter(action="specimen_rule.add", object_id=str(rule.pk),
+                                     after__family="colon").exists()
+    # A duplicate or an empty rule is refused with a message, nothing changes.
+    again = admin.post(url, {"action": "add", "field": "site", "contains": "Ileum", "family": "stomach"})
+    assert again.status_code == 200 and b"already" in again.content
+    assert admin.post(url, {"action": "add", "field": "site", "contains": "", "family": ""}).status_code == 200
+    assert SpecimenRule.objects.filter(contains__iexact="ileum").count() == 1
+    assert admin.post(url, {"action": "delete", "rule": rule.pk}).status_code == 302
+    part.refresh_from_db()
+    assert part.organ == "" and not SpecimenRule.objects.filter(pk=rule.pk).exists()
+    assert AuditEvent.objects.filter(action="specimen_rule.delete", object_id=str(rule.pk)).exists()

@@ -2,7 +2,7 @@ from django import forms
 
 from webapp.accounts.models import Role, User
 
-from .models import Case, CaseStatus, Part, Priority
+from .models import Case, CaseStatus, Part, Priority, SpecimenRule
 
 
 class CaseForm(forms.ModelForm):
@@ -56,3 +56,25 @@ class CaseFilterForm(forms.Form):
     )
     received_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     received_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+class SpecimenRuleForm(forms.ModelForm):
+    """One organ or procedure-family rule (cases.specimens); families are stored lower case, as the defaults."""
+
+    class Meta:
+        model = SpecimenRule
+        fields = ("field", "contains", "family", "order")
+
+    def clean_contains(self):
+        return " ".join(self.cleaned_data["contains"].split())
+
+    def clean_family(self):
+        return " ".join(self.cleaned_data["family"].split()).lower()
+
+    def clean(self):
+        data = super().clean()
+        if data.get("field") and data.get("contains") and SpecimenRule.objects.filter(
+                field=data["field"], contains__iexact=data["contains"]).exists():
+            self.add_error("contains", f"A {data['field']} rule for '{data['contains']}' already exists; delete it "
+                                       "first to change its family.")
+        return data

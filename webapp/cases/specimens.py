@@ -1,5 +1,5 @@
 """Specimen families: which organ and which kind of procedure a part is, from its free-text site and
-procedure, by the lab's own rules (`SpecimenRule`, editable in the Django admin and the specimen rules page).
+procedure, by the lab's own rules (`SpecimenRule`, edited by lab admins on the specimen rules page, `/specimen-rules/`).
 
 Retrieval drafts and their evidence come only from parts of the same organ and procedure family (a colon
 biopsy is never drafted from a lung wedge resection); an AI draft that names another organ than its part's

@@ -11,4 +11,5 @@ urlpatterns = [
     path("cases/<int:case_id>/assign/", views.case_assign, name="case_assign"),
     path("cases/<int:case_id>/parts/new/", views.part_create, name="part_create"),
     path("cases/<int:case_id>/parts/<int:part_id>/edit/", views.part_edit, name="part_edit"),
+    path("specimen-rules/", views.specimen_rules, name="specimen_rules"),
 ]

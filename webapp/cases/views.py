@@ -2,16 +2,17 @@
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import Count
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.accounts.decorators import lab_admin_required
 from webapp.audit.log import record
 
-from . import access
-from .forms import AssignForm, CaseFilterForm, CaseForm, PartForm
-from .models import CaseStatus, IdentityLocked
+from . import access, specimens
+from .forms import AssignForm, CaseFilterForm, CaseForm, PartForm, SpecimenRuleForm
+from .models import CaseStatus, IdentityLocked, Part, SpecimenField, SpecimenRule
 from .search import filter_cases
 
 PAGE_SIZE = 50
@@ -162,3 +163,47 @@ def _case_fields(case) -> dict:
 
 def _part_fields(part) -> dict:
     return {field: getattr(part, field) for field in PartForm.Meta.fields}
+
+
+@lab_admin_required
+@require_http_methods(["GET", "POST"])
+def specimen_rules(request):
+    """The lab's organ and procedure-family rules (cases.specimens), which retrieval drafts and their evidence
+    filter by and which flag a draft naming another organ. Adding or deleting a rule re-derives every part's
+    family at once; each change is audited. A rule is changed by deleting it and adding the new one."""
+    form = SpecimenRuleForm(initial={"order": 100})
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "add":
+        form = SpecimenRuleForm(request.POST)
+        if form.is_valid():
+            rule = form.save()
+            parts = specimens.reclassify_parts()
+            record(request, "specimen_rule.add", obj=rule, after=_rule_fields(rule), classified_parts=parts)
+            messages.success(request, f"Rule added: {rule}. {parts} parts now have an organ.")
+            return redirect("specimen_rules")
+    elif action == "delete":
+        rule = get_object_or_404(SpecimenRule, pk=request.POST.get("rule") or 0)
+        with transaction.atomic():  # recorded while the rule still has its id
+            record(request, "specimen_rule.delete", obj=rule, before=_rule_fields(rule))
+            rule.delete()
+            parts = specimens.reclassify_parts()
+        messages.success(request, f"Rule deleted. {parts} parts now have an organ.")
+        return redirect("specimen_rules")
+    elif action == "defaults":
+        created = specimens.ensure_default_rules()
+        record(request, "specimen_rule.defaults", created=created)
+        messages.success(request, f"{created} default rules added.")
+        return redirect("specimen_rules")
+    elif request.method == "POST":
+        messages.error(request, "Choose to add or delete a rule.")
+    rules = SpecimenRule.objects.order_by("field", "order", "id")
+    unmatched = (Part.objects.filter(organ="").exclude(site="").values_list("site", flat=True)
+                 .distinct().order_by("site")[:50])
+    context = {"form": form, "site_rules": [r for r in rules if r.field == SpecimenField.SITE],
+               "procedure_rules": [r for r in rules if r.field == SpecimenField.PROCEDURE],
+               "unmatched_sites": list(unmatched)}
+    return render(request, "cases/specimen_rules.html", context)
+
+
+def _rule_fields(rule) -> dict:
+    return {"field": rule.field, "contains": rule.contains, "family": rule.family, "order": rule.order}
