@@ -9,12 +9,20 @@ def _study_still_open(study_id: int, user_id: int) -> bool:
                                      study__status=StudyStatus.OPEN).exists()
 
 
+def _study_shows_overlays(study_id: int) -> bool:
+    """Raters see the model's overlays (attention heatmap) only in a study that allows them."""
+    from .models import Study
+
+    return Study.objects.filter(pk=study_id, show_overlays=True).exists()
+
+
 class EvaluationConfig(AppConfig):
     name = "webapp.evaluation"
     label = "evaluation"
 
     def ready(self) -> None:
-        # Closing a study stops its raters' slide grants at once (webapp/slides/tile_access.py).
+        # Closing a study stops its raters' slide grants at once (webapp/slides/tile_access.py); overlays
+        # reach raters only in a study that allows them.
         from webapp.slides.tile_access import register_grant_source
 
-        register_grant_source("study", _study_still_open)
+        register_grant_source("study", _study_still_open, overlays_allowed=_study_shows_overlays)

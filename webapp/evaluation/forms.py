@@ -9,13 +9,35 @@ from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from webapp.accounts.models import Role, User
 
 from . import sources
-from .models import ERROR_REQUIRED_MAX, SCORE_ANCHORS, ErrorKind
+from .models import DEFAULT_RATER_INSTRUCTION, ERROR_REQUIRED_MAX, SCORE_ANCHORS, ErrorKind
 from .studies import Selection, parse_accessions, unknown_accessions
 
 
 class StudyForm(forms.Form):
-    name = forms.CharField(max_length=200)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    name = forms.CharField(max_length=200, help_text="Lab admins only: raters never see it.")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                  help_text="Lab admins only: raters never see it.")
+    rater_instruction = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), initial=DEFAULT_RATER_INSTRUCTION, max_length=4000,
+        label="Instruction for raters", required=False,
+        help_text="The only words about the study that raters see (blank: the standard instruction). Do not "
+                  "name the sources or what is compared.",
+    )
+    show_overlays = forms.BooleanField(
+        required=False, label="Let raters switch on the model's overlays (attention heatmap)",
+        help_text="Off by default: an AI heatmap beside the text tells raters a model was involved.",
+    )
+    paired = forms.BooleanField(
+        required=False, initial=True, label="Pair the sources per slide",
+        help_text="Only parts that have a text from every chosen source: each arm is rated on the same slides.",
+    )
+    drop_duplicates = forms.BooleanField(
+        required=False, label="Leave out parts whose texts read the same in two arms",
+        help_text="Otherwise such a study is refused.",
+    )
+    accept_unbalanced = forms.BooleanField(
+        required=False, label="Build it even though the arms are unbalanced",
+    )
     site = forms.CharField(label="Organ or site contains", required=False, max_length=100)
     received_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     received_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))

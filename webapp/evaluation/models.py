@@ -21,9 +21,24 @@ class StudyStatus(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
+DEFAULT_RATER_INSTRUCTION = (
+    "Read each text beside its slide and rate how accurate it is as a pathology report for that slide, on "
+    "the scale shown. For a rating of 3 or less, say what kind of error it has. Texts come from several "
+    "writers in a random order; judge each one on its own."
+)
+
+
 class Study(models.Model):
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    # Name and description are for lab admins only: they may say what is compared (which would unblind).
+    name = models.CharField(max_length=200, help_text="Seen by lab admins only.")
+    description = models.TextField(blank=True, help_text="Seen by lab admins only.")
+    # What raters read instead of the name and description (written by the lab admin for raters).
+    rater_instruction = models.TextField(default=DEFAULT_RATER_INSTRUCTION)
+    show_overlays = models.BooleanField(
+        default=False, help_text="Raters may switch on the model's overlays (attention heatmap) on the slide.")
+    paired = models.BooleanField(
+        default=True, help_text="Only parts with a text from every chosen source, so every arm rates the "
+                                "same slides.")
     status = models.CharField(max_length=10, choices=StudyStatus.choices, default=StudyStatus.OPEN)
     raters_per_item = models.PositiveSmallIntegerField(default=2)
     seed = models.BigIntegerField(help_text="Randomises item order and assignment; same seed, same study.")
@@ -52,6 +67,11 @@ class Study(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status == StudyStatus.OPEN
+
+    @property
+    def rater_title(self) -> str:
+        """What raters call the study: a number, never the name (which may say what is compared)."""
+        return f"Rating study {self.pk}"
 
     def source_labels(self) -> dict[str, str]:
         return {source["key"]: source["label"] for source in self.sources}

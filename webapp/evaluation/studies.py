@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from django.db import IntegrityError, transaction
@@ -18,11 +19,28 @@ from webapp.cases.models import SIGNED_OUT_STATUSES, Part
 from webapp.slides.models import Slide
 
 from . import sources
-from .models import ERROR_REQUIRED_MAX, Assignment, ErrorKind, Item, Rating, Study, StudyStatus
+from .models import (
+    DEFAULT_RATER_INSTRUCTION,
+    ERROR_REQUIRED_MAX,
+    Assignment,
+    ErrorKind,
+    Item,
+    Rating,
+    Study,
+    StudyStatus,
+)
 
 
 class StudyError(Exception):
     """A request the rules refuse, with a message for the lab admin."""
+
+
+class UnbalancedArms(StudyError):
+    """The arms (sources) would get very different numbers of items: built only when the lab admin accepts."""
+
+
+# Arms count as unbalanced when the smallest has fewer than this share of the largest's items.
+BALANCE_MIN_RATIO = 0.8
 
 
 @dataclass
@@ -117,15 +135,117 @@ def specimen_line(part: Part) -> str:
     return ", ".join(bit for bit in (part.site, part.procedure) if bit)
 
 
+# --- planning: pairing, duplicates, balance -----------------------------------------------------------
+def comparison_key(text: str) -> str:
+    """Two texts that are the same after this (Unicode NFKC, case folded, runs of white space as one
+    space) read the same to a rater."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def part_name(part: Part) -> str:
+    return f"{part.case.accession_number}-{part.label}"
+
+
+@dataclass
+class Planned:
+    candidate: sources.Candidate
+    text: str  # as raters will read it (normalise_for_rating)
+
+
+@dataclass
+class Plan:
+    """What a study would contain, and what the builder has to say about it."""
+
+    source_keys: list[str]
+    labels: dict[str, str]
+    paired: bool
+    items: list[Planned] = field(default_factory=list)
+    unpaired: list[str] = field(default_factory=list)  # parts left out: not every source has a text for them
+    # Texts that read the same in two arms: [(parts and sources, e.g. "S26-00042-A (Signed-out report)")].
+    duplicates: list[list[str]] = field(default_factory=list)
+
+    def per_source(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.source_keys, 0)
+        for planned in self.items:
+            counts[planned.candidate.source_key] = counts.get(planned.candidate.source_key, 0) + 1
+        return counts
+
+    def balanced(self) -> bool:
+        counts = [count for count in self.per_source().values()]
+        return len(counts) < 2 or (max(counts) > 0 and min(counts) >= BALANCE_MIN_RATIO * max(counts))
+
+    def counts_in_words(self) -> str:
+        return ", ".join(f"{self.labels.get(key, key)}: {count} item{'s' if count != 1 else ''}"
+                         for key, count in self.per_source().items())
+
+    def balance_warning(self) -> str:
+        if self.balanced():
+            return ""
+        return (f"The arms are unbalanced ({self.counts_in_words()}). Raters would see one kind of text far more "
+                "often than another, which both hints at the source and weakens the comparison. Pair the sources "
+                "per slide, or choose parts that have texts from every source.")
+
+    def duplicate_message(self) -> str:
+        if not self.duplicates:
+            return ""
+        shown = "; ".join(" = ".join(group) for group in self.duplicates[:5])
+        more = f" and {len(self.duplicates) - 5} more" if len(self.duplicates) > 5 else ""
+        return (f"{len(self.duplicates)} text{' is' if len(self.duplicates) == 1 else 's are'} the same in two arms "
+                f"(ignoring case and spacing): {shown}{more}. A rater would rate the same words twice under "
+                "different sources. Leave those parts out (accession list, or the option to drop them) or "
+                "choose other sources.")
+
+
+def plan_study(candidates: Iterable[sources.Candidate], source_keys: Sequence[str], *, paired: bool = True,
+               labels: dict[str, str] | None = None, staff: list[str] | None = None,
+               drop_duplicates: bool = False) -> Plan:
+    """Normalise every text as raters will read it, keep only parts with a text from every source when
+    `paired` (the default: AI and control are rated on the same slides), find texts that read the same in
+    two arms (anywhere in the study: a retrieval draft may copy another case's signed report), and drop their
+    parts when `drop_duplicates`."""
+    keys = list(dict.fromkeys(source_keys))
+    labels = {**{key: sources.source_label(key) for key in keys}, **(labels or {})}
+    plan = Plan(source_keys=keys, labels=labels, paired=paired)
+    staff = staff_names() if staff is None else staff
+    candidates = sorted(candidates, key=lambda c: (c.part.case.accession_number, c.part.label, c.source_key))
+    if paired and len(keys) > 1:
+        by_part: dict[int, set[str]] = {}
+        for candidate in candidates:
+            by_part.setdefault(candidate.part.pk, set()).add(candidate.source_key)
+        complete = {part_id for part_id, found in by_part.items() if set(keys) <= found}
+        plan.unpaired = list(dict.fromkeys(part_name(c.part) for c in candidates if c.part.pk not in complete))
+        candidates = [c for c in candidates if c.part.pk in complete]
+    planned = [Planned(c, sources.normalise_for_rating(c.text, c.part.case, staff)) for c in candidates]
+    groups: dict[str, list[Planned]] = {}
+    for entry in planned:
+        groups.setdefault(comparison_key(entry.text), []).append(entry)
+    clashing: set[int] = set()
+    for group in groups.values():
+        if len({entry.candidate.source_key for entry in group}) > 1:
+            plan.duplicates.append([f"{part_name(e.candidate.part)} ({labels.get(e.candidate.source_key)})"
+                                    for e in group])
+            clashing |= {entry.candidate.part.pk for entry in group}
+    if drop_duplicates and clashing:
+        planned = [entry for entry in planned if entry.candidate.part.pk not in clashing]
+        plan.duplicates = []
+    plan.items = planned
+    return plan
+
+
 @transaction.atomic
 def build_study(
     *, name: str, parts: QuerySet[Part] | Iterable[Part], source_keys: Sequence[str], evaluators: Sequence,
     raters_per_item: int, seed: int, description: str = "", include_clinical_history: bool = False,
     created_by=None, selection: dict | None = None, candidates: list[sources.Candidate] | None = None,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None, rater_instruction: str = "", show_overlays: bool = False,
+    paired: bool = True, drop_duplicates: bool = False, accept_unbalanced: bool = False,
 ) -> Study:
     """Create the study, its items (text snapshots, in a seeded random order so database ids follow no
-    source) and the assignments. `candidates` lets the demo pass texts that are not in the reports app."""
+    source) and the assignments. `candidates` lets the demo pass texts that are not in the reports app.
+
+    Blinding rules (`plan_study`): AI and control are paired per part (slide) unless `paired` is False;
+    texts that read the same in two arms are refused (StudyError) unless `drop_duplicates` leaves their
+    parts out; unbalanced arms raise UnbalancedArms unless `accept_unbalanced`."""
     evaluators = list(dict.fromkeys(evaluators))
     if not evaluators:
         raise StudyError("Choose at least one evaluator.")
@@ -139,28 +259,44 @@ def build_study(
     if not candidates:
         raise StudyError("No texts found for these parts and sources.")
     labels = {**{key: sources.source_label(key) for key in source_keys}, **(labels or {})}
+    staff = staff_names()  # read once: every text is de-identified against every staff name
+    plan = plan_study(candidates, source_keys, paired=paired, labels=labels, staff=staff,
+                      drop_duplicates=drop_duplicates)
+    if plan.duplicates:
+        raise StudyError(plan.duplicate_message())
+    if not plan.items:
+        raise StudyError("No part has a text from every chosen source, so no pair can be rated. Choose other "
+                         "parts or sources, or switch off pairing." if plan.unpaired else
+                         "No texts found for these parts and sources.")
+    if not plan.balanced() and not accept_unbalanced:
+        raise UnbalancedArms(plan.balance_warning())
+    notes = {"per_source": plan.per_source(), "unpaired_left_out": plan.unpaired,
+             "balanced": plan.balanced()}
     study = Study.objects.create(
         name=name, description=description, raters_per_item=raters_per_item, seed=seed,
-        include_clinical_history=include_clinical_history, created_by=created_by, selection=selection or {},
+        include_clinical_history=include_clinical_history, created_by=created_by,
+        selection={**(selection or {}), "build": notes},
         sources=[{"key": key, "label": labels.get(key, key)} for key in dict.fromkeys(source_keys)],
+        rater_instruction=rater_instruction.strip() or DEFAULT_RATER_INSTRUCTION, show_overlays=show_overlays,
+        paired=paired,
     )
     study.evaluators.set(evaluators)
     rng = random.Random(f"study:{seed}")  # noqa: S311 - reproducible shuffling, not security
     # A canonical order first, so the same parts, sources, raters and seed give the same study whatever
     # order they were passed in (and on another database, with other ids).
-    candidates = sorted(candidates, key=lambda c: (c.part.case.accession_number, c.part.label, c.source_key))
+    planned = plan.items[:]  # in canonical order (plan_study sorts)
     evaluators = sorted(evaluators, key=lambda user: user.username)
-    rng.shuffle(candidates)
+    rng.shuffle(planned)
     slides: dict[int, Slide | None] = {}
-    staff = staff_names()  # read once: every text is de-identified against every staff name
     items = []
-    for candidate in candidates:
+    for entry in planned:
+        candidate = entry.candidate
         part = candidate.part
         if part.pk not in slides:
             slides[part.pk] = first_slide(part)
         items.append(Item(
             study=study, case_id=part.case_id, part=part, slide=slides[part.pk],
-            text=sources.normalise_for_rating(candidate.text, part.case, staff), source_key=candidate.source_key,
+            text=entry.text, source_key=candidate.source_key,
             source_ref=candidate.ref, specimen=specimen_line(part),
             clinical_history=part.case.clinical_history if include_clinical_history else "",
         ))

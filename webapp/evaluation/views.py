@@ -63,6 +63,7 @@ def study_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def study_create(request: HttpRequest) -> HttpResponse:
     form = StudyForm(request.POST or None)
+    unbalanced = ""
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         selection = form.selection()
@@ -72,30 +73,47 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 source_keys=data["sources"], evaluators=list(data["evaluators"]),
                 raters_per_item=data["raters_per_item"], seed=data["seed"],
                 include_clinical_history=data["include_clinical_history"], created_by=request.user,
-                selection=selection.as_json(),
+                selection=selection.as_json(), rater_instruction=data["rater_instruction"],
+                show_overlays=data["show_overlays"], paired=data["paired"],
+                drop_duplicates=data["drop_duplicates"], accept_unbalanced=data["accept_unbalanced"],
             )
+        except studies.UnbalancedArms as exc:
+            unbalanced = str(exc)  # a warning: the form comes back with the box to build it anyway
         except studies.StudyError as exc:
             form.add_error(None, str(exc))
         else:
             record(request, "evaluation_create_study", obj=study, items=study.items.count(),
                    raters=study.evaluators.count(), seed=study.seed)
+            build = study.selection.get("build", {})
+            left_out = len(build.get("unpaired_left_out", []))
             messages.success(request, f"Study created: {study.items.count()} items, "
-                                      f"{study.assignments.count()} ratings to collect.")
+                                      f"{study.assignments.count()} ratings to collect."
+                                      + (f" {left_out} part{'s' if left_out != 1 else ''} left out: not every "
+                                         "source has a text for them." if left_out else ""))
+            if not build.get("balanced", True):
+                messages.warning(request, "Built with unbalanced arms, as you chose.")
             return redirect("evaluation_results", study_id=study.pk)
-    return render(request, "evaluation/study_form.html", {"form": form})
+    return render(request, "evaluation/study_form.html", {"form": form, "unbalanced": unbalanced})
 
 
 @lab_admin_required
 @require_safe
 def study_preview(request: HttpRequest) -> HttpResponse:
-    """htmx: how many parts the filters match and how many texts each source has for them."""
+    """htmx: how many parts the filters match, how many texts each source has for them and, once sources
+    are chosen, what the study would hold (pairs, texts the same in two arms, balance)."""
     form = StudyForm(request.GET)
-    form.is_valid()  # partial data is fine here: only the selection fields are read
+    form.is_valid()  # partial data is fine here: only the selection and source fields are read
     form.cleaned_data.setdefault("accessions", "")
     parts = studies.select_parts(form.selection())
+    keys = [key for key in request.GET.getlist("sources") if key]
+    plan = None
+    if keys and parts.exists():
+        paired = request.GET.get("paired") in ("on", "true", "1")
+        plan = studies.plan_study(sources.collect(parts, keys), keys, paired=paired,
+                                  drop_duplicates=request.GET.get("drop_duplicates") in ("on", "true", "1"))
     return render(request, "evaluation/_preview.html", {
         "parts": parts.count(), "cases": parts.values("case").distinct().count(),
-        "options": sources.available_sources(parts),
+        "options": sources.available_sources(parts), "plan": plan,
     })
 
 

@@ -44,10 +44,26 @@ SESSION_AUDITED = "pathalign_viewed_slides"  # slide ids already audited in this
 # Who may still give a de-identified grant: kind -> fn(source id, user id) -> bool, registered by the app
 # that gives them (evaluation: "study", open studies that assign the slide to the rater).
 GRANT_SOURCES: dict[str, Callable[[int, int], bool]] = {}
+# Whether a source lets its de-identified viewers see overlays (model heatmaps): kind -> fn(source id) -> bool.
+# A kind without one shows none (a rating study is blind to the model unless it says otherwise).
+GRANT_OVERLAYS: dict[str, Callable[[int], bool]] = {}
 
 
-def register_grant_source(kind: str, still_open: Callable[[int, int], bool]) -> None:
+def register_grant_source(kind: str, still_open: Callable[[int, int], bool],
+                          overlays_allowed: Callable[[int], bool] | None = None) -> None:
     GRANT_SOURCES[kind] = still_open
+    if overlays_allowed is not None:
+        GRANT_OVERLAYS[kind] = overlays_allowed
+    else:
+        GRANT_OVERLAYS.pop(kind, None)
+
+
+def overlays_allowed(grant: SlideGrant) -> bool:
+    """Full access sees every overlay; a de-identified grant only if its source allows it (checked afresh)."""
+    if grant.full:
+        return True
+    check = GRANT_OVERLAYS.get(grant.source[0]) if grant.source else None
+    return bool(check and check(grant.source[1]))
 
 
 @dataclass(frozen=True)

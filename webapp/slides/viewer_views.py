@@ -361,17 +361,19 @@ def iiif_image(
 
 
 # --- overlays ---------------------------------------------------------------------------------------
-def _overlay_slide(request: HttpRequest, slide_id) -> Slide:
+def _overlay_slide(request: HttpRequest, slide_id) -> tuple[Slide, bool]:
+    """The slide and whether this grant may see its overlays (a rating study's de-identified grant only
+    when the study allows them: raters are blind to the model otherwise)."""
     grant = tile_access.resolve(request, slide_id)
-    return Slide.objects.select_related("part").get(pk=grant.slide_id)
+    return Slide.objects.select_related("part").get(pk=grant.slide_id), tile_access.overlays_allowed(grant)
 
 
 @require_safe
 def overlay_list(request: HttpRequest, slide_id) -> JsonResponse:
-    slide = _overlay_slide(request, slide_id)
+    slide, allowed = _overlay_slide(request, slide_id)
     items = [
         {**item, "url": reverse("slide_overlay", args=[slide.pk, item["name"]])}
-        for item in overlays.available_overlays(slide)
+        for item in (overlays.available_overlays(slide) if allowed else [])
     ]
     response = JsonResponse({"overlays": items})
     response["Cache-Control"] = "private, no-cache"
@@ -380,7 +382,9 @@ def overlay_list(request: HttpRequest, slide_id) -> JsonResponse:
 
 @require_safe
 def overlay_data(request: HttpRequest, slide_id, name: str) -> JsonResponse:
-    slide = _overlay_slide(request, slide_id)
+    slide, allowed = _overlay_slide(request, slide_id)
+    if not allowed:
+        raise Http404("No such overlay for this slide.")
     try:
         data = overlays.get_overlay(slide, name)
     except overlays.OverlayError as exc:
