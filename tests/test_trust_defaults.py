@@ -89,3 +89,31 @@ def test_refusals_are_friendly_pages_with_the_navigation(cast, case_factory, cli
     assert refused.status_code == 403
     page = refused.content.decode()
     assert "Not allowed" in page and reverse("worklist") in page and "Log out" in page
+
+
+def test_a_server_error_is_a_friendly_page_with_the_navigation(cast, rf):
+    """The 500 handler: the site's page with the navigation, and a plain page when rendering itself fails
+    (the database may be why we are there); never Django's technical page."""
+    from django.contrib.messages.storage.fallback import FallbackStorage
+
+    from webapp import errors, urls
+
+    assert urls.handler500 is errors.server_error
+    request = rf.get("/cases/1/")
+    request.user = cast.path1
+    request.session = {}
+    request._messages = FallbackStorage(request)
+    response = errors.server_error(request)
+    page = response.content.decode()
+    assert response.status_code == 500 and "Something went wrong" in page
+    assert reverse("worklist") in page and "Log out" in page and "Traceback" not in page
+
+    class Broken:
+        is_authenticated = True
+
+        def __getattr__(self, name):
+            raise RuntimeError("the database went away")
+
+    request.user = Broken()
+    plain = errors.server_error(request)
+    assert plain.status_code == 500 and b"Something went wrong" in plain.content and b"RuntimeError" not in plain.content

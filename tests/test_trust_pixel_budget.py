@@ -134,3 +134,24 @@ def test_the_budget_follows_the_pyramid(good_slide):
         pixel_budget.check_associated(slide, name)
     with pytest.raises(pixel_budget.OverBudget, match="Mpixel"):
         pixel_budget.check(pixel_budget.READ_PIXELS + 1, "A read")
+
+
+def test_an_oversized_label_image_is_refused_before_it_is_decoded(tmp_path):
+    """Associated images (label, macro) are decoded whole by OpenSlide: one that declares more than the
+    budget (a 5,000 x 4,000 label, 20 Mpixel, a few KB on disk) is refused before decoding, with a sentence;
+    the slide's normal label of the same kind serves."""
+    import openslide
+
+    from inference.synthetic.wsi import write_pyramidal_tiff
+    from tests.conftest import tissue_like
+    from webapp.slides import pixel_budget, tiles
+
+    big = write_pyramidal_tiff(tmp_path / "big-label.svs", tissue_like(1024, 1024), mpp=0.5,
+                               label=np.full((4000, 5000, 3), 230, np.uint8))
+    slide = openslide.OpenSlide(str(big))
+    assert pixel_budget.associated_size(slide, "label") == (5000, 4000)
+    with pytest.raises(tiles.SlideUnreadable, match=r"label image \(5000 x 4000\).*Mpixel"):
+        tiles.associated_image(slide, "label")
+    small = write_pyramidal_tiff(tmp_path / "small-label.svs", tissue_like(1024, 1024), mpp=0.5,
+                                 label=np.full((120, 120, 3), 230, np.uint8))
+    assert tiles.associated_image(openslide.OpenSlide(str(small)), "label").size == (120, 120)
