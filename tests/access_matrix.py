@@ -106,6 +106,18 @@ MATRIX: dict[str, dict] = {
     # Setting a slide's um/px (issue #14) is the lab admins' (a role page: 403); the world's POST sends no
     # value, so the admin's answer is the 400 "not a plausible resolution" (the permitted path is #14's test).
     "slide_set_mpp": {"GET": everyone(405), "POST": admin_only(400)},
+    # Annotations (issue #17): readers of the case read, lab admins and the assigned pathologist write
+    # (webapp.slides.annotations.can_annotate); evaluators and outsiders get 404. The world's POSTs carry
+    # no JSON/file, so permitted writes answer 400; the annotation is the assigned pathologist's, on the
+    # shared layer (a personal one would be 404 for the admin).
+    "slide_annotations": {"GET": case_read(200), "POST": case_read(400)},
+    "slide_annotations_export": {"GET": case_read(200), "POST": everyone(405) | {"anonymous": 302}},
+    "slide_annotations_import": {"GET": any_user(405) | {"anonymous": 302}, "POST": case_read(400)},
+    "slide_annotation": {"GET": case_read(200), "POST": case_read(400),
+                         "kwargs": {"annotation_id": lambda world: matrix_annotation(world)}},
+    "slide_annotation_delete": {"GET": any_user(405) | {"anonymous": 302}, "POST": case_read(200),
+                                "kwargs": {"annotation_id": lambda world: matrix_annotation(world)}},
+    "annotation_labels": {"GET": admin_only(200), "POST": admin_only(302)},
     # --- analysis: jobs and models are the lab admins'; search is for pathologists and admins
     "analysis_search": {"GET": any_user(200) | {"evaluator": 403}, "POST": any_user(200) | {"evaluator": 403}},
     "slide_job_status": {"GET": case_read(200), "POST": case_read(200)},
@@ -179,3 +191,13 @@ PARAMS = {
     "study_id": lambda world: world.study.pk,
     "position": lambda world: 1,
 }
+
+
+def matrix_annotation(world):
+    """A shared annotation by the assigned pathologist on the world's slide (made once per world)."""
+    from webapp.slides.models import Annotation
+
+    geometry = {"type": "Point", "coordinates": [10, 10]}
+    row, _ = Annotation.objects.get_or_create(slide=world.slide, owner=world.cast.path1, layer="shared",
+                                              kind="point", defaults={"geometry": geometry})
+    return row.pk

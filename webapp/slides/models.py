@@ -76,3 +76,80 @@ class Slide(models.Model):
     @property
     def magnification_label(self) -> str:
         return f"{self.objective_power:g}x" if self.objective_power else "unknown"
+
+
+# --- annotations (webapp/slides/annotations.py holds the rules; annotation_views.py the API) ----------
+class AnnotationLabel(models.Model):
+    """One entry of the lab's annotation label list (QuPath's "classification"), edited by lab admins.
+    Labels are retired (active=False), never deleted: saved annotations keep pointing at them."""
+
+    name = models.CharField(max_length=80, unique=True)
+    color = models.CharField(max_length=7, default="#d62728", help_text="#rrggbb")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order in the viewer's list.")
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def rgb(self) -> list[int]:
+        value = self.color.lstrip("#")
+        return [int(value[i:i + 2], 16) for i in (0, 2, 4)]
+
+
+class AnnotationQuerySet(models.QuerySet):
+    def alive(self):
+        return self.filter(deleted_at__isnull=True)
+
+    def visible_to(self, user):
+        """Not deleted, and either on the shared layer or on `user`'s own layer."""
+        return self.alive().filter(models.Q(layer=Annotation.Layer.SHARED) | models.Q(owner=user))
+
+
+class Annotation(models.Model):
+    """A region, line or point drawn on a slide, in level-0 pixel coordinates (a GeoJSON geometry)."""
+
+    class Kind(models.TextChoices):
+        POINT = "point", "Point"
+        LINE = "line", "Line"
+        RECTANGLE = "rectangle", "Rectangle"
+        POLYGON = "polygon", "Polygon"
+        FREEHAND = "freehand", "Free-hand"
+
+    class Layer(models.TextChoices):
+        PERSONAL = "personal", "Mine"
+        SHARED = "shared", "Shared"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slide = models.ForeignKey(Slide, on_delete=models.PROTECT, related_name="annotations")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    layer = models.CharField(max_length=10, choices=Layer.choices, default=Layer.PERSONAL)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    geometry = models.JSONField(help_text="GeoJSON geometry in level-0 pixels (x right, y down).")
+    label = models.ForeignKey(AnnotationLabel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # A classification imported from GeoJSON that is not on the lab's list is kept as it came.
+    class_name = models.CharField(max_length=80, blank=True)
+    class_color = models.CharField(max_length=7, blank=True)
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = AnnotationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["slide", "layer"], name="slides_ann_slide_layer",
+                                condition=models.Q(deleted_at__isnull=True))]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.slide_id}"

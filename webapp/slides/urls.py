@@ -1,5 +1,6 @@
 from django.urls import path
 
+from . import annotation_views as av
 from . import viewer_views as vv
 from . import views
 
@@ -27,4 +28,15 @@ urlpatterns += [
          vv.iiif_image, name="slide_iiif_image"),
     path("slides/<uuid:slide_id>/overlays/", vv.overlay_list, name="slide_overlays"),
     path("slides/<uuid:slide_id>/overlays/<slug:name>.json", vv.overlay_data, name="slide_overlay"),
+]
+
+# --- annotations (webapp.slides.annotation_views) ------------------------------------------------------
+urlpatterns += [
+    path("slides/<uuid:slide_id>/annotations/", av.annotation_list, name="slide_annotations"),
+    path("slides/<uuid:slide_id>/annotations/export.geojson", av.annotation_export, name="slide_annotations_export"),
+    path("slides/<uuid:slide_id>/annotations/import/", av.annotation_import, name="slide_annotations_import"),
+    path("slides/<uuid:slide_id>/annotations/<uuid:annotation_id>/", av.annotation_detail, name="slide_annotation"),
+    path("slides/<uuid:slide_id>/annotations/<uuid:annotation_id>/delete/", av.annotation_delete,
+         name="slide_annotation_delete"),
+    path("annotation-labels/", av.annotation_labels, name="annotation_labels"),
 ]
