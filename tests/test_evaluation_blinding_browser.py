@@ -1,0 +1,58 @@
+"""In Chromium at 1440x900: a rater's page shows the rater instruction, never the study's name or
+description; no overlay control can be used and the overlay is not served to the rater even when asked for
+directly; a study that allows overlays offers them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.test_evaluation_blinding import INSTRUCTION, SECRET_DESCRIPTION, SECRET_NAME, blind_study, heatmap  # noqa: F401
+from webapp.evaluation.models import Study
+
+pytestmark = pytest.mark.browser
+
+LOADED = """() => { const el = document.querySelector('[data-pa-viewer]'); const v = el && el.pathAlignViewer;
+  const item = v && v.panes.main.osd.world.getItemAt(0);
+  return !!(item && item.getFullyLoaded()); }"""
+
+
+def test_rater_page_is_blind_to_study_and_model(cast, blind_study, heatmap, page_for):  # noqa: F811
+    page = page_for(cast.evaluator)
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(f"/evaluation/studies/{blind_study.pk}/continue/")
+    expect(page.get_by_test_id("position")).to_have_text("1")
+    expect(page.get_by_test_id("instruction")).to_contain_text(INSTRUCTION)
+    expect(page.get_by_test_id("instruction")).to_be_visible()
+    body = page.locator("body").inner_text() + page.title()
+    for secret in (SECRET_NAME, SECRET_DESCRIPTION):
+        assert secret not in body
+    assert SECRET_NAME not in page.content() and SECRET_DESCRIPTION not in page.content()
+    page.wait_for_function(LOADED, timeout=20000)  # the slide itself is shown
+
+    # No overlay control a rater could use: not shown, and with nothing to choose.
+    controls = page.locator("[data-role=overlay-controls]")
+    expect(controls).to_be_hidden()
+    expect(page.locator("[data-role=overlay-select] option")).to_have_count(0)
+    expect(page.locator("[data-role=overlay-toggle]")).to_be_disabled()
+    folder = os.environ.get("PATHALIGN_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=f"{folder}/rating.png")
+    page.locator("[data-pa-viewer] .pa-osd").first.click()
+    page.keyboard.press("o")  # the viewer's overlay key does nothing either
+    assert page.evaluate("() => document.querySelector('[data-pa-viewer]').pathAlignViewer"
+                         ".panes.main.overlay.name") is None
+
+    # Asked for directly with the rater's own session, the server serves no overlay.
+    slide_id = page.locator("[data-pa-viewer]").get_attribute("data-slide")
+    listing = page.request.get(f"/slides/{slide_id}/overlays/")
+    assert listing.status == 200 and listing.json() == {"overlays": []}
+    assert page.request.get(f"/slides/{slide_id}/overlays/{heatmap}.json").status == 404
+
+    # A study that allows overlays offers its raters the control and the layer.
+    Study.objects.filter(pk=blind_study.pk).update(show_overlays=True)
+    page.reload()
+    expect(page.locator("[data-role=overlay-controls]")).to_be_visible()
+    expect(page.locator("[data-role=overlay-select] option")).to_have_count(1)
+    assert page.request.get(f"/slides/{slide_id}/overlays/{heatmap}.json").status == 200
