@@ -148,6 +148,7 @@
     this.anno = OSD.Annotorious(this.osd, {
       disableEditor: true, // our own form in the panel
       allowEmpty: true,
+      drawOnSingleClick: true, // polygons are drawn click by click, not with a first drag
       formatter: (annotation) => layer.format(annotation),
     });
     window.Annotorious.SelectorPack(this.anno, { tools: ["point", "line", "freehand"] });

@@ -127,14 +127,17 @@ def annotation_export(request: HttpRequest, slide_id) -> HttpResponse:
 def annotation_import(request: HttpRequest, slide_id) -> JsonResponse:
     """A GeoJSON file (form field `file`, or the request body) onto `layer`; all or nothing."""
     slide = rules.get_slide_for_annotations(request.user, slide_id, write=True)
-    upload = request.FILES.get("file")
-    if upload is not None:
+    upload = None
+    if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        upload = request.FILES.get("file")
+        if upload is None:
+            return _error(400, "Choose a GeoJSON file to import.")
         if upload.size > rules.MAX_IMPORT_BYTES:
             return _error(400, f"The file is larger than {rules.MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it.")
         raw = upload.read()
         layer = request.POST.get("layer", "")
     else:
-        raw = request.body
+        raw = request.body  # the GeoJSON itself as the request body; ?layer= names the layer
         layer = request.GET.get("layer", "")
     if not raw:
         return _error(400, "Choose a GeoJSON file to import.")
