@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import runpy
 
 import numpy as np
 import openslide
@@ -229,3 +230,77 @@ def test_iiif_is_closed_to_others(slide, cast, client_for):
         assert client.get(reverse("slide_iiif_info", args=[slide.pk])).status_code == 404
         assert client.get(image_url(slide)).status_code == 404
         assert client.get(reverse("slide_iiif_base", args=[slide.pk])).status_code == 404
+
+
+# --- CORS (level 1 requires it on info.json and images) ------------------------------------------------
+MIRADOR = "https://mirador.example.org"
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "expected"),
+    [
+        (None, [], "http://app"),  # not cross-origin: the app's own origin
+        ("http://app", [], "http://app"),
+        (MIRADOR, [], None),  # not configured: no header, the browser keeps the response from the page
+        (MIRADOR, [MIRADOR], MIRADOR),
+        ("https://evil.example", [MIRADOR], None),
+        ("https://evil.example", ["*"], "*"),
+    ],
+)
+def test_cors_headers(origin, allowed, expected):
+    headers = iiif.cors_headers(origin, "http://app", allowed)
+    assert headers.get("Access-Control-Allow-Origin") == expected
+    assert headers["Vary"] == "Origin"
+    # Credentials (the session cookie every IIIF URL needs) only for a named origin, never with *.
+    assert ("Access-Control-Allow-Credentials" in headers) == (expected not in (None, "*") and origin is not None)
+
+
+def test_iiif_responses_carry_the_configured_cors_header(slide, cast, client_for, settings):
+    client = client_for(cast.path1)
+    info_url = reverse("slide_iiif_info", args=[slide.pk])
+    tile_url = image_url(slide, "0,0,512,512", "256,")
+    error_url = image_url(slide, "full", "max", "90", "default.jpg")
+
+    settings.IIIF_CORS_ORIGINS = []  # the default: the app's own origin only
+    for url in (info_url, tile_url):
+        own = client.get(url)
+        assert own.status_code == 200 and own["Access-Control-Allow-Origin"] == "http://testserver"
+        foreign = client.get(url, HTTP_ORIGIN=MIRADOR)
+        assert foreign.status_code == 200 and "Access-Control-Allow-Origin" not in foreign
+        assert "Origin" in foreign["Vary"]
+
+    settings.IIIF_CORS_ORIGINS = [MIRADOR]
+    for url, status in ((info_url, 200), (tile_url, 200), (error_url, 501)):
+        response = client.get(url, HTTP_ORIGIN=MIRADOR)
+        assert response.status_code == status
+        assert response["Access-Control-Allow-Origin"] == MIRADOR
+        assert response["Access-Control-Allow-Credentials"] == "true"
+        assert "Access-Control-Allow-Origin" not in client.get(url, HTTP_ORIGIN="https://other.example")
+    # The 303 from the base URI too (a client follows it from the foreign page).
+    base = client.get(reverse("slide_iiif_base", args=[slide.pk]), HTTP_ORIGIN=MIRADOR)
+    assert base.status_code == 303 and base["Access-Control-Allow-Origin"] == MIRADOR
+
+    settings.IIIF_CORS_ORIGINS = ["*"]
+    response = client.get(info_url, HTTP_ORIGIN="https://any.example")
+    assert response["Access-Control-Allow-Origin"] == "*" and "Access-Control-Allow-Credentials" not in response
+    # A user who may not see the slide gets a 404 and no CORS header: nothing for a foreign page to read.
+    denied = client_for(cast.outsider).get(info_url, HTTP_ORIGIN=MIRADOR)
+    assert denied.status_code == 404 and "Access-Control-Allow-Origin" not in denied
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", []), (f"{MIRADOR}, http://localhost:8080", [MIRADOR, "http://localhost:8080"]), ("*", ["*"]),
+    ("mirador.example.org", None), (f"{MIRADOR}/iiif", None),
+])
+def test_the_cors_setting_is_checked(monkeypatch, value, expected):
+    from pathlib import Path
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setenv("PATHALIGN_IIIF_CORS_ORIGINS", value)
+    settings_file = str(Path(__file__).resolve().parent.parent / "webapp" / "settings.py")
+    if expected is None:
+        with pytest.raises(ImproperlyConfigured, match="PATHALIGN_IIIF_CORS_ORIGINS"):
+            runpy.run_path(settings_file, run_name="settings_probe")
+    else:
+        assert runpy.run_path(settings_file, run_name="settings_probe")["IIIF_CORS_ORIGINS"] == expected

@@ -5,6 +5,7 @@
  * - The conflict box: "use the other text" or "keep mine" (save again on top of the newer version).
  * - Worklist column headers set the hidden sort field and refresh the table.
  * - After an AI draft, the viewer shows the model's attention heatmap (the "attention" overlay).
+ * - The workspace layout: report right / below / hidden (localStorage), the viewer filling the window.
  */
 (function () {
   "use strict";
@@ -71,8 +72,42 @@
         if (result && result.catch) result.catch(function () { /* no heatmap for this slide yet */ });
       } catch (err) { /* the overlay is optional */ }
     };
-    if (viewer.on) viewer.on("slide-opened", add);
+    if (viewer.on) viewer.on("slide-opened", function (detail) { if (!detail || detail.pane === "main") add(); });
     add();
   }
   window.addEventListener("load", showAttention);
+
+  // Workspace layout: the report panel on the right, below the slides or hidden (remembered), and the
+  // viewer sized to the window below the workspace's top edge.
+  const workspace = document.querySelector(".workspace.ws-with-viewer");
+  const LAYOUT_KEY = "pathalign.workspace.report";
+  function setLayout(where, remember) {
+    if (!workspace || ["right", "bottom", "hidden"].indexOf(where) < 0) return;
+    workspace.dataset.report = where;
+    document.querySelectorAll("[data-ws-layout]").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.dataset.wsLayout === where));
+    });
+    if (remember) {
+      try { window.localStorage.setItem(LAYOUT_KEY, where); } catch (err) { /* storage off */ }
+    }
+  }
+  function fitWorkspace() {
+    if (!workspace) return;
+    const top = workspace.getBoundingClientRect().top + window.scrollY;
+    workspace.style.setProperty("--ws-top", Math.round(top) + "px");
+  }
+  if (workspace) {
+    let saved = null;
+    try { saved = window.localStorage.getItem(LAYOUT_KEY); } catch (err) { /* storage off */ }
+    if (saved) setLayout(saved, false);
+    fitWorkspace();
+    window.addEventListener("resize", fitWorkspace);
+    window.addEventListener("load", fitWorkspace);
+    document.addEventListener("click", function (event) {
+      const button = event.target.closest("[data-ws-layout]");
+      if (!button) return;
+      setLayout(button.dataset.wsLayout, true);
+      fitWorkspace();
+    });
+  }
 })();

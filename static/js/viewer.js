@@ -1,14 +1,20 @@
 /* PathAlign slide viewer: OpenSeadragon panes with a scale bar in micrometres, magnification buttons,
- * a ruler, rotation, full screen, keyboard shortcuts, a slide strip, a synchronised side-by-side pane
- * and colour-mapped heatmap overlays.
+ * a ruler, rotation, full screen, keyboard shortcuts, a slide strip, up to four synchronised panes
+ * (side by side, or a 2 x 2 grid), per-pane brightness / contrast / gamma, and colour-mapped heatmap
+ * overlays with a legend, a threshold, clipping to tissue and a list of the top regions.
  *
  * Markup comes from templates/slides/_viewer.html; every element with [data-pa-viewer] is started on
  * load (unless it also has data-pa-manual). Other pages can start one themselves:
  *
  *   const viewer = PathAlignViewer.open(element, {slide: "<uuid>"});
- *   viewer.openSlide(id); viewer.compare(id | null);
+ *   viewer.openSlide(id); viewer.compare(id | null); viewer.grid([id, id, id, id]); viewer.addToGrid(id);
  *   viewer.addOverlay("attention"); viewer.setOverlayOpacity(0.4); viewer.toggleOverlay(false);
+ *   viewer.setOverlayThreshold(0.5); viewer.regions(); viewer.goToRegion(0);
+ *   viewer.setAdjustments("main", {brightness: 1.3, contrast: 1, gamma: 1}); viewer.resetAdjustments();
  *   viewer.zoomToMagnification(20); viewer.on("slide-opened", (detail) => ...);
+ *
+ * Each time a pane opens a slide the root element gets a bubbling `pathalign:slide-opened` event with
+ * detail {pane, slide, meta, osd, element}: add-ons (annotations) attach to every pane through it.
  *
  * No inline script anywhere (CSP script-src 'self'): data comes from data- attributes and JSON endpoints.
  */
@@ -18,12 +24,18 @@
   const OSD = window.OpenSeadragon;
   const MAGNIFICATIONS = [1, 5, 10, 20, 40];
   const SCALEBAR_TARGET_PX = 120;
+  // Pane names in screen order: left, right, bottom left, bottom right.
+  const PANE_NAMES = ["main", "compare", "third", "fourth"];
   // Viridis, sampled at 10 points; interpolated linearly (perceptually uniform, colour-blind safe).
   const VIRIDIS = [
     [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
     [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37],
   ];
-  const MAX_HEATMAP_SIDE = 4096;
+  const MAX_HEATMAP_PIXELS = 4096 * 1024; // the heatmap canvas: at most ~4 Mpixel (fast to rebuild)
+  const ROI_COUNT = 5;
+  const DIGITAL_MARGIN = 1.02; // above the scan's own magnification by more than this: digital zoom
+  const ADJUST_DEFAULT = { brightness: 1, contrast: 1, gamma: 1 };
+  let uid = 0;
 
   function fetchJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then((r) => {
@@ -41,6 +53,17 @@
     return [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f];
   }
 
+  const VIRIDIS_LUT = (function () {
+    const lut = new Uint8ClampedArray(256 * 3);
+    for (let i = 0; i < 256; i++) lut.set(viridis(i / 255).map(Math.round), i * 3);
+    return lut;
+  })();
+
+  function viridisGradient() {
+    return "linear-gradient(to right, " + VIRIDIS.map((c, i) =>
+      "rgb(" + c.join(",") + ") " + Math.round(i / (VIRIDIS.length - 1) * 100) + "%").join(", ") + ")";
+  }
+
   // The largest 1, 2 or 5 x 10^k not above `value`: scale bars read best at round lengths.
   function roundLength(value) {
     const power = Math.pow(10, Math.floor(Math.log10(value)));
@@ -54,6 +77,12 @@
     return um.toLocaleString(undefined, { maximumFractionDigits: 2 }) + " µm";
   }
 
+  function formatValue(v) {
+    const a = Math.abs(v);
+    if (a !== 0 && (a < 0.01 || a >= 10000)) return v.toExponential(1);
+    return v.toLocaleString(undefined, { maximumFractionDigits: a < 1 ? 3 : a < 100 ? 2 : 0 });
+  }
+
   function element(tag, attrs, text) {
     const node = document.createElement(tag);
     Object.entries(attrs || {}).forEach(([k, v]) => node.setAttribute(k, v));
@@ -61,8 +90,110 @@
     return node;
   }
 
+  function storage(key, value) {
+    try {
+      if (value === undefined) return window.localStorage.getItem(key);
+      window.localStorage.setItem(key, value);
+    } catch (err) { /* private mode or storage off: the default layout */ }
+    return null;
+  }
+
+  function loadMask(tissue) {
+    if (!tissue || !tissue.url) return Promise.resolve(null);
+    const img = new Image();
+    img.src = tissue.url;
+    return img.decode().then(() => {
+      const canvas = document.createElement("canvas");
+      canvas.width = tissue.width;
+      canvas.height = tissue.height;
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(img, 0, 0);
+      return { data: ctx.getImageData(0, 0, tissue.width, tissue.height).data, width: tissue.width,
+               height: tissue.height, downsample: tissue.downsample };
+    }).catch(() => null);
+  }
+
   // ---------------------------------------------------------------------------------------------------
-  // One OpenSeadragon pane: a slide, its scale bar, ruler and overlay.
+  // Heatmaps. A layer is a patch grid (level-0 top-left corners, one value each). It is drawn on a canvas
+  // in level-0 space at the finer of the patch and tissue-mask resolutions, cells below the threshold
+  // and pixels outside tissue left transparent, and added to OpenSeadragon as an image in world space.
+  function heatmapModel(data, mask) {
+    let step = data.patch_size;
+    let minX = Infinity; let minY = Infinity; let maxX = -Infinity; let maxY = -Infinity;
+    for (const [x, y] of data.coords) {
+      minX = Math.min(minX, x); minY = Math.min(minY, y); maxX = Math.max(maxX, x); maxY = Math.max(maxY, y);
+    }
+    const cellsFor = (s) => (Math.floor((maxX - minX) / s) + 1) * (Math.floor((maxY - minY) / s) + 1);
+    while (cellsFor(step) > MAX_HEATMAP_PIXELS) step *= 2; // very fine grids merge into coarser cells
+    const cols = Math.floor((maxX - minX) / step) + 1;
+    const rows = Math.floor((maxY - minY) / step) + 1;
+    const grid = new Float32Array(cols * rows).fill(NaN);
+    data.coords.forEach(([x, y], i) => {
+      const k = Math.floor((y - minY) / step) * cols + Math.floor((x - minX) / step);
+      const v = data.values[i];
+      if (!(grid[k] >= v)) grid[k] = v; // merged cells keep their highest value
+    });
+    // Output pixels: as fine as the tissue mask where that is finer than a patch, within the budget.
+    let px = mask ? Math.min(step, mask.downsample) : step;
+    while ((cols * step / px) * (rows * step / px) > MAX_HEATMAP_PIXELS) px *= 2;
+    return { data, mask, step, cols, rows, grid, minX, minY, px,
+             width: Math.max(1, Math.ceil(cols * step / px)), height: Math.max(1, Math.ceil(rows * step / px)) };
+  }
+
+  function heatmapCanvas(model, threshold) {
+    const { data, mask, step, cols, grid, minX, minY, px, width, height } = model;
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext("2d");
+    const pixels = ctx.createImageData(width, height);
+    const out = pixels.data;
+    const lo = data.min;
+    const span = data.max - data.min;
+    const cut = lo + threshold * span;
+    let shown = 0;
+    for (let oy = 0; oy < height; oy++) {
+      const y = minY + (oy + 0.5) * px;
+      const row = Math.floor((y - minY) / step) * cols;
+      const my = mask ? Math.floor(y / mask.downsample) : 0;
+      const maskRow = mask && my >= 0 && my < mask.height ? my * mask.width : -1;
+      for (let ox = 0; ox < width; ox++) {
+        const x = minX + (ox + 0.5) * px;
+        const v = grid[row + Math.floor((x - minX) / step)];
+        if (!(v >= cut)) continue;
+        if (mask) {
+          const mx = Math.floor(x / mask.downsample);
+          if (maskRow < 0 || mx < 0 || mx >= mask.width || mask.data[(maskRow + mx) * 4] < 128) continue;
+        }
+        const t = span > 0 ? Math.round((v - lo) / span * 255) : 255;
+        const o = (oy * width + ox) * 4;
+        out[o] = VIRIDIS_LUT[t * 3]; out[o + 1] = VIRIDIS_LUT[t * 3 + 1]; out[o + 2] = VIRIDIS_LUT[t * 3 + 2];
+        out[o + 3] = 255;
+        shown++;
+      }
+    }
+    ctx.putImageData(pixels, 0, 0);
+    return { canvas, shown };
+  }
+
+  // The top regions: the highest patches, each at least three patches away from a higher one already
+  // taken (so the list is five places, not five neighbours), with a three-patch square around each.
+  function topRegions(data, count) {
+    const order = data.values.map((v, i) => i).sort((a, b) => data.values[b] - data.values[a]);
+    const s = data.patch_size;
+    const picked = [];
+    for (const i of order) {
+      if (picked.length >= count) break;
+      const [x, y] = data.coords[i];
+      if (picked.some((p) => Math.max(Math.abs(p.cx - x), Math.abs(p.cy - y)) < 3 * s)) continue;
+      picked.push({ cx: x, cy: y, value: data.values[i], x: x - s, y: y - s, width: 3 * s, height: 3 * s });
+    }
+    if (data.max === data.min) return [];
+    return picked.map((p, k) => ({ index: k, value: p.value, x: p.x, y: p.y, width: p.width, height: p.height }));
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // One OpenSeadragon pane: a slide, its scale bar, ruler, adjustments and overlay.
   function Pane(owner, root, name) {
     this.owner = owner;
     this.name = name;
@@ -70,11 +201,13 @@
     this.slideId = null;
     this.meta = null;
     this.tilesLoaded = 0;
-    this.overlay = { name: null, item: null, visible: true, opacity: owner.overlayOpacity, data: null };
+    this.overlay = Pane.emptyOverlay(owner.overlayOpacity);
     this.ruler = { active: false, dragging: false, a: null, b: null };
+    this.adjust = { ...ADJUST_DEFAULT };
     this.scalebar = root.querySelector(".pa-scalebar");
     this.readout = root.querySelector(".pa-mag-readout");
     this.svg = root.querySelector(".pa-ruler-layer");
+    this.legend = root.querySelector(".pa-legend");
     this.osd = OSD({
       element: root.querySelector(".pa-osd"),
       prefixUrl: owner.options.prefixUrl,
@@ -83,10 +216,13 @@
       navigatorPosition: "TOP_RIGHT",
       navigatorSizeRatio: 0.18,
       showRotationControl: true,
-      showFullPageControl: false, // full screen covers the whole viewer (both panes), see toggleFullscreen
+      showFullPageControl: false, // full screen covers the whole viewer (every pane), see toggleFullscreen
       maxZoomPixelRatio: 4,
       minZoomImageRatio: 0.8,
       visibilityRatio: 0.5,
+      // When the layout changes (a pane added, the report panel moved) the magnification stays; the pane
+      // shows more or less of the slide around the same centre.
+      preserveImageSizeOnResize: true,
       animationTime: 0.5,
       timeout: 60000,
       crossOriginPolicy: false,
@@ -122,10 +258,16 @@
       owner.emit("measure", { pane: pane.name, micrometres: pane.measurement() });
     });
     this.osd.addHandler("canvas-click", (e) => { if (pane.ruler.active) e.preventDefaultAction = true; });
-    // The pane the user touches leads the synchronisation (avoids the two panes chasing each other).
+    // The pane the user touches leads the synchronisation (avoids the panes chasing each other) and is
+    // the one the image adjustments apply to.
     ["pointerdown", "wheel", "keydown", "focusin"].forEach((type) =>
-      root.addEventListener(type, () => { owner.leader = pane; }, { capture: true, passive: true }));
+      root.addEventListener(type, () => owner.setLeader(pane), { capture: true, passive: true }));
   }
+
+  Pane.emptyOverlay = function (opacity) {
+    return { name: null, item: null, visible: true, opacity: opacity, data: null, model: null, regions: [],
+             threshold: 0, shown: 0, pending: null, drawing: 0 };
+  };
 
   Pane.prototype.item = function () {
     return this.osd.world.getItemCount() ? this.osd.world.getItemAt(0) : null;
@@ -155,12 +297,17 @@
     return power && zoom ? power * zoom : null;
   };
 
+  Pane.prototype.digitalZoom = function () {
+    const zoom = this.imageZoom();
+    return !!(zoom && zoom > DIGITAL_MARGIN);
+  };
+
   Pane.prototype.open = function (id) {
     const pane = this;
     const owner = this.owner;
     this.slideId = id;
     this.clearRuler();
-    this.overlay = { name: null, item: null, visible: true, opacity: owner.overlayOpacity, data: null };
+    this.clearOverlayState();
     let url = owner.metaUrl(id);
     if (owner.options.deidentified) url += "?deidentified=1";
     return fetchJSON(url).then((meta) => {
@@ -176,6 +323,7 @@
       pane.el.dataset.slide = id;
       const title = pane.el.querySelector(".pa-pane-title");
       if (title) title.textContent = meta.title || meta.stain || "";
+      pane.applyAdjust();
       owner.paneOpened(pane);
       return meta;
     });
@@ -185,6 +333,8 @@
     this.slideId = null;
     this.meta = null;
     this.clearRuler();
+    this.clearOverlayState();
+    delete this.el.dataset.slide;
     this.osd.close();
   };
 
@@ -214,8 +364,66 @@
     this.scalebar.dataset.micrometres = String(length);
     if (this.readout) {
       const mag = this.magnification();
-      this.readout.textContent = mag ? (mag < 10 ? mag.toFixed(1) : Math.round(mag)) + "×" : "";
+      const digital = this.digitalZoom();
+      const text = mag ? (mag < 10 ? mag.toFixed(1) : Math.round(mag)) + "×" : "";
+      // Beyond the scan's own resolution every screen pixel is interpolated: say so.
+      this.readout.textContent = text && digital ? text + " digital" : text;
+      this.readout.classList.toggle("pa-digital", digital);
+      const power = this.objectivePower();
+      this.readout.title = digital && power
+        ? "Digital zoom: enlarged beyond the scan's " + Math.round(power) + "× (" + zoom.toFixed(1) + " screen px per scanned px)"
+        : "";
     }
+  };
+
+  // --- image adjustments: CSS filters on this pane's canvas (the pixels on screen; tiles are untouched).
+  // Brightness and contrast are CSS filter functions; gamma is an SVG feComponentTransfer (out = in^(1/γ)).
+  Pane.prototype.setAdjust = function (values) {
+    Object.keys(ADJUST_DEFAULT).forEach((k) => {
+      if (values && values[k] !== undefined) this.adjust[k] = Math.min(4, Math.max(0.05, Number(values[k])));
+    });
+    this.applyAdjust();
+  };
+
+  Pane.prototype.applyAdjust = function () {
+    const canvas = this.osd.drawer && this.osd.drawer.canvas;
+    if (!canvas) return;
+    const a = this.adjust;
+    const parts = [];
+    if (a.brightness !== 1) parts.push("brightness(" + a.brightness + ")");
+    if (a.contrast !== 1) parts.push("contrast(" + a.contrast + ")");
+    if (a.gamma !== 1) parts.push("url(#" + this.gammaFilter(a.gamma) + ")");
+    canvas.style.filter = parts.join(" ");
+    this.el.classList.toggle("pa-adjusted", parts.length > 0);
+  };
+
+  Pane.prototype.gammaFilter = function (gamma) {
+    const ns = "http://www.w3.org/2000/svg";
+    if (!this.filterId) {
+      this.filterId = "pa-gamma-" + (++uid);
+      const svg = document.createElementNS(ns, "svg");
+      svg.setAttribute("class", "pa-filters");
+      svg.setAttribute("aria-hidden", "true");
+      svg.setAttribute("width", "0");
+      svg.setAttribute("height", "0");
+      const filter = document.createElementNS(ns, "filter");
+      filter.setAttribute("id", this.filterId);
+      filter.setAttribute("color-interpolation-filters", "sRGB");
+      const transfer = document.createElementNS(ns, "feComponentTransfer");
+      ["feFuncR", "feFuncG", "feFuncB"].forEach((tag) => {
+        const f = document.createElementNS(ns, tag);
+        f.setAttribute("type", "gamma");
+        f.setAttribute("amplitude", "1");
+        f.setAttribute("offset", "0");
+        transfer.appendChild(f);
+      });
+      filter.appendChild(transfer);
+      svg.appendChild(filter);
+      this.el.appendChild(svg);
+      this.gammaTransfer = transfer;
+    }
+    Array.from(this.gammaTransfer.children).forEach((f) => f.setAttribute("exponent", String(1 / gamma)));
+    return this.filterId;
   };
 
   // --- ruler: measures on screen only; nothing is sent or saved.
@@ -264,95 +472,150 @@
     }
   };
 
-  // --- heatmap overlay: one canvas pixel per patch, colour-mapped, added as an image in world space.
+  // --- heatmap overlay
   Pane.prototype.addOverlay = function (name) {
     const pane = this;
     if (!this.meta) return Promise.reject(new Error("no slide open"));
     const slideId = this.slideId;
-    return fetchJSON(this.meta.overlays + encodeURIComponent(name) + ".json").then((data) => {
+    return fetchJSON(this.meta.overlays + encodeURIComponent(name) + ".json").then((data) =>
+      loadMask(data.tissue).then((mask) => ({ data, mask }))
+    ).then(({ data, mask }) => {
       if (pane.slideId !== slideId) return null;
       pane.removeOverlay();
-      const url = pane.heatmapImage(data);
-      if (!url) return null;
-      return new Promise((resolve, reject) => {
-        pane.osd.addSimpleImage({
-          url: url.url,
-          x: url.x,
-          y: url.y,
-          width: url.width,
-          opacity: pane.overlay.visible ? pane.overlay.opacity : 0,
-          success: (event) => {
-            pane.overlay = { ...pane.overlay, name: name, item: event.item, data: data };
-            pane.owner.emit("overlay", { pane: pane.name, name: name, visible: pane.overlay.visible });
-            resolve(data);
-          },
-          error: (event) => reject(new Error("overlay image failed: " + (event && event.message))),
-        });
+      if (!pane.item() || !data.coords.length) return null;
+      pane.overlay.name = name;
+      pane.overlay.data = data;
+      pane.overlay.model = heatmapModel(data, mask);
+      pane.overlay.regions = topRegions(data, ROI_COUNT);
+      return pane.drawHeatmap().then(() => {
+        pane.owner.emit("overlay", { pane: pane.name, name: name, visible: pane.overlay.visible });
+        return data;
       });
     });
   };
 
-  Pane.prototype.heatmapImage = function (data) {
+  // (Re)draw the heatmap image at the current threshold; the old image goes once the new one is in place.
+  Pane.prototype.drawHeatmap = function () {
+    const pane = this;
+    const o = this.overlay;
+    const model = o.model;
     const item = this.item();
-    if (!item || !data.coords.length) return null;
+    if (!model || !item) return Promise.resolve(null);
+    const ticket = ++o.drawing;
+    const { canvas, shown } = heatmapCanvas(model, o.threshold);
     const bounds = this.meta.bounds || { x: 0, y: 0 };
     const imageWidth = item.source.dimensions.x;
-    let step = data.patch_size;
-    let minX = Infinity;
-    let minY = Infinity;
-    let maxX = -Infinity;
-    let maxY = -Infinity;
-    for (const [x, y] of data.coords) {
-      minX = Math.min(minX, x); minY = Math.min(minY, y); maxX = Math.max(maxX, x); maxY = Math.max(maxY, y);
-    }
-    // Very fine grids are merged into coarser cells so the canvas stays within MAX_HEATMAP_SIDE.
-    while ((maxX - minX) / step + 1 > MAX_HEATMAP_SIDE || (maxY - minY) / step + 1 > MAX_HEATMAP_SIDE) step *= 2;
-    const cols = Math.floor((maxX - minX) / step) + 1;
-    const rows = Math.floor((maxY - minY) / step) + 1;
-    const canvas = document.createElement("canvas");
-    canvas.width = cols;
-    canvas.height = rows;
-    const ctx = canvas.getContext("2d");
-    const pixels = ctx.createImageData(cols, rows);
-    const lo = data.min;
-    const span = data.max - data.min;
-    data.coords.forEach(([x, y], i) => {
-      const offset = (Math.floor((y - minY) / step) * cols + Math.floor((x - minX) / step)) * 4;
-      const [r, g, b] = viridis(span > 0 ? (data.values[i] - lo) / span : 1);
-      pixels.data[offset] = r; pixels.data[offset + 1] = g; pixels.data[offset + 2] = b; pixels.data[offset + 3] = 255;
+    return new Promise((resolve, reject) => {
+      pane.osd.addSimpleImage({
+        url: canvas.toDataURL("image/png"),
+        // World coordinates: the slide spans x 0..1; Deep Zoom image pixels start at the slide's bounds.
+        x: (model.minX - bounds.x) / imageWidth,
+        y: (model.minY - bounds.y) / imageWidth,
+        width: (model.width * model.px) / imageWidth,
+        opacity: o.visible ? o.opacity : 0,
+        success: (event) => {
+          if (ticket !== o.drawing || pane.overlay !== o) { pane.osd.world.removeItem(event.item); resolve(null); return; }
+          if (o.item) pane.osd.world.removeItem(o.item);
+          o.item = event.item;
+          o.shown = shown;
+          pane.renderLegend();
+          resolve(event.item);
+        },
+        error: (event) => reject(new Error("overlay image failed: " + (event && event.message))),
+      });
     });
-    ctx.putImageData(pixels, 0, 0);
-    // World coordinates: the slide spans x 0..1; Deep Zoom image pixels start at the slide's bounds.
-    return {
-      url: canvas.toDataURL("image/png"),
-      x: (minX - bounds.x) / imageWidth,
-      y: (minY - bounds.y) / imageWidth,
-      width: (cols * step) / imageWidth,
-    };
+  };
+
+  Pane.prototype.setThreshold = function (t) {
+    this.overlay.threshold = Math.min(1, Math.max(0, Number(t) || 0));
+    this.renderLegend();
+    return this.drawHeatmap();
+  };
+
+  Pane.prototype.clearOverlayState = function () {
+    this.removeOverlay();
+    this.overlay = Pane.emptyOverlay(this.owner.overlayOpacity);
+    this.renderLegend();
   };
 
   Pane.prototype.removeOverlay = function () {
-    if (this.overlay.item) this.osd.world.removeItem(this.overlay.item);
-    this.overlay = { ...this.overlay, name: null, item: null, data: null };
+    const o = this.overlay;
+    if (o.item) this.osd.world.removeItem(o.item);
+    if (this.roiBox) { this.osd.removeOverlay(this.roiBox); this.roiBox = null; }
+    o.drawing += 1;
+    Object.assign(o, { name: null, item: null, data: null, model: null, regions: [], shown: 0 });
+    this.renderLegend();
   };
 
   Pane.prototype.applyOverlayOpacity = function () {
     if (this.overlay.item) this.overlay.item.setOpacity(this.overlay.visible ? this.overlay.opacity : 0);
+    this.renderLegend();
+  };
+
+  // The legend: colour scale from the layer's min to its max, the threshold marked on it.
+  Pane.prototype.renderLegend = function () {
+    const box = this.legend;
+    if (!box) return;
+    const o = this.overlay;
+    const data = o.data;
+    if (!data || !o.item || !o.visible) { box.hidden = true; return; }
+    box.hidden = false;
+    box.textContent = "";
+    box.appendChild(element("div", { class: "pa-legend-title" }, data.label));
+    const bar = element("div", { class: "pa-legend-bar", role: "img",
+      "aria-label": "Colour scale from " + formatValue(data.min) + " (dark blue) to " + formatValue(data.max) + " (yellow)" });
+    bar.style.background = viridisGradient();
+    if (o.threshold > 0) {
+      const cut = element("div", { class: "pa-legend-cut" });
+      cut.style.width = (o.threshold * 100).toFixed(1) + "%";
+      bar.appendChild(cut);
+    }
+    box.appendChild(bar);
+    const ticks = element("div", { class: "pa-legend-ticks" });
+    const mid = (data.min + data.max) / 2;
+    [data.min, mid, data.max].forEach((v) => ticks.appendChild(element("span", {}, formatValue(v))));
+    box.appendChild(ticks);
+    const notes = [];
+    if (o.threshold > 0) notes.push("showing ≥ " + formatValue(data.min + o.threshold * (data.max - data.min)));
+    if (o.model && o.model.mask) notes.push("tissue only");
+    if (notes.length) box.appendChild(element("div", { class: "pa-legend-note" }, notes.join(" · ")));
+  };
+
+  Pane.prototype.goToRegion = function (index) {
+    const regions = this.overlay.regions;
+    const item = this.item();
+    if (!regions.length || !item) return null;
+    const r = regions[((index % regions.length) + regions.length) % regions.length];
+    const bounds = this.meta.bounds || { x: 0, y: 0 };
+    const rect = item.imageToViewportRectangle(new OSD.Rect(r.x - bounds.x, r.y - bounds.y, r.width, r.height));
+    if (!this.roiBox) {
+      this.roiBox = element("div", { class: "pa-roi-box", "aria-hidden": "true" });
+      this.osd.addOverlay({ element: this.roiBox, location: rect });
+    } else {
+      this.osd.updateOverlay(this.roiBox, rect);
+    }
+    this.roiBox.dataset.index = String(r.index + 1);
+    this.osd.viewport.fitBounds(rect);
+    return r;
   };
 
   // ---------------------------------------------------------------------------------------------------
-  // The viewer: one or two panes, toolbar, strip, metadata panel.
+  // The viewer: one to four panes, toolbar, strip, metadata panel.
   function Viewer(root, options) {
     const data = root.dataset;
     this.root = root;
     this.options = Object.assign({
       slide: data.slide || null,
       compare: data.compare || null,
+      more: (data.more || "").split(",").filter(Boolean),
       deidentified: data.deidentified === "1",
       metaUrl: data.metaUrl,
       zero: data.zero,
       prefixUrl: data.osdPrefix,
       updateUrl: data.updateUrl === "1",
+      fill: data.fill === "1",
+      info: data.info || "shown",
+      infoKey: data.infoKey || "viewer",
       sync: true,
     }, options || {});
     this.listeners = {};
@@ -360,15 +623,21 @@
     this.overlayVisible = true;
     this.syncEnabled = this.options.sync;
     this.syncing = false;
-    this.panes = {
-      main: new Pane(this, root.querySelector('[data-pane="main"]'), "main"),
-      compare: null,
-    };
+    this.regionIndex = -1;
+    this.panesEl = root.querySelector(".pa-panes");
     this.compareEl = root.querySelector('[data-pane="compare"]');
+    // Extra panes are copies of the (still empty) compare pane's markup.
+    this.paneTemplate = this.compareEl ? this.compareEl.cloneNode(true) : null;
+    this.panes = { main: new Pane(this, root.querySelector('[data-pane="main"]'), "main"),
+                   compare: null, third: null, fourth: null };
     this.leader = this.panes.main;
     this.bindControls();
+    this.setInfo(this.initialInfo());
+    if (this.options.fill) this.fillWindow();
+    this.updateLayout();
     if (this.options.slide) this.openSlide(this.options.slide);
     if (this.options.compare) this.compare(this.options.compare);
+    this.options.more.slice(0, 2).forEach((id, i) => this.openIn(PANE_NAMES[i + 2], id));
   }
 
   Viewer.prototype.on = function (name, fn) {
@@ -385,29 +654,111 @@
     return this.options.metaUrl.replace(this.options.zero, id);
   };
 
+  // The viewer fills the window below its top edge (the case viewer page): the strip and the toolbar stay
+  // on screen and the canvas never runs under them.
+  Viewer.prototype.fillWindow = function () {
+    const root = this.root;
+    const fit = () => {
+      if (document.fullscreenElement === root || root.classList.contains("pa-fullpage")) return;
+      const top = root.getBoundingClientRect().top + window.scrollY;
+      root.style.height = Math.max(420, window.innerHeight - top - 12) + "px";
+    };
+    fit();
+    window.addEventListener("resize", fit);
+  };
+
+  Viewer.prototype.setLeader = function (pane) {
+    if (this.leader === pane) return;
+    this.leader = pane;
+    PANE_NAMES.forEach((n) => { const p = this.panes[n]; if (p) p.el.classList.toggle("pa-active", p === pane); });
+    this.syncAdjustControls();
+  };
+
+  Viewer.prototype.paneList = function () {
+    return PANE_NAMES.map((n) => this.panes[n]).filter((p) => p && !p.el.hidden);
+  };
+
+  Viewer.prototype.allPanes = function () {
+    return PANE_NAMES.map((n) => this.panes[n]).filter(Boolean);
+  };
+
+  Viewer.prototype.paneElement = function (name) {
+    let el = this.root.querySelector('[data-pane="' + name + '"]');
+    if (!el && this.paneTemplate) {
+      el = this.paneTemplate.cloneNode(true);
+      el.dataset.pane = name;
+      el.hidden = true;
+      this.panesEl.appendChild(el);
+    }
+    return el;
+  };
+
   Viewer.prototype.openSlide = function (id) {
-    this.leader = this.panes.main;
+    this.setLeader(this.panes.main);
     return this.panes.main.open(id).catch((err) => this.fail(err));
+  };
+
+  // Open `id` in pane `name` (compare, third, fourth), showing the pane.
+  Viewer.prototype.openIn = function (name, id) {
+    if (name === "main") return this.openSlide(id);
+    const el = this.paneElement(name);
+    if (!el) return Promise.resolve(null);
+    el.hidden = false;
+    if (!this.panes[name]) this.panes[name] = new Pane(this, el, name);
+    this.updateLayout();
+    return this.panes[name].open(id).then((meta) => {
+      this.paneMoved(this.panes.main, true); // start where the main pane is
+      return meta;
+    }).catch((err) => this.fail(err));
+  };
+
+  Viewer.prototype.closePane = function (name) {
+    const pane = this.panes[name];
+    if (name === "main" || !pane) return;
+    pane.close();
+    pane.el.hidden = true;
+    if (this.leader === pane) this.setLeader(this.panes.main);
+    this.updateLayout();
+    this.renderMeta();
+    this.updateLocation();
   };
 
   Viewer.prototype.compare = function (id) {
     if (!this.compareEl) return Promise.resolve(null);
     if (!id) {
-      if (this.panes.compare) this.panes.compare.close();
-      this.compareEl.hidden = true;
-      this.root.classList.remove("pa-comparing");
-      this.renderMeta();
-      this.updateLocation();
+      PANE_NAMES.slice(1).forEach((n) => this.closePane(n));
       return Promise.resolve(null);
     }
-    this.compareEl.hidden = false;
-    this.root.classList.add("pa-comparing");
-    if (!this.panes.compare) this.panes.compare = new Pane(this, this.compareEl, "compare");
-    const pane = this.panes.compare;
-    return pane.open(id).then((meta) => {
-      this.paneMoved(this.panes.main, true); // start where the main pane is
-      return meta;
-    }).catch((err) => this.fail(err));
+    return this.openIn("compare", id);
+  };
+
+  // Add a slide to the grid: the first free pane, else the last one is replaced.
+  Viewer.prototype.addToGrid = function (id) {
+    const free = PANE_NAMES.slice(1).find((n) => !this.panes[n] || this.panes[n].el.hidden);
+    return this.openIn(free || "fourth", id);
+  };
+
+  // Show exactly these slides (one to four), in screen order.
+  Viewer.prototype.grid = function (ids) {
+    const list = (ids || []).filter(Boolean).slice(0, PANE_NAMES.length);
+    if (!list.length) return Promise.resolve([]);
+    const jobs = [this.panes.main.slideId === list[0] ? Promise.resolve(this.panes.main.meta) : this.openSlide(list[0])];
+    PANE_NAMES.slice(1).forEach((n, i) => {
+      if (list[i + 1]) jobs.push(this.panes[n] && !this.panes[n].el.hidden && this.panes[n].slideId === list[i + 1]
+        ? Promise.resolve(this.panes[n].meta) : this.openIn(n, list[i + 1]));
+      else this.closePane(n);
+    });
+    return Promise.all(jobs);
+  };
+
+  Viewer.prototype.updateLayout = function () {
+    const count = this.paneList().length;
+    this.root.dataset.panes = String(count);
+    this.root.classList.toggle("pa-comparing", count > 1);
+    this.root.classList.toggle("pa-grid", count > 2);
+    PANE_NAMES.forEach((n) => { const p = this.panes[n]; if (p) p.el.classList.toggle("pa-active", count > 1 && p === this.leader); });
+    const label = this.root.querySelector("[data-role=pane-count]");
+    if (label) label.textContent = count > 1 ? count + " slides" : "";
   };
 
   Viewer.prototype.fail = function (err) {
@@ -423,36 +774,60 @@
     if (pane.name === "main") {
       this.root.querySelectorAll("[data-action=open]").forEach((b) =>
         b.setAttribute("aria-current", String(b.dataset.slideId === pane.slideId)));
+      this.regionIndex = -1;
+      this.markDigitalButtons();
       this.loadOverlayList();
+      this.syncOverlayControls();
       this.root.dataset.state = "ready";
+    } else if (this.panes.main.slideId) {
+      this.paneMoved(this.panes.main, true);
     }
-    if (this.panes.compare && this.panes.compare.slideId && pane.name === "main") this.paneMoved(pane, true);
+    if (pane.name === "main" && this.paneList().length > 1) this.paneMoved(pane, true);
     this.renderMeta();
     this.updateLocation();
+    this.syncAdjustControls();
     // osd and element let add-ons (annotations.js) attach to the pane without reaching into the viewer.
     this.emit("slide-opened", { pane: pane.name, slide: pane.slideId, meta: pane.meta, osd: pane.osd, element: pane.el });
   };
 
-  // Side by side: the follower shows the same physical scale (µm per screen pixel), the same relative
-  // position in the slide and the same rotation as the pane the user moves.
+  // Magnification buttons above the scan's own magnification say that they are digital zoom.
+  Viewer.prototype.markDigitalButtons = function () {
+    const power = this.panes.main.objectivePower();
+    this.root.querySelectorAll("[data-action=mag]").forEach((b) => {
+      const mag = Number(b.dataset.mag);
+      const digital = !!(power && mag > power * DIGITAL_MARGIN);
+      b.classList.toggle("pa-digital", digital);
+      if (!b.dataset.title) b.dataset.title = b.title;
+      b.title = digital ? b.dataset.title + ": digital zoom, the scan is " + Math.round(power) + "×" : b.dataset.title;
+    });
+  };
+
+  // Synchronisation: every other pane shows the same physical scale (µm per screen pixel, so slides of
+  // different MPP line up), the same relative position in the slide and the same rotation as the pane the
+  // user moves.
   Viewer.prototype.paneMoved = function (from, force) {
-    const other = from === this.panes.main ? this.panes.compare : this.panes.main;
-    if (!this.syncEnabled || this.syncing || !other || !other.slideId || this.compareEl.hidden) return;
+    if (!this.syncEnabled || this.syncing) return;
     if (!force && from !== this.leader) return;
+    const others = this.paneList().filter((p) => p !== from && p.slideId);
+    if (!others.length) return;
     const fi = from.item();
-    const ti = other.item();
-    if (!fi || !ti || !from.meta || !other.meta) return;
+    if (!fi || !from.meta) return;
     const fromZoom = fi.viewportToImageZoom(from.osd.viewport.getZoom(true));
-    const scale = (other.meta.mpp_x && from.meta.mpp_x) ? other.meta.mpp_x / from.meta.mpp_x : 1;
     const centre = fi.viewportToImageCoordinates(from.osd.viewport.getCenter(true));
     const fd = fi.source.dimensions;
-    const td = ti.source.dimensions;
-    const target = ti.imageToViewportCoordinates(new OSD.Point(centre.x / fd.x * td.x, centre.y / fd.y * td.y));
+    const rotation = from.osd.viewport.getRotation(true);
     this.syncing = true;
     try {
-      other.osd.viewport.setRotation(from.osd.viewport.getRotation(true), true);
-      other.osd.viewport.zoomTo(ti.imageToViewportZoom(fromZoom * scale), null, true);
-      other.osd.viewport.panTo(target, true);
+      others.forEach((other) => {
+        const ti = other.item();
+        if (!ti || !other.meta) return;
+        const scale = (other.meta.mpp_x && from.meta.mpp_x) ? other.meta.mpp_x / from.meta.mpp_x : 1;
+        const td = ti.source.dimensions;
+        const target = ti.imageToViewportCoordinates(new OSD.Point(centre.x / fd.x * td.x, centre.y / fd.y * td.y));
+        other.osd.viewport.setRotation(rotation, true);
+        other.osd.viewport.zoomTo(ti.imageToViewportZoom(fromZoom * scale), null, true);
+        other.osd.viewport.panTo(target, true);
+      });
     } finally {
       this.syncing = false;
     }
@@ -460,14 +835,52 @@
 
   Viewer.prototype.setSync = function (on) {
     this.syncEnabled = !!on;
-    if (on) this.paneMoved(this.panes.main, true);
+    if (on) this.paneMoved(this.leader, true);
   };
 
   Viewer.prototype.zoomToMagnification = function (mag) {
-    this.leader = this.panes.main;
+    this.setLeader(this.panes.main);
     return this.panes.main.zoomToMagnification(mag);
   };
 
+  // --- image adjustments (per pane; the controls act on the active pane)
+  Viewer.prototype.setAdjustments = function (name, values) {
+    const pane = this.panes[name || this.leader.name];
+    if (!pane) return null;
+    pane.setAdjust(values);
+    this.syncAdjustControls();
+    this.emit("adjust", { pane: pane.name, values: { ...pane.adjust } });
+    return { ...pane.adjust };
+  };
+
+  Viewer.prototype.adjustments = function (name) {
+    const pane = this.panes[name || this.leader.name];
+    return pane ? { ...pane.adjust } : null;
+  };
+
+  Viewer.prototype.resetAdjustments = function (name) {
+    return this.setAdjustments(name || this.leader.name, ADJUST_DEFAULT);
+  };
+
+  Viewer.prototype.syncAdjustControls = function () {
+    const pane = this.leader;
+    const a = pane.adjust;
+    this.root.querySelectorAll("[data-adjust]").forEach((input) => {
+      const k = input.dataset.adjust;
+      input.value = String(k === "gamma" ? a[k] : Math.round(a[k] * 100));
+      const out = this.root.querySelector('[data-adjust-out="' + k + '"]');
+      if (out) out.textContent = k === "gamma" ? a[k].toFixed(2) : Math.round(a[k] * 100) + "%";
+    });
+    const target = this.root.querySelector("[data-role=adjust-target]");
+    if (target) {
+      const title = pane.meta ? (pane.meta.title || pane.meta.stain) : "";
+      target.textContent = this.paneList().length > 1 ? "Applies to the active slide: " + title : "";
+    }
+    const summary = this.root.querySelector("[data-role=adjust] summary");
+    if (summary) summary.classList.toggle("pa-on", Object.keys(ADJUST_DEFAULT).some((k) => a[k] !== 1));
+  };
+
+  // --- overlays (heatmaps) on the main pane
   Viewer.prototype.addOverlay = function (name) {
     const pane = this.panes.main;
     this.overlayVisible = true;
@@ -475,22 +888,29 @@
     pane.overlay.pending = name; // the checkbox shows "on" while the layer loads
     this.syncOverlayControls();
     const done = () => { if (pane.overlay.pending === name) pane.overlay.pending = null; this.syncOverlayControls(); };
-    return pane.addOverlay(name).then((data) => { done(); return data; }, (err) => { done(); throw err; });
+    return pane.addOverlay(name).then((data) => { done(); this.regionIndex = -1; this.renderRegions(); return data; },
+      (err) => { done(); throw err; });
   };
 
   Viewer.prototype.removeOverlay = function () {
     this.panes.main.removeOverlay();
     this.syncOverlayControls();
+    this.renderRegions();
   };
 
   Viewer.prototype.setOverlayOpacity = function (x) {
     this.overlayOpacity = Math.min(1, Math.max(0, Number(x)));
-    [this.panes.main, this.panes.compare].forEach((pane) => {
-      if (!pane) return;
+    this.allPanes().forEach((pane) => {
       pane.overlay.opacity = this.overlayOpacity;
       pane.applyOverlayOpacity();
     });
     this.syncOverlayControls();
+  };
+
+  Viewer.prototype.setOverlayThreshold = function (t) {
+    const done = this.panes.main.setThreshold(t);
+    this.syncOverlayControls();
+    return done;
   };
 
   Viewer.prototype.toggleOverlay = function (on) {
@@ -504,12 +924,48 @@
 
   Viewer.prototype.overlayState = function () {
     const o = this.panes.main.overlay;
-    return { name: o.name, loaded: !!o.item, visible: o.visible, opacity: o.opacity };
+    return { name: o.name, loaded: !!o.item, visible: o.visible, opacity: o.opacity, threshold: o.threshold,
+             shown: o.shown, clipped: !!(o.model && o.model.mask), regions: o.regions.length,
+             min: o.data ? o.data.min : null, max: o.data ? o.data.max : null };
+  };
+
+  Viewer.prototype.regions = function () {
+    return this.panes.main.overlay.regions.map((r) => ({ ...r }));
+  };
+
+  Viewer.prototype.goToRegion = function (index) {
+    this.setLeader(this.panes.main);
+    const r = this.panes.main.goToRegion(index);
+    if (!r) return null;
+    this.regionIndex = r.index;
+    this.root.querySelectorAll("[data-action=roi]").forEach((b) =>
+      b.setAttribute("aria-current", String(Number(b.dataset.index) === r.index)));
+    this.emit("region", { pane: "main", index: r.index, region: { ...r } });
+    return r;
+  };
+
+  Viewer.prototype.renderRegions = function () {
+    const list = this.root.querySelector("[data-role=roi-list]");
+    const box = this.root.querySelector("[data-role=roi]");
+    if (!list) return;
+    const o = this.panes.main.overlay;
+    const mpp = this.panes.main.meta && this.panes.main.meta.mpp_x;
+    list.textContent = "";
+    o.regions.forEach((r) => {
+      const li = element("li");
+      const size = mpp ? " · " + formatMicrometres(r.width * mpp) + " wide" : "";
+      const button = element("button", { type: "button", "data-action": "roi", "data-index": String(r.index),
+        title: "Go to region " + (r.index + 1) + " (g next, G previous)" },
+        (r.index + 1) + ". " + (o.data ? o.data.label.split(" (")[0] : "value") + " " + formatValue(r.value) + size);
+      li.appendChild(button);
+      list.appendChild(li);
+    });
+    if (box) box.hidden = !o.regions.length;
   };
 
   Viewer.prototype.toggleRuler = function (on) {
     const active = on === undefined ? !this.panes.main.ruler.active : !!on;
-    [this.panes.main, this.panes.compare].forEach((pane) => pane && pane.setRuler(active));
+    this.allPanes().forEach((pane) => pane.setRuler(active));
     const button = this.root.querySelector("[data-action=ruler]");
     if (button) button.setAttribute("aria-pressed", String(active));
     return active;
@@ -534,23 +990,45 @@
   Viewer.prototype.updateLocation = function () {
     if (!this.options.updateUrl || !window.history.replaceState) return;
     const url = new URL(window.location.href);
+    const shown = (n) => { const p = this.panes[n]; return p && !p.el.hidden ? p.slideId : null; };
     const main = this.panes.main.slideId;
-    const other = this.panes.compare && !this.compareEl.hidden ? this.panes.compare.slideId : null;
+    const other = shown("compare");
+    const more = [shown("third"), shown("fourth")].filter(Boolean);
     if (main) url.searchParams.set("slide", main);
     if (other) url.searchParams.set("compare", other); else url.searchParams.delete("compare");
+    if (more.length) url.searchParams.set("more", more.join(",")); else url.searchParams.delete("more");
     window.history.replaceState(null, "", url);
   };
 
-  // --- metadata panel
+  // --- metadata panel (folds away: the "Slide info" button or the i key; remembered per page kind)
+  Viewer.prototype.initialInfo = function () {
+    const stored = storage("pathalign.viewer.info." + this.options.infoKey);
+    return stored ? stored === "shown" : this.options.info !== "folded";
+  };
+
+  Viewer.prototype.setInfo = function (on, remember) {
+    const shown = on === undefined ? this.root.classList.contains("pa-info-folded") : !!on;
+    this.root.classList.toggle("pa-info-folded", !shown);
+    const panel = this.root.querySelector("[data-role=meta]");
+    if (panel) panel.hidden = !shown;
+    const button = this.root.querySelector("[data-action=info]");
+    if (button) button.setAttribute("aria-pressed", String(shown));
+    if (remember) storage("pathalign.viewer.info." + this.options.infoKey, shown ? "shown" : "folded");
+    return shown;
+  };
+
   Viewer.prototype.renderMeta = function () {
     const panel = this.root.querySelector("[data-role=meta]");
     if (!panel) return;
     panel.textContent = "";
-    [this.panes.main, this.panes.compare].forEach((pane) => {
-      if (!pane || !pane.meta || (pane.name === "compare" && this.compareEl.hidden)) return;
+    const visible = this.paneList();
+    const places = visible.length > 2 ? ["Top left", "Top right", "Bottom left", "Bottom right"] : ["", "Right"];
+    visible.forEach((pane, i) => {
+      if (!pane.meta) return;
       const m = pane.meta;
       const section = element("section", { class: "pa-meta-slide", "data-meta-pane": pane.name });
-      section.appendChild(element("h3", {}, (pane.name === "compare" ? "Right: " : "") + (m.title || m.stain)));
+      const place = visible.length > 1 ? places[i] : "";
+      section.appendChild(element("h3", {}, (place ? place + ": " : "") + (m.title || m.stain)));
       const dl = element("dl");
       const rows = [
         ["Stain", m.stain],
@@ -577,7 +1055,7 @@
     });
   };
 
-  // --- overlays
+  // --- overlay controls
   Viewer.prototype.loadOverlayList = function () {
     const select = this.root.querySelector("[data-role=overlay-select]");
     const group = this.root.querySelector("[data-role=overlay-controls]");
@@ -590,11 +1068,12 @@
       data.overlays.forEach((o) => select.appendChild(element("option", { value: o.name }, o.label)));
       if (group) group.classList.toggle("pa-disabled", !data.overlays.length);
       select.disabled = !data.overlays.length;
-      this.root.querySelectorAll("[data-role=overlay-toggle],[data-role=overlay-opacity]").forEach((c) => {
+      this.root.querySelectorAll("[data-role=overlay-toggle],[data-role=overlay-opacity],[data-role=overlay-threshold]").forEach((c) => {
         c.disabled = !data.overlays.length;
       });
       const toggle = this.root.querySelector("[data-role=overlay-toggle]");
       if (toggle) toggle.checked = false;
+      this.renderRegions();
       this.emit("overlays", { overlays: data.overlays });
       return data.overlays;
     }).catch(() => []);
@@ -603,9 +1082,11 @@
   Viewer.prototype.syncOverlayControls = function () {
     const toggle = this.root.querySelector("[data-role=overlay-toggle]");
     const opacity = this.root.querySelector("[data-role=overlay-opacity]");
+    const threshold = this.root.querySelector("[data-role=overlay-threshold]");
     const o = this.panes.main.overlay;
     if (toggle) toggle.checked = !!(o.item || o.pending) && o.visible;
     if (opacity) opacity.value = String(Math.round(this.overlayOpacity * 100));
+    if (threshold) threshold.value = String(Math.round(o.threshold * 100));
   };
 
   Viewer.prototype.bindControls = function () {
@@ -622,13 +1103,19 @@
       else if (action === "fullscreen") viewer.toggleFullscreen();
       else if (action === "open") viewer.openSlide(button.dataset.slideId);
       else if (action === "compare") viewer.compare(button.dataset.slideId);
+      else if (action === "grid-add") viewer.addToGrid(button.dataset.slideId);
       else if (action === "compare-off") viewer.compare(null);
+      else if (action === "close-pane") viewer.closePane(button.closest("[data-pane]").dataset.pane);
+      else if (action === "info") viewer.setInfo(undefined, true);
+      else if (action === "adjust-reset") viewer.resetAdjustments();
+      else if (action === "roi") viewer.goToRegion(Number(button.dataset.index));
       else return;
       event.preventDefault();
     });
     const toggle = root.querySelector("[data-role=overlay-toggle]");
     const select = root.querySelector("[data-role=overlay-select]");
     const opacity = root.querySelector("[data-role=overlay-opacity]");
+    const threshold = root.querySelector("[data-role=overlay-threshold]");
     const sync = root.querySelector("[data-role=sync]");
     if (toggle) toggle.addEventListener("change", () => {
       const o = viewer.panes.main.overlay;
@@ -637,7 +1124,19 @@
     });
     if (select) select.addEventListener("change", () => { if (toggle && toggle.checked) viewer.addOverlay(select.value); });
     if (opacity) opacity.addEventListener("input", () => viewer.setOverlayOpacity(Number(opacity.value) / 100));
+    if (threshold) {
+      let queued = false; // redraw at most once per frame while the slider moves
+      threshold.addEventListener("input", () => {
+        if (queued) return;
+        queued = true;
+        window.requestAnimationFrame(() => { queued = false; viewer.setOverlayThreshold(Number(threshold.value) / 100); });
+      });
+    }
     if (sync) sync.addEventListener("change", () => viewer.setSync(sync.checked));
+    root.querySelectorAll("[data-adjust]").forEach((input) => input.addEventListener("input", () => {
+      const k = input.dataset.adjust;
+      viewer.setAdjustments(viewer.leader.name, { [k]: k === "gamma" ? Number(input.value) : Number(input.value) / 100 });
+    }));
     root.addEventListener("keydown", (event) => {
       if (event.ctrlKey || event.metaKey || event.altKey) return;
       if (event.target.closest("input, select, textarea, [contenteditable]")) return;
@@ -652,6 +1151,10 @@
       }
       else if (event.key === "p") viewer.toggleFullscreen();
       else if (event.key === "h") viewer.leader.osd.viewport.goHome();
+      else if (event.key === "i") viewer.setInfo(undefined, true);
+      else if (event.key === "x") viewer.resetAdjustments();
+      else if ((event.key === "g" || event.key === "]") && viewer.panes.main.overlay.regions.length) viewer.goToRegion(viewer.regionIndex + 1);
+      else if ((event.key === "G" || event.key === "[") && viewer.panes.main.overlay.regions.length) viewer.goToRegion(viewer.regionIndex - 1);
       else return;
       event.preventDefault();
       event.stopPropagation();
@@ -659,7 +1162,7 @@
   };
 
   Viewer.prototype.destroy = function () {
-    [this.panes.main, this.panes.compare].forEach((pane) => pane && pane.osd.destroy());
+    this.allPanes().forEach((pane) => pane.osd.destroy());
     this.listeners = {};
   };
 
@@ -671,11 +1174,22 @@
       get panes() { return viewer.panes; },
       openSlide: (id) => viewer.openSlide(id),
       compare: (id) => viewer.compare(id),
+      grid: (ids) => viewer.grid(ids),
+      addToGrid: (id) => viewer.addToGrid(id),
+      closePane: (name) => viewer.closePane(name),
+      paneNames: () => viewer.paneList().map((p) => p.name),
       addOverlay: (name) => viewer.addOverlay(name),
       removeOverlay: () => viewer.removeOverlay(),
       setOverlayOpacity: (x) => viewer.setOverlayOpacity(x),
+      setOverlayThreshold: (t) => viewer.setOverlayThreshold(t),
       toggleOverlay: (on) => viewer.toggleOverlay(on),
       overlayState: () => viewer.overlayState(),
+      regions: () => viewer.regions(),
+      goToRegion: (i) => viewer.goToRegion(i),
+      setAdjustments: (pane, values) => viewer.setAdjustments(pane, values),
+      adjustments: (pane) => viewer.adjustments(pane),
+      resetAdjustments: (pane) => viewer.resetAdjustments(pane),
+      setInfo: (on) => viewer.setInfo(on, true),
       zoomToMagnification: (m) => viewer.zoomToMagnification(m),
       magnification: () => viewer.panes.main.magnification(),
       toggleRuler: (on) => viewer.toggleRuler(on),

@@ -8,6 +8,7 @@ Request: {base}/{region}/{size}/{rotation}/{quality}.{format}
 - format: jpg | png                        (png is an extra)
 Syntax errors and impossible requests raise IIIFError(400); valid but unsupported features raise 501.
 Coordinates are level-0 pixels of the whole slide (not the Deep Zoom bounds).
+Level 1 also requires CORS on info.json and images: `cors_headers` (origins from PATHALIGN_IIIF_CORS_ORIGINS).
 """
 
 from __future__ import annotations
@@ -61,6 +62,27 @@ class ImageRequest:
     @property
     def cache_key(self) -> tuple:
         return ("iiif", *self.region, *self.size, self.quality, self.format)
+
+
+def cors_headers(origin: str | None, own_origin: str, allowed: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """CORS response headers for an IIIF response to a request from `origin` (its Origin header).
+
+    `allowed` lists the other origins whose pages may read the service (PATHALIGN_IIIF_CORS_ORIGINS); the
+    app's own origin is always allowed. A listed origin gets its own name back, with credentials allowed,
+    because every IIIF URL needs the user's session. `*` lets any page read it, but browsers then send no
+    cookies, so only an open deployment (a proxy that authenticates by other means) gains from it. A request
+    without Origin (not cross-origin) is answered with the app's own origin; an origin not listed gets no
+    header at all, so its pages cannot read the response.
+    """
+    headers = {"Vary": "Origin"}
+    if "*" in allowed:
+        headers["Access-Control-Allow-Origin"] = "*"
+    elif not origin:
+        headers["Access-Control-Allow-Origin"] = own_origin
+    elif origin == own_origin or origin in allowed:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Allow-Credentials"] = "true"
+    return headers
 
 
 def parse_region(text: str, width: int, height: int) -> tuple[int, int, int, int]:

@@ -12,16 +12,23 @@ The analysis pipeline registers "attention" from its AppConfig.ready():
     from webapp.slides.overlays import register_overlay
     register_overlay("attention", attention_for_slide)
 
-The views only ever call providers for slides the user may see.
+The views only ever call providers for slides the user may see. The layer's JSON also carries the slide's
+tissue mask (`tissue_mask_json`) so the viewer colours tissue only, never the glass around it.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import math
 import re
 import threading
 from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
 
 from .models import Slide
 
@@ -116,3 +123,29 @@ def available_overlays(slide: Slide) -> list[dict]:
         if data is not None:
             result.append({"name": name, "label": data["label"], "patches": len(data["values"])})
     return result
+
+
+def tissue_mask_json(osr, mpp: float | None) -> bytes:
+    """The slide's tissue mask for the viewer, as JSON bytes: {"url": a 1-bit PNG data URL, "width", "height",
+    "downsample": level-0 pixels per mask pixel}; b"" when no mask can be made within the pixel budget.
+
+    The mask is the one the analysis tiles with (`inference.slides.tissue_mask`, about 8 µm per mask pixel,
+    256 to 2048 px on the long side), so a heatmap clipped to it ends where the model's patches do.
+    """
+    from inference.slides import OverPixelBudget, tissue_mask  # scipy: loaded on first use only
+
+    try:
+        mask = tissue_mask(osr, mpp=mpp)
+    except (OverPixelBudget, ValueError):
+        return b""
+    if not mask.mask.size:
+        return b""
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(mask.mask, 255, 0).astype(np.uint8), mode="L").convert("1").save(buffer, "PNG")
+    height, width = mask.mask.shape
+    return json.dumps({
+        "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+        "width": int(width),
+        "height": int(height),
+        "downsample": float(mask.downsample),
+    }).encode()

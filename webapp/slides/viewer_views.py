@@ -6,11 +6,14 @@ session and slide: a warm tile request runs no database query. Pages and metadat
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 import uuid
 
 import openslide
+from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import (
     Http404,
@@ -105,14 +108,17 @@ def _uuid_param(value: str | None) -> str | None:
 
 
 def viewer_context(
-    slides: list[Slide], slide_id: str | None, compare_id: str | None, *, deidentified: bool
+    slides: list[Slide], slide_id: str | None, compare_id: str | None, *, deidentified: bool,
+    more_ids: list[str] | None = None,
 ) -> dict:
-    """Context for `slides/_viewer.html`, for pages that embed the viewer (e.g. the report workspace)."""
+    """Context for `slides/_viewer.html`, for pages that embed the viewer (e.g. the report workspace).
+    `more_ids`: the third and fourth slides of a grid."""
     entries = [_slide_entry(slide) for slide in slides]
     return {
         "viewer_slides": entries,
         "viewer_slide": slide_id or (entries[0]["id"] if entries else ""),
         "viewer_compare": compare_id or "",
+        "viewer_more": ",".join(more_ids or []),
         "viewer_deidentified": deidentified,
         "viewer_meta_url": reverse("slide_viewer_meta", args=[ZERO_UUID]),
         "viewer_zero": ZERO_UUID,
@@ -121,7 +127,8 @@ def viewer_context(
 
 @require_safe
 def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
-    """The whole-page viewer for a case: `?slide=<uuid>&compare=<uuid>&deidentified=1`."""
+    """The whole-page viewer for a case: `?slide=<uuid>&compare=<uuid>&more=<uuid>,<uuid>&deidentified=1`
+    (`more`: the third and fourth slides of a grid)."""
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     case = get_case_for_user(request.user, case_id)
@@ -133,10 +140,12 @@ def case_viewer(request: HttpRequest, case_id: int) -> HttpResponse:
     ids = {str(slide.pk) for slide in slides}
     slide_id = _uuid_param(request.GET.get("slide"))
     compare_id = _uuid_param(request.GET.get("compare"))
-    if (slide_id and slide_id not in ids) or (compare_id and compare_id not in ids):
+    more_ids = [_uuid_param(value) for value in request.GET.get("more", "").split(",")[:2] if value]
+    if any(sid and sid not in ids for sid in (slide_id, compare_id, *more_ids)):
         raise Http404("No such slide in this case.")
     deidentified = request.GET.get("deidentified") == "1"
-    context = {"case": case, **viewer_context(slides, slide_id, compare_id, deidentified=deidentified),
+    context = {"case": case, **viewer_context(slides, slide_id, compare_id, deidentified=deidentified,
+                                              more_ids=more_ids),
                "unknown_resolution": [(s, resolution.unknown_reason(s)) for s in slides if s.resolution_unknown],
                "can_set_mpp": request.user.is_lab_admin}
     return render(request, "slides/case_viewer.html", context)
@@ -292,6 +301,24 @@ def dzi_tile(request: HttpRequest, slide_id, level: int, col: int, row: int, fmt
 
 
 # --- IIIF Image API 3.0 -----------------------------------------------------------------------------
+def _iiif_cors(view):
+    """CORS headers on an IIIF response (compliance level 1): the app's own origin and
+    PATHALIGN_IIIF_CORS_ORIGINS (iiif.cors_headers). Refusals raised as 404 get none."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        own = settings.PUBLIC_BASE_URL or f"{request.scheme}://{request.get_host()}"
+        own_origin = "/".join(own.split("/")[:3])
+        for name, value in iiif.cors_headers(request.headers.get("Origin"), own_origin,
+                                             settings.IIIF_CORS_ORIGINS).items():
+            response[name] = value
+        return response
+
+    return wrapped
+
+
+@_iiif_cors
 @require_safe
 def iiif_base(request: HttpRequest, slide_id) -> HttpResponse:
     tile_access.resolve(request, slide_id)
@@ -300,6 +327,7 @@ def iiif_base(request: HttpRequest, slide_id) -> HttpResponse:
     return response
 
 
+@_iiif_cors
 @require_safe
 def iiif_info(request: HttpRequest, slide_id) -> HttpResponse:
     grant = tile_access.resolve(request, slide_id)
@@ -316,6 +344,7 @@ def iiif_info(request: HttpRequest, slide_id) -> HttpResponse:
     return response
 
 
+@_iiif_cors
 @require_safe
 def iiif_image(
     request: HttpRequest, slide_id, region: str, size: str, rotation: str, quality_format: str
@@ -391,6 +420,21 @@ def overlay_data(request: HttpRequest, slide_id, name: str) -> JsonResponse:
         return JsonResponse({"error": str(exc)}, status=500)
     if data is None:
         raise Http404("No such overlay for this slide.")
+    data["tissue"] = _tissue_mask(request, slide_id, slide)
     response = JsonResponse(data)
     response["Cache-Control"] = "private, no-cache"
     return response
+
+
+def _tissue_mask(request: HttpRequest, slide_id, slide: Slide) -> dict | None:
+    """The slide's tissue mask (overlays.tissue_mask_json), made once per slide file and resolution and kept
+    in the encoded cache; None where the file cannot be read or masked within the pixel budget."""
+    grant = tile_access.resolve(request, slide_id)
+    try:
+        opened = _opened(grant)
+        raw = tiles.cached_render(
+            opened, ("tissue-mask", slide.mpp_x), lambda: overlays.tissue_mask_json(opened.osr, slide.mpp_x)
+        )
+    except tiles.SlideUnreadable:
+        return None
+    return json.loads(raw) if raw else None
