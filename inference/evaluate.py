@@ -331,7 +331,7 @@ def is_v2_corpus(corpus: str | os.PathLike) -> bool:
 
 def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | os.PathLike, workers: int = 2,
                         batch_size: int = 64, tiling: dict[str, Any] | None = None,
-                        log: Callable[[str], object] = print) -> Path:
+                        log: Callable[[str], object] = print, readers: str = "threads") -> Path:
     """Every tissue patch of every v2 slide, one safetensors file per slide (``<slide_id>.safetensors``,
     float16) plus ``index.jsonl`` and ``encoder.json`` in the format of ``features.extract_corpus_features``
     (so ``train.load_examples`` reads it). Resumable: files already made by this encoder and tiling are
@@ -359,7 +359,8 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
         todo.append(i)
     t0 = time.perf_counter()
     stream = feats.iter_slide_features([recs[i]["slide_path"] for i in todo], encoder, t["patch_size"], t["mpp"],
-                                       None, batch_size, workers, min_tissue=t["min_tissue"], overlap=t["overlap"])
+                                       None, batch_size, workers, min_tissue=t["min_tissue"], overlap=t["overlap"],
+                                       readers=readers)
     n_done = 0
     for i, sf in zip(todo, stream, strict=True):
         sf.save(out / f"{recs[i]['slide_id']}.safetensors", extra={"slide": recs[i]["slide"]}, dtype=torch.float16)

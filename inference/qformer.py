@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,17 @@ class QFormerConfig:
     # Output shortlist: the token ids the decoder may produce (sorted; the training reports' tokens plus
     # [SEP]), or None for the whole vocabulary. See LMHead.
     output_vocab: list[int] | None = None
+    # Reading a whole slide (config v2). A gated-attention patch scorer (Ilse et al. 2018) scores every
+    # patch; its log-softmax is added to every cross-attention logit (a learned prior that lets the queries
+    # concentrate on a small focus among thousands of patches) and, with ``scorer_top_k``, the
+    # cross-attention reads only the top-k scored patches. ``bag_loss_weight`` adds an ITC term on the
+    # scorer's attention-pooled bag embedding (training only: the scorer's direct learning signal).
+    # The defaults (no scorer) are the v1 model, so v1 bundles load and read slides exactly as before.
+    scorer_hidden: int = 0  # width of the scorer's instance embedding; 0 = no scorer (v1)
+    scorer_attn: int = 64  # width of the gated attention (tanh / sigmoid branches)
+    scorer_top_k: int = 0  # cross-attention reads the k best-scored patches; 0 = all (biased by the scores)
+    scorer_prior: float = 0.0  # initial strength of the scores' bias on the cross-attention logits (learned)
+    bag_loss_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +99,15 @@ class QFormerConfig:
             raise ValueError(f"unknown losses {sorted(unknown)}; choose from itc, itm, itg")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.scorer_top_k < 0 or self.scorer_hidden < 0:
+            raise ValueError("scorer_hidden and scorer_top_k must be >= 0")
+        if (self.scorer_top_k or self.bag_loss_weight) and not self.scorer_hidden:
+            raise ValueError("scorer_top_k and bag_loss_weight need a patch scorer (scorer_hidden > 0)")
+
+    @property
+    def version(self) -> int:
+        """1: cross-attention over all patches as they come; 2: with the gated-attention patch scorer."""
+        return 2 if self.scorer_hidden else 1
 
     @classmethod
     def variant(cls, name: str, **kwargs: Any) -> QFormerConfig:
@@ -116,6 +136,15 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
+
+
+class _SlideInputs(NamedTuple):
+    context: torch.Tensor  # [B, N', D] what the cross-attention reads (N' = N, or k with top-k selection)
+    context_mask: torch.Tensor  # additive [B, 1, 1, N']: padding and, with a scorer, its log-attention
+    mask: torch.Tensor  # bool [B, N]: the real patches
+    index: torch.Tensor | None  # [B, k] the selected patches (top-k), else None
+    log_attention: torch.Tensor | None  # [B, N] the scorer's log-attention (None: no scorer)
+    bag: torch.Tensor | None  # [B, E] the scorer's pooled bag embedding (not normalised)
 
 
 class MultiHeadAttention(nn.Module):
@@ -271,6 +300,36 @@ class LMHead(nn.Module):
         return full.index_copy_(-1, self.shortlist_ids, logits)
 
 
+class PatchScorer(nn.Module):
+    """Gated-attention patch scoring (Ilse et al. 2018, eq. 9) over a slide's normalised patch features.
+
+        h = ReLU(W x)  [B, N, S]        s = w^T (tanh(V h) * sigmoid(U h))  [B, N]
+        a = softmax_N(s)                 bag = proj(sum_n a_n h_n)  [B, E]  (the auxiliary ITC embedding)
+    """
+
+    def __init__(self, config: QFormerConfig) -> None:
+        super().__init__()
+        self.embed = nn.Linear(config.vision_width, config.scorer_hidden)
+        self.v = nn.Linear(config.scorer_hidden, config.scorer_attn)
+        self.u = nn.Linear(config.scorer_hidden, config.scorer_attn)
+        self.w = nn.Linear(config.scorer_attn, 1)
+        self.proj = nn.Linear(config.scorer_hidden, config.embed_dim)
+        # How strongly the scores bias the cross-attention: learned, from 0 (the Q-Former starts reading the
+        # slide as v1 does while the scorer learns from its own ITC term, and takes up the prior as it helps).
+        self.strength = nn.Parameter(torch.zeros(()))
+
+    def forward(self, normed: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """normed [B, N, D], bool mask [B, N] -> (log-attention [B, N]: log_softmax of the scores over the
+        real patches, 0 on padding; bag embedding [B, E], not normalised)."""
+        h = F.relu(self.embed(normed))  # [B, N, S]
+        s = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)  # [B, N]
+        s = s.float().masked_fill(~mask, float("-inf"))
+        log_a = torch.log_softmax(s, dim=-1).masked_fill(~mask, 0.0)  # a slide with no patch: 0, not NaN
+        a = log_a.exp() * mask
+        bag = self.proj((a.to(h.dtype)[..., None] * h).sum(1))
+        return log_a, bag
+
+
 def build_attention_mask(num_queries: int, text_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """Which of [queries; text] may attend to which. Returns bool [B, Q + T, Q + T], True = may attend.
 
@@ -312,6 +371,7 @@ class QFormer(nn.Module):
         self.register_buffer("feature_shift", torch.zeros(config.vision_width))
         self.register_buffer("feature_scale", torch.ones(config.vision_width))
         self.vision_norm = nn.LayerNorm(config.vision_width)  # BLIP-2's ln_vision on the frozen features
+        self.scorer = PatchScorer(config) if config.scorer_hidden else None
         self.layers = nn.ModuleList(
             QFormerLayer(config, has_cross_attention=(i % config.cross_attention_freq == 0))
             for i in range(config.num_hidden_layers)
@@ -324,6 +384,12 @@ class QFormer(nn.Module):
         self.lm_head.decoder.weight = self.word_embeddings.weight  # tied, as in BERT
         self.temp = nn.Parameter(torch.tensor(0.07))
         self.apply(self._init_weights)
+        if self.scorer is not None:  # PyTorch's default (Kaiming-uniform) init, as in Ilse et al.'s MIL: with
+            for m in self.scorer.modules():  # BERT's N(0, 0.02) four stacked layers start with no gradient
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+            with torch.no_grad():
+                self.scorer.strength.fill_(self.config.scorer_prior)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -361,6 +427,25 @@ class QFormer(nn.Module):
         normed = self.vision_norm(standardised).masked_fill(~patch_mask[..., None], 0.0)
         return normed, additive_mask(patch_mask[:, None, None, :], normed.dtype), patch_mask
 
+    def _read_slide(self, patches: torch.Tensor, patch_mask: torch.Tensor | None) -> _SlideInputs:
+        """What the cross-attention reads: every patch (v1), every patch with the scorer's log-attention
+        added to the attention logits, or the scorer's top-k patches (with their log-attention)."""
+        normed, pmask_add, pmask = self._prepare_patches(patches, patch_mask)
+        if self.scorer is None:
+            return _SlideInputs(normed, pmask_add, pmask, None, None, None)
+        log_a, bag = self.scorer(normed, pmask)
+        k = self.config.scorer_top_k
+        if k and k < normed.shape[1]:
+            ranked = log_a.masked_fill(~pmask, float("-inf"))
+            index = ranked.topk(k, dim=1).indices  # [B, k]
+            sel_mask = pmask.gather(1, index)
+            context = normed.gather(1, index[..., None].expand(-1, -1, normed.shape[-1]))
+            bias = self.scorer.strength * log_a.gather(1, index).masked_fill(~sel_mask, 0.0)
+            add = additive_mask(sel_mask[:, None, None, :], normed.dtype) + bias[:, None, None, :].to(normed.dtype)
+            return _SlideInputs(context, add, pmask, index, log_a, bag)
+        add = pmask_add + (self.scorer.strength * log_a)[:, None, None, :].to(normed.dtype)
+        return _SlideInputs(normed, add, pmask, None, log_a, bag)
+
     # ---- the three forward patterns
 
     def encode_patches(
@@ -372,19 +457,28 @@ class QFormer(nn.Module):
         each row sums to 1 over the real patches and is exactly 0 on padding.
         """
         b = patches.shape[0]
-        normed, pmask_add, pmask = self._prepare_patches(patches, patch_mask)
+        slide = self._read_slide(patches, patch_mask)
         x = self._embed(None, self.config.num_query_tokens, b)
         self_mask = torch.zeros(1, 1, 1, 1, dtype=x.dtype, device=x.device)
         maps = []
         for layer in self.layers:
-            x, probs, _ = layer(x, self_mask, self.config.num_query_tokens, normed, pmask_add)
+            x, probs, _ = layer(x, self_mask, self.config.num_query_tokens, slide.context, slide.context_mask)
             if with_attention and probs is not None:
-                maps.append(probs.mean(dim=(1, 2)))  # [B, N]
+                maps.append(probs.float().mean(dim=(1, 2)))  # [B, N] (or [B, k] over the top-k patches)
         attention = None
         if with_attention:
-            attention = torch.stack(maps).mean(0).masked_fill(~pmask, 0.0)
+            attention = torch.stack(maps).mean(0)
+            if slide.index is not None:  # back onto every patch: the unread ones get 0
+                attention = torch.zeros(slide.mask.shape, dtype=attention.dtype, device=attention.device
+                                        ).scatter(1, slide.index, attention)
+            attention = attention.masked_fill(~slide.mask, 0.0)
             attention = attention / attention.sum(-1, keepdim=True).clamp_min(1e-12)
         return x, attention
+
+    def patch_log_attention(self, patches: torch.Tensor, patch_mask: torch.Tensor | None = None
+                            ) -> torch.Tensor | None:
+        """The scorer's log-attention over every patch [B, N] (0 on padding), or None for a v1 model."""
+        return self._read_slide(patches, patch_mask).log_attention
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text alone (bidirectional over real tokens) -> [B, T, H]."""
@@ -405,11 +499,11 @@ class QFormer(nn.Module):
     ) -> torch.Tensor:
         """[queries; text] with queries reading the slide -> [B, Q + T, H]. ``cache`` collects keys/values."""
         b, q = input_ids.shape[0], self.config.num_query_tokens
-        normed, pmask_add, _ = self._prepare_patches(patches, patch_mask)
+        slide = self._read_slide(patches, patch_mask)
         x = self._embed(input_ids, q, b)
         mask = additive_mask(build_attention_mask(q, attention_mask, mode)[:, None], x.dtype)
         for layer in self.layers:
-            x, _, present = layer(x, mask, q, normed, pmask_add)
+            x, _, present = layer(x, mask, q, slide.context, slide.context_mask)
             if cache is not None:
                 cache.append(present)
         return x
@@ -450,7 +544,7 @@ class QFormer(nn.Module):
         gather: Any = None,  # inference.distributed.BatchGather in data-parallel training; None: one process
         generator: torch.Generator | None = None,  # ITM hard-negative draws (None: the global RNG)
     ) -> dict[str, torch.Tensor]:
-        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"]}.
+        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"], ["bag"]}.
 
         ITC and ITM read ``input_ids``; ITG reads ``itg_input_ids`` when given (the trainer can show the
         contrastive losses a shorter view of a report while the decoder always learns the whole text).
@@ -484,6 +578,12 @@ class QFormer(nn.Module):
         mine = slice(offset, offset + b)
         i2t, t2i = itc_rows(sim_i2t, positives, self.config.label_smoothing)
         losses = {"itc": g.world * (i2t[mine].sum() + t2i[mine].sum()) / (2 * n)}
+        if self.scorer is not None and self.config.bag_loss_weight > 0:
+            # The scorer's own ITC: its attention-pooled bag embedding against the same texts.
+            bag = F.normalize(self._read_slide(patches, patch_mask).bag, dim=-1)  # [B, E]
+            bag_all, _ = g.rows(bag)
+            bi2t, bt2i = itc_rows(bag_all @ t_all.t() / self.temp, positives, self.config.label_smoothing)
+            losses["bag"] = self.config.bag_loss_weight * g.world * (bi2t[mine].sum() + bt2i[mine].sum()) / (2 * n)
         if "itm" in self.config.losses:
             losses["itm"] = self.itm_loss(
                 patches, patch_mask, input_ids, attention_mask, sim_i2t, positives, gather=g, offset=offset,
@@ -493,7 +593,7 @@ class QFormer(nn.Module):
             if itg_input_ids is None:
                 itg_input_ids, itg_attention_mask = input_ids, attention_mask
             losses["itg"] = self.itg_loss(patches, patch_mask, itg_input_ids, itg_attention_mask, gather=g)
-        wanted = [losses[k] for k in self.config.losses]
+        wanted = [losses[k] for k in (*self.config.losses, "bag") if k in losses]
         losses["loss"] = torch.stack(wanted).sum()
         return losses
 

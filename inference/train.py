@@ -307,6 +307,13 @@ class TrainConfig:
     # Probability that ITC/ITM read only a report's first sentence (its diagnosis line) instead of the whole
     # diagnostic text, per example and step (contrastive_texts). 0 = the whole text always, as in BLIP-2.
     text_view_prob: float = 0.0
+    # Reading a whole slide (QFormerConfig v2): a gated-attention patch scorer whose log-attention biases
+    # every cross-attention (0 = none: the v1 model), cross-attention only over its top-k patches (0 = all),
+    # and the weight of the scorer's own ITC term on its attention-pooled bag embedding.
+    scorer_hidden: int = 0
+    scorer_top_k: int = 0
+    scorer_prior: float = 0.0  # initial strength of the scores' bias on the cross-attention (learned)
+    bag_loss_weight: float = 1.0  # used only with a scorer
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -315,7 +322,13 @@ class TrainConfig:
     pin_memory: bool = True  # pinned host batches on CUDA (copied with non_blocking=True)
 
 
-FRESH = ("query_tokens", "vision_norm", "cross_attn", "vision_proj", "text_proj", "itm_head", "temp")
+FRESH = ("query_tokens", "vision_norm", "cross_attn", "vision_proj", "text_proj", "itm_head", "temp", "scorer")
+
+
+def loss_keys(model: QFormer) -> list[str]:
+    """The losses a training step reports: total, ITC, the variant's ITM / ITG, and the scorer's bag ITC."""
+    keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
+    return keys + ["bag"] if model.scorer is not None and model.config.bag_loss_weight > 0 else keys
 
 
 def resolve_device(device: str) -> torch.device:
@@ -343,6 +356,10 @@ def build_model(cfg: TrainConfig, feature_dim: int) -> tuple[QFormer, Any]:
         losses=losses,
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.dropout,
+        scorer_hidden=cfg.scorer_hidden,
+        scorer_top_k=cfg.scorer_top_k,
+        scorer_prior=cfg.scorer_prior,
+        bag_loss_weight=cfg.bag_loss_weight if cfg.scorer_hidden else 0.0,
     )
 
 
@@ -419,7 +436,7 @@ def validation_loss(
     dataset = Stage1Dataset(examples, tokenizer, cfg.max_text_len, group_by=cfg.group_by, seed=cfg.seed)
     batches = [list(range(i, min(i + cfg.batch_size, len(examples)))) for i in range(0, len(examples), cfg.batch_size)]
     batches = [b for b in batches if len(b) >= 2][ctx.rank:: ctx.world_size]
-    keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
+    keys = loss_keys(model)
     totals = torch.zeros(len(keys) + 1, dtype=torch.float64)
     if batches:
         loader = make_loader(dataset, batches, Stage1Collator(tokenizer.pad_token_id or 0), 0, device, cfg.pin_memory)
@@ -506,7 +523,7 @@ def train_stage1(
                             cfg.group_by, cfg.seed)
     loader = make_loader(dataset, sampler, Stage1Collator(tokenizer.pad_token_id or 0), cfg.num_workers, device,
                          cfg.pin_memory)
-    keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
+    keys = loss_keys(model)
     for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
