@@ -85,3 +85,27 @@ def test_make_run_starts_a_default_and_a_gpu_worker_and_stops_them(tmp_path):
             for database in (name, f"{name}_broker"):
                 admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     assert not alive, [p.cmdline() for p in alive]  # Ctrl-C stopped every child
+
+
+def test_the_broker_tables_are_made_once_before_the_workers_start(monkeypatch):
+    """Two workers opening a new broker database at once raced to create kombu's tables (one died on a
+    duplicate queue_id_sequence and took make run down): the launcher makes them first, in one process."""
+    from webapp import launcher
+
+    name = f"launcher_prep_{os.getpid()}"
+    for key in [k for k in os.environ if k.startswith(("DJANGO_", "PATHALIGN_USE_TEST_DB", "CELERY_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    monkeypatch.setenv("PATHALIGN_DB_NAME", name)
+    embedded_db.ensure_database(embedded_db.url(), name, owner=embedded_db.OWNER_ROLE)
+    embedded_db.ensure_database(embedded_db.url(), f"{name}_broker", owner=embedded_db.APP_ROLE)
+    try:
+        launcher._prepare_broker()
+        with psycopg.connect(embedded_db.url(f"{name}_broker", embedded_db.APP_ROLE)) as broker:
+            tables = {row[0] for row in broker.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"kombu_queue", "kombu_message", "celery_taskmeta"} <= tables, tables
+        launcher._prepare_broker()  # a second run (tables there) is harmless
+    finally:
+        with psycopg.connect(embedded_db.url(), autocommit=True) as admin:
+            for database in (name, f"{name}_broker"):
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

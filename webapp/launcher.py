@@ -23,6 +23,25 @@ def _manage(*args: str, **env: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True, env={**os.environ, **env})
 
 
+# kombu's SQLAlchemy transport creates its tables when a worker first opens a channel, without the retry
+# celery's result backend has: two workers starting together on a new broker database raced, and one died on
+# "duplicate key ... queue_id_sequence" (which stopped make run). The tables are made once, here, first.
+PREPARE_BROKER = """
+import django
+django.setup()
+from webapp.celery import app
+if app.conf.broker_url.startswith("sqla+"):
+    with app.connection_for_write() as connection:
+        connection.default_channel.session  # kombu's SQLAlchemy transport creates its tables here
+if str(app.conf.result_backend or "").startswith("db+"):
+    app.backend.ResultSession().close()  # and celery's database result backend its own
+"""
+
+
+def _prepare_broker() -> None:
+    subprocess.run([sys.executable, "-c", PREPARE_BROKER], cwd=ROOT, check=True, env=dict(os.environ))
+
+
 def _stop(children: list[subprocess.Popen]) -> None:
     for child in children:
         if child.poll() is None:
@@ -76,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if not args.no_worker:
+            _prepare_broker()
             # The production shape on one machine: a worker for light jobs (drafts, imports) and one for the
             # model (gpu), so a long analysis never holds up a draft.
             for queue, concurrency in (("default", 2), ("gpu", 1)):
