@@ -55,6 +55,7 @@ SKIPPED_NAMESPACES = {"admin": "Django's admin site: superusers only, tested in 
 MATRIX: dict[str, dict] = {
     # --- site and accounts
     "healthz": {"GET": everyone(200)},
+    "favicon": {"GET": everyone(200)},
     "login": {"GET": any_user(302, anonymous=200)},  # signed-in users are sent on to the app
     "logout": {"GET": everyone(405), "POST": everyone(302)},
     "password_change": {"GET": any_user(200)},
@@ -153,7 +154,7 @@ MATRIX: dict[str, dict] = {
     "report_section_save": {"GET": any_user(405), "POST": case_read(400, admin=403)},  # no version sent
     "report_section_restore": {"GET": any_user(405), "POST": case_read(302, admin=403)},
     "report_classification_decide": {"GET": any_user(405), "POST": case_read(400, admin=403)},
-    "report_sign": {"GET": any_user(405), "POST": case_read(403, admin=403)},  # no password: refused
+    "report_sign": {"GET": any_user(405), "POST": case_read(303, admin=403)},  # no password: back to the workspace
     "report_discard": {"GET": any_user(405), "POST": case_read(302, admin=403)},
     "labelset_list": {"GET": admin_only(200), "POST": admin_only(200)},
     "labelset_create": {"GET": admin_only(200), "POST": admin_only(200)},

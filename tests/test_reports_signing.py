@@ -27,7 +27,9 @@ def test_sign_out_needs_the_password_again(cast, case_factory, client_for):
     report = drafted_report(case, cast.path1)
     client = client_for(cast.path1)
     refused = sign_post(client, report, password="not-my-password")
-    assert refused.status_code == 403 and b"Wrong password" in refused.content
+    # Back to the workspace with the reason (tests/test_plain_pages.py: what the page then shows).
+    assert refused.status_code == 303 and refused["Location"] == reverse("report_workspace", args=[case.pk]) + "#sign"
+    assert b"Wrong password" in client.get(refused["Location"]).content
     assert Report.objects.get(pk=report.pk).status == ReportStatus.DRAFT
     sign_post(client, report, password="wrong-again")
     assert AuditEvent.objects.filter(action="report.sign_refused", object_id=str(report.pk)).count() == 2

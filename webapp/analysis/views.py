@@ -181,6 +181,7 @@ def _detail_context(bundle: ModelBundle) -> dict:
     return {
         "bundle": bundle, "done": done, "total": total, "active": active, "comparison": comparison,
         "comparison_lines": pipeline.comparison_lines(comparison, f"the active one ({compared})"),
+        "comparison_rows": comparison_rows(comparison), "training_lines": training_lines(bundle.training),
         "gate": pipeline.activation_gate(bundle, active), "override_min": pipeline.OVERRIDE_MIN_CHARS,
         "margin_points": round(100 * settings.BUNDLE_MAX_REGRESSION),
         "figures": _flat_figures(bundle.eval_figures), "search_bundle": runtime.search_bundle(),
@@ -194,17 +195,109 @@ def bundle_detail(request: HttpRequest, bundle_id: int) -> HttpResponse:
     return render(request, "analysis/bundle_detail.html", _detail_context(bundle))
 
 
-def _flat_figures(figures: dict, prefix: str = "") -> list[tuple[str, str]]:
-    """eval.json as (name, value) rows; nested sections become dotted names, long lists are skipped."""
+# --- the bundle page in words ---------------------------------------------------------------------------
+# The held-out figures, what each means, and whether higher is better.
+FIGURES = [
+    ("i2t_r1", "Slide → report, top 1", "held-out slides whose own report the model ranks first among all held-out reports"),
+    ("i2t_r5", "Slide → report, top 5", "held-out slides whose own report is among the model's first five"),
+    ("t2i_r1", "Report → slide, top 1", "held-out reports whose own slide the model ranks first"),
+    ("t2i_r5", "Report → slide, top 5", "held-out reports whose own slide is among the model's first five"),
+    ("label_accuracy", "Zero-shot class", "held-out slides given the right class from the class names alone"),
+]
+FIGURE_NAMES = {key: label for key, label, _ in FIGURES}
+SPLIT_WORDS = {"train": "training", "val": "validation (choosing the best epoch)", "test": "testing"}
+
+
+def _count_of(figures: dict, key: str) -> str:
+    """'4 of 12 (33%)' from a comparison's figures."""
+    value = figures.get(key)
+    if value is None:
+        return "–"
+    hits = figures.get(f"{key}_hits")
+    total = figures.get("texts") if key.startswith("t2i") and figures.get("texts") else figures.get("n")
+    if hits is None and total:
+        hits = round(value * total)
+    share = f"{100 * value:.0f}%"
+    return f"{hits} of {total} ({share})" if hits is not None and total else share
+
+
+def comparison_rows(comparison: dict | None) -> list[dict]:
+    """One row per figure both bundles have: the figure in words, both counts and the difference."""
+    if not comparison:
+        return []
+    new, old = comparison.get("new") or {}, comparison.get("active") or {}
+    rows = []
+    for key, label, meaning in FIGURES:
+        if new.get(key) is None or old.get(key) is None:
+            continue
+        points = round(100 * (new[key] - old[key]))
+        verdict = "the same" if points == 0 else f"{'better' if points > 0 else 'worse'} by {abs(points)} points"
+        rows.append({"key": key, "label": label, "meaning": meaning, "new": _count_of(new, key),
+                     "active": _count_of(old, key), "verdict": verdict,
+                     "direction": "same" if points == 0 else "better" if points > 0 else "worse"})
+    return rows
+
+
+def training_lines(training: dict) -> list[str]:
+    """bundle.json's training summary as sentences (never a raw dict)."""
+    if not isinstance(training, dict) or not training:
+        return []
+    lines = []
+    splits = training.get("splits") if isinstance(training.get("splits"), dict) else {}
+    if training.get("slides"):
+        order = [*SPLIT_WORDS, *sorted(set(splits) - set(SPLIT_WORDS))]  # the database keeps no key order
+        parts = [f"{splits[split]} for {SPLIT_WORDS.get(split, split)}" for split in order if split in splits]
+        lines.append(f"{training['slides']} slides" + (f": {', '.join(parts)}" if parts else "") + ".")
+    diagnoses = training.get("train_diagnoses")
+    if isinstance(diagnoses, dict) and diagnoses:
+        top = sorted(diagnoses.items(), key=lambda item: (-item[1], item[0]))
+        shown = ", ".join(f"{name} {count}" for name, count in top[:8])
+        more = f" and {len(top) - 8} more" if len(top) > 8 else ""
+        lines.append(f"Training slides by diagnosis: {shown}{more}.")
+    patches = training.get("patches_per_slide")
+    if isinstance(patches, dict) and patches.get("max"):
+        lines.append(f"Tissue patches per slide: {patches.get('min', 0):,} to {patches['max']:,} "
+                     f"(mean {float(patches.get('mean') or 0):,.0f}).")
+    epochs = training.get("epochs")
+    if isinstance(epochs, list) and epochs:
+        lines.append(f"Trained for {len(epochs)} epoch{'s' if len(epochs) != 1 else ''}"
+                     + (f"; the best validation loss was {training['best_val_loss']:.3f}."
+                        if isinstance(training.get("best_val_loss"), float) else "."))
+    if training.get("source"):
+        lines.append(f"Source: {training['source']}.")
+    return lines
+
+
+def _figure_name(path: list[str]) -> str:
+    """('v2', 'mean_pool', 'auc') -> 'V2 · mean pool · AUC'."""
+    out = []
+    for key in path:
+        if key in FIGURE_NAMES:
+            out.append(FIGURE_NAMES[key])
+            continue
+        text = " ".join(str(key).replace("_", " ").split())
+        for short in ("auc", "bleu", "rouge", "meteor", "mil", "r1", "r5"):
+            text = " ".join(word.upper() if word.lower() == short else word for word in text.split())
+        out.append(text[:1].upper() + text[1:])
+    return " · ".join(out)
+
+
+def _flat_figures(figures: dict, path: list[str] | None = None) -> list[tuple[str, str]]:
+    """eval.json as (name in words, value) rows; nested sections named in order, long lists skipped, the
+    held-out comparison left out (the page states it above in words)."""
     rows = []
     for key, value in figures.items():
-        name = f"{prefix}{key}"
+        if not path and key == "heldout_comparison":
+            continue
+        here = [*(path or []), str(key)]
         if isinstance(value, dict):
-            rows.extend(_flat_figures(value, name + "."))
+            rows.extend(_flat_figures(value, here))
+        elif isinstance(value, bool):
+            rows.append((_figure_name(here), "yes" if value else "no"))
         elif isinstance(value, float):
-            rows.append((name, f"{value:.3f}"))
-        elif isinstance(value, int | str | bool) or value is None:
-            rows.append((name, str(value)))
+            rows.append((_figure_name(here), f"{value:.3f}"))
+        elif isinstance(value, int | str) or value is None:
+            rows.append((_figure_name(here), "–" if value is None else f"{value:,}" if isinstance(value, int) else value))
     return rows[:200]
 
 

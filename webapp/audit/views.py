@@ -32,6 +32,85 @@ EXPORT_FIELDS = ("id", "at", "username", "user_id", "action", "case_id", "access
                  "object_id", "ip_address", "session", "before", "after", "details")
 
 
+# --- readable events: field names and values in words, never a raw dict ---------------------------------
+ACTION_LABELS = {
+    "denied": "Refused access", "login_failed": "Sign-in failed", "login_locked_out": "Locked out after failed sign-ins",
+    "login": "Signed in", "logout": "Signed out", "admin.view": "Opened the admin site",
+    "report.sign": "Signed out a report", "report.sign_refused": "Sign-out refused",
+    "report.integrity_failure": "Signed report failed its integrity check", "classification.decide":
+    "Decided on an AI classification", "view_attention": "Viewed the attention heatmap",
+    "model_activate_override": "Activated a model despite the regression gate",
+    "model_activate_refused": "Model activation refused", "evaluation_rate": "Rated a study item",
+    "evaluation_view_item": "Opened a study item", "evaluation_create_study": "Created a rating study",
+    "evaluation_study_status": "Opened or closed a rating study", "evaluation_view_results": "Viewed study results",
+    "evaluation_export": "Exported study results", "worklist.view": "Viewed the worklist",
+}
+# Words for keys that read badly when only their underscores are replaced.
+KEY_LABELS = {"ip": "IP address", "mpp": "Microns per pixel", "id": "ID", "url": "Address", "at": "At",
+              "deidentified": "De-identified view", "stat": "STAT"}
+
+
+def words(key: str) -> str:
+    """'assigned_to' -> 'Assigned to', 'report.sign' -> 'Report sign'."""
+    key = str(key)
+    if key.lower() in KEY_LABELS:
+        return KEY_LABELS[key.lower()]
+    text = " ".join(key.replace("_", " ").replace(".", " ").replace("-", " ").split())
+    return text[:1].upper() + text[1:] if text else ""
+
+
+def action_label(action: str) -> str:
+    return ACTION_LABELS.get(action) or words(action)
+
+
+def value_words(value, depth: int = 0) -> str:
+    """A JSON value as a person would write it: yes/no, lists with commas, nested fields as 'name: value'."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(value_words(item, depth + 1) for item in value[:20]) + (" …" if len(value) > 20 else "")
+    if isinstance(value, dict):
+        if depth > 1:
+            return f"{len(value)} fields"
+        return "; ".join(f"{words(k).lower()}: {value_words(v, depth + 1)}" for k, v in value.items())
+    text = str(value)
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def readable_details(event: AuditEvent) -> list[tuple[str, str]]:
+    """(field, what happened) rows: changes as 'before → after', then the event's own details."""
+    rows: list[tuple[str, str]] = []
+    before, after = event.before, event.after
+    if isinstance(before, dict) or isinstance(after, dict):
+        before = before if isinstance(before, dict) else {}
+        after = after if isinstance(after, dict) else {}
+        for key in dict.fromkeys([*before, *after]):
+            if key in before and key in after:
+                rows.append((words(key), f"{value_words(before[key])} → {value_words(after[key])}"))
+            elif key in after:
+                rows.append((words(key), f"set to {value_words(after[key])}"))
+            else:
+                rows.append((words(key), f"removed (was {value_words(before[key])})"))
+    elif before is not None or after is not None:
+        rows.append(("Change", f"{value_words(before)} → {value_words(after)}"))
+    details = event.details
+    if isinstance(details, dict):
+        rows += [(words(key), value_words(value)) for key, value in details.items()]
+    elif details not in (None, "", []):
+        rows.append(("Details", value_words(details)))
+    return rows
+
+
+def _readable(events: Iterable[AuditEvent]) -> None:
+    for event in events:
+        event.action_label = action_label(event.action)
+        event.readable = readable_details(event)
+
+
 def _int(value: str | None) -> int | None:
     try:
         number = int(value or "")
@@ -102,6 +181,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     accessions = _accessions(event.case_id for event in page)
     for event in page:
         event.accession = accessions.get(event.case_id, "")
+    _readable(page)
     query = urlencode({key: str(value) for key, value in filters.items() if value})
     return render(request, "audit/log.html", {"form": form, "page": page, "query": query})
 
@@ -217,10 +297,13 @@ def case_access_report(request: HttpRequest, case_id: int) -> HttpResponse:
                  .values_list("pk", "role"))
     for person in people:
         person["actions"] = sorted(actions.get(person["user_id"], ()))
+        person["action_labels"] = sorted(action_label(action) for action in person["actions"])
         person["role"] = roles.get(person["user_id"], "")
     denied = events.filter(action="denied")
     record(request, "view_access_report", case=case, obj=case)
+    denied_rows, event_rows = list(denied[:200]), list(events.filter(~Q(action="denied"))[:500])
+    _readable([*denied_rows, *event_rows])
     return render(request, "audit/case_access.html", {
-        "case": case, "people": people, "denied": denied[:200], "denied_count": denied.count(),
-        "events": events.filter(~Q(action="denied"))[:500], "event_count": seen.count(),
+        "case": case, "people": people, "denied": denied_rows, "denied_count": denied.count(),
+        "events": event_rows, "event_count": seen.count(),
     })

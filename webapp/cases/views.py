@@ -3,7 +3,8 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Case as When_
+from django.db.models import Count, IntegerField, Value, When
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -12,7 +13,15 @@ from webapp.audit.log import record
 
 from . import access, specimens
 from .forms import AssignForm, CaseFilterForm, CaseForm, PartForm, SpecimenRuleForm
-from .models import CaseStatus, IdentityLocked, Part, SpecimenField, SpecimenRule
+from .models import (
+    SIGNED_OUT_STATUSES,
+    CaseStatus,
+    IdentityLocked,
+    Part,
+    Priority,
+    SpecimenField,
+    SpecimenRule,
+)
 from .search import filter_cases
 
 PAGE_SIZE = 50
@@ -37,6 +46,13 @@ def case_list(request):
     )
     if form.is_valid():
         cases = filter_cases(cases, form.cleaned_data)
+    # Work first: open cases before signed-out ones, STAT then urgent then routine, then the oldest.
+    cases = cases.annotate(
+        done_rank=When_(When(status__in=SIGNED_OUT_STATUSES, then=Value(1)), default=Value(0),
+                        output_field=IntegerField()),
+        priority_rank=When_(When(priority=Priority.STAT, then=Value(0)), When(priority=Priority.URGENT, then=Value(1)),
+                            default=Value(2), output_field=IntegerField()),
+    ).order_by("done_rank", "priority_rank", "received_date", "id")
     context = {"form": form, "cases": cases[:PAGE_SIZE], "total": cases.count()}
     template = "cases/_case_rows.html" if request.htmx else "cases/case_list.html"
     return render(request, template, context)

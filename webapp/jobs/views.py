@@ -1,13 +1,17 @@
-"""The jobs page for lab admins: every job, filterable by state and kind; cancel and retry."""
+"""The jobs page for lab admins: every job, newest first, filterable by state and kind, a page at a time,
+with when it was queued, started and finished; cancel and retry."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -17,7 +21,7 @@ from webapp.audit.log import record
 from .models import Job, JobState
 from .runner import HANDLERS, cancel_job, retry_job
 
-JOB_PAGE = 200
+JOB_PAGE = 50
 RetryFragment = Callable[[HttpRequest, Job], HttpResponse]
 # How an htmx retry answers, by job kind: a higher app shows its own fragment (the analysis app: the slide's
 # analysis state on the case page). A retry from a plain form goes back to the page it came from.
@@ -30,18 +34,28 @@ def register_retry_fragment(kind: str, render_fragment: RetryFragment) -> None:
 
 @lab_admin_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    """Every job, newest first, filterable by state and kind."""
-    jobs = Job.objects.select_related("slide__part__case", "case")
+    """Every job, newest first, filterable by state and kind, JOB_PAGE to a page."""
+    from .templatetags.jobs_tags import job_kind
+
+    jobs = Job.objects.select_related("slide__part__case", "case").order_by("-created_at", "-id")
     state, kind = request.GET.get("state", ""), request.GET.get("kind", "")
-    if state in JobState.values:
+    state = state if state in JobState.values else ""
+    kind = kind if kind in HANDLERS else ""
+    if state:
         jobs = jobs.filter(state=state)
-    if kind in HANDLERS:
+    if kind:
         jobs = jobs.filter(kind=kind)
     counts = {row["state"]: row["n"] for row in Job.objects.values("state").annotate(n=Count("id"))}
+    page = Paginator(jobs, JOB_PAGE).get_page(request.GET.get("page"))
+    for job in page.object_list:  # history times are ISO strings in JSON: as datetimes for the template
+        job.history = [{**entry, "when": parse_datetime(str(entry.get("at", "")))}
+                       for entry in job.history if isinstance(entry, dict)]
     context = {
-        "jobs": jobs[:JOB_PAGE],
+        "jobs": page.object_list,
+        "page": page,
+        "query": urlencode({key: value for key, value in (("state", state), ("kind", kind)) if value}),
         "states": [(value, label, counts.get(value, 0)) for value, label in JobState.choices],
-        "kinds": sorted(HANDLERS),
+        "kinds": sorted(((name, job_kind(name)) for name in HANDLERS), key=lambda pair: pair[1]),
         "state": state,
         "kind": kind,
     }

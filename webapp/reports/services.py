@@ -6,11 +6,13 @@ resolve the case through `webapp.reports.access` first.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.html import escape
 from rapidfuzz.distance import Levenshtein
 
 from webapp.cases.models import Case, CaseStatus
@@ -123,16 +125,35 @@ def restore_version(section: ReportSection, number: int, base_version: int, user
     return save_section(section, old.text, base_version, user, source=VersionSource.RESTORE)
 
 
+def inline_diff(before: str, after: str) -> str:
+    """`after` as flowing HTML with the words removed since `before` struck through (<del>) and the words
+    added marked (<ins>): it wraps to any width, unlike a side-by-side table (issue #17: 1,176 px wide in a
+    567 px panel). Escaped; line breaks kept (shown with white-space: pre-wrap)."""
+    tokens_before, tokens_after = re.findall(r"\s+|[^\s]+", before), re.findall(r"\s+|[^\s]+", after)
+    out = []
+    matcher = difflib.SequenceMatcher(a=tokens_before, b=tokens_after, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        old, new = "".join(tokens_before[i1:i2]), "".join(tokens_after[j1:j2])
+        if op == "equal":
+            out.append(escape(new))
+            continue
+        if old.strip():
+            out.append(f'<del class="diff_sub">{escape(old)}</del>')
+        if new.strip():
+            out.append(f'<ins class="diff_add">{escape(new)}</ins>')
+        elif new:
+            out.append(escape(new))
+    return "".join(out)
+
+
 def version_diff(section: ReportSection, number: int) -> str:
-    """An HTML table diffing version `number` against the one before it (empty text for the first)."""
+    """HTML: version `number` with what changed since the one before it (the whole text is new for the first)."""
     version = section.versions.get(number=number)
     previous = section.versions.filter(number__lt=number).order_by("-number").first()
-    before = previous.text if previous else ""
-    return difflib.HtmlDiff(wrapcolumn=70).make_table(
-        before.splitlines(), version.text.splitlines(),
-        fromdesc=f"v{previous.number}" if previous else "(empty)", todesc=f"v{number}",
-        context=True, numlines=2,
-    )
+    since = f"since v{previous.number}" if previous else "(first version)"
+    body = inline_diff(previous.text if previous else "", version.text)
+    return (f'<p class="diff-legend muted">v{number} {since}: <del class="diff_sub">removed</del> '
+            f'<ins class="diff_add">added</ins></p><div class="inline-diff">{body}</div>')
 
 
 def edit_distance(ai_text: str, final_text: str) -> float:

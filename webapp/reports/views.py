@@ -10,10 +10,11 @@ import json
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.db.models import Min, Prefetch
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.accounts import reauth
@@ -42,8 +43,14 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
     """A pathologist's assigned cases with analysis, report and AI triage state (see worklist.py)."""
     cases, form, sort = worklist_cases(request.user, request.GET)
     cases = list(cases[:200])
+    # After sign-out the age stops: the turnaround (received to the primary report's signature) instead.
+    signed_at = dict(Report.objects.filter(case__in=[c.pk for c in cases], kind=ReportKind.PRIMARY,
+                                           status=ReportStatus.SIGNED)
+                     .values("case").annotate(at=Min("signed_at")).values_list("case", "at"))
     for case in cases:
         case.report_state = report_state_label(case)
+        at = signed_at.get(case.pk)
+        case.turnaround_days = (timezone.localdate(at) - case.received_date).days if at else None
     record(request, "worklist.view", count=len(cases), sort=sort)
     context = {"cases": cases, "form": form, "sort": sort}
     template = "reports/_worklist_rows.html" if request.htmx and not request.htmx.boosted else "cases/worklist.html"
@@ -99,6 +106,27 @@ def _integrity(reports: list[Report], request) -> dict[int, snapshot.Integrity]:
     return {r.pk: snapshot.check(r, request) for r in reports}
 
 
+FORM_MEMORY = "pathalign_workspace_form"  # what a refused workspace form held, shown again once
+
+
+def _remember_form(request: HttpRequest, case_id: int, form: str, **fields: str) -> None:
+    request.session[FORM_MEMORY] = {"case": case_id, "form": form, **fields}
+
+
+def _recall_form(request: HttpRequest, case_id: int) -> dict:
+    """{form name: its fields} of the last refused form on this case's workspace (read once)."""
+    memo = request.session.pop(FORM_MEMORY, None)
+    if not isinstance(memo, dict) or memo.get("case") != case_id:
+        return {}
+    return {memo.get("form", ""): memo}
+
+
+def _see_other(url: str) -> HttpResponse:
+    response = HttpResponseRedirect(url)
+    response.status_code = 303
+    return response
+
+
 def workspace_context(request: HttpRequest, case) -> dict:
     user = request.user
     chain = export.signed_chain(case, with_rows=True)
@@ -125,6 +153,7 @@ def workspace_context(request: HttpRequest, case) -> dict:
         "methods": methods,
         "default_method": next((m.value for m in methods if m.available), ""),
         "followup_form": FollowupForm(),
+        "kept": _recall_form(request, case.pk),
         "sign_failures": failures,
         "primary_signed": any(r.kind == ReportKind.PRIMARY for r in chain),
         "integrity_failures": [i for i in integrity.values() if not i.ok],
@@ -300,12 +329,16 @@ def report_sign(request: HttpRequest, report_id: int) -> HttpResponse:
                reason="locked out" if locked else "wrong password")
         failures = AuditEvent.objects.filter(action="report.sign_refused", object_id=str(report.pk)).count()
         if locked:
-            messages.error(request, f"{reauth.LOCKED_MESSAGE} The report was not signed.")
+            error = f"{reauth.LOCKED_MESSAGE} The report was not signed."
         else:
-            messages.error(request, f"Wrong password: the report was not signed ({failures} refused attempt"
-                                    f"{'s' if failures != 1 else ''} logged).")
-        context = workspace_context(request, case)
-        return render(request, "reports/workspace.html", context, status=403)
+            error = (f"Wrong password: the report was not signed ({failures} refused attempt"
+                     f"{'s' if failures != 1 else ''} logged). Type your password again to sign.")
+        messages.error(request, error)
+        # Back to the workspace (not a page at the sign-out URL that a reload would post again), with what
+        # the signer typed besides the password.
+        _remember_form(request, case.pk, "sign", error=error,
+                       no_slides_reason=request.POST.get("no_slides_reason", "")[:2000])
+        return _see_other(reverse("report_workspace", args=[case.pk]) + "#sign")
     versions = {}
     for key, value in request.POST.items():
         if key.startswith("section_version_"):
@@ -323,6 +356,7 @@ def report_sign(request: HttpRequest, report_id: int) -> HttpResponse:
         messages.error(request, "Not signed out. Before signing:")
         for problem in exc.problems:
             messages.error(request, problem)
+        _remember_form(request, case.pk, "sign", no_slides_reason=no_slides_reason)
         return redirect("report_workspace", case_id=case.pk)
     except services.StaleVersion:
         messages.error(request, "The text changed after you last saw it (another session saved). Read it "
@@ -350,6 +384,9 @@ def followup_start(request: HttpRequest, case_id: int) -> HttpResponse:
         for errors in form.errors.values():
             for error in errors:
                 messages.error(request, error)
+        # The chosen kind and the reason come back with the message, not a blank form.
+        _remember_form(request, case.pk, "followup", kind=request.POST.get("kind", "")[:20],
+                       reason=request.POST.get("reason", "")[:2000])
         return redirect("report_workspace", case_id=case.pk)
     try:
         report = services.start_followup(case, form.cleaned_data["kind"], request.user,

@@ -29,3 +29,50 @@ def percent(value: float | None) -> int:
 @register.filter
 def first_line(value: str | None) -> str:
     return (value or "").strip().splitlines()[0] if (value or "").strip() else ""
+
+
+# What each kind of job does, in the words of the people who use the app (job kinds are code names).
+KIND_LABELS = {
+    "analyze_slide": "Slide analysis",
+    "draft_report": "AI draft of a report",
+    "embed_report": "Index a signed report for search",
+    "train_bundle": "Train a model from signed-out cases",
+    "reembed_archive": "Re-index the archive with a model",
+    "selftest": "Worker self-test",
+}
+KIND_DESCRIPTIONS = {
+    "analyze_slide": "Finds the tissue, reads it in patches and computes the slide's embedding and heatmap.",
+    "draft_report": "Writes a suggested report text for a case with the active model.",
+    "embed_report": "Makes a signed-out report findable by similar-case search and retrieval drafts.",
+    "train_bundle": "Trains a new model version from signed-out cases and measures it on held-out cases.",
+    "reembed_archive": "Queues every slide and signed report again after the active model changed.",
+    "selftest": "Checks that a worker picks up and runs jobs.",
+}
+
+
+@register.filter
+def job_kind(kind: str) -> str:
+    """'embed_report' -> 'Index a signed report for search'; an unknown kind -> 'Embed report'."""
+    if kind in KIND_LABELS:
+        return KIND_LABELS[kind]
+    words = kind.replace("_", " ").replace(".", " ").replace("-", " ").split()
+    return " ".join(words).capitalize() if words else ""
+
+
+@register.filter
+def job_kind_help(kind: str) -> str:
+    return KIND_DESCRIPTIONS.get(kind, "")
+
+
+@register.filter
+def wait_time(job) -> dt.timedelta | None:
+    """How long the job waited in the queue before a worker started it (until now while it waits)."""
+    if job.created_at is None:
+        return None
+    if job.started_at:
+        return job.started_at - job.created_at
+    if job.state == "queued":
+        from django.utils import timezone
+
+        return timezone.now() - job.created_at
+    return None
