@@ -187,7 +187,7 @@ def specimen_rules(request):
     """The lab's organ and procedure-family rules (cases.specimens), which retrieval drafts and their evidence
     filter by and which flag a draft naming another organ. Adding or deleting a rule re-derives every part's
     family at once; each change is audited. A rule is changed by deleting it and adding the new one."""
-    form = SpecimenRuleForm(initial={"order": 100})
+    form = SpecimenRuleForm(initial={"field": SpecimenField.SITE, "order": 100})
     action = request.POST.get("action") if request.method == "POST" else None
     if action == "add":
         form = SpecimenRuleForm(request.POST)
