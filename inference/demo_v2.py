@@ -249,6 +249,8 @@ def train_config(cfg: DemoV2Config) -> Any:
 
 def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
                  log: Callable[[str], object]) -> dict[str, Any]:
+    import torch
+
     from inference.bundle import save_bundle
     from inference.qformer import default_text_model_dir
     from inference.train import load_examples, train_stage1
@@ -264,7 +266,7 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     save_bundle(bundle, model.cpu(), tokenizer, encoder_spec, name="pathalign-demo-v2", version="2.0.0",
                 training={**history["data"], "best_val_loss": history["best_val_loss"], "config": history["config"],
                           "epochs": history["epochs"], "corpus": json.loads((corpus / "corpus.json").read_text())},
-                reference_text_dir=default_text_model_dir())
+                reference_text_dir=default_text_model_dir(), storage_dtype=torch.bfloat16)
     return {"epochs": len(history["epochs"]), "best_val_loss": history["best_val_loss"]}
 
 

@@ -10,6 +10,11 @@ Shapes used in comments:
   T  text tokens                        H  hidden width (384 for MiniLM)
   E  projection width for retrieval (256, stored in pgvector)          V  vocabulary size
 
+Reading a whole slide (config v2, ``scorer_hidden > 0``): a gated-attention patch scorer (Ilse et al. 2018)
+scores every patch; its log-attention (times a learned strength) biases every cross-attention logit, the
+cross-attention may read only its top-k patches, and its attention-pooled bag embedding gets an ITC term of
+its own during training. Without it (the default) the model is the v1 Q-Former, weight for weight.
+
 The query and text streams share self-attention layers. Queries additionally cross-attend to the patches
 every ``cross_attention_freq`` layers and have their own feed-forward layers (as in BLIP-2). Three
 attention patterns over the [queries; text] sequence give the three uses:
@@ -80,9 +85,9 @@ class QFormerConfig:
     # [SEP]), or None for the whole vocabulary. See LMHead.
     output_vocab: list[int] | None = None
     # Reading a whole slide (config v2). A gated-attention patch scorer (Ilse et al. 2018) scores every
-    # patch; its log-softmax is added to every cross-attention logit (a learned prior that lets the queries
-    # concentrate on a small focus among thousands of patches) and, with ``scorer_top_k``, the
-    # cross-attention reads only the top-k scored patches. ``bag_loss_weight`` adds an ITC term on the
+    # patch; its log-softmax, times a learned strength (from ``scorer_prior``), is added to every
+    # cross-attention logit (a prior that lets the queries concentrate on a small focus among thousands of
+    # patches) and, with ``scorer_top_k``, the cross-attention reads only the top-k scored patches. ``bag_loss_weight`` adds an ITC term on the
     # scorer's attention-pooled bag embedding (training only: the scorer's direct learning signal).
     # The defaults (no scorer) are the v1 model, so v1 bundles load and read slides exactly as before.
     scorer_hidden: int = 0  # width of the scorer's instance embedding; 0 = no scorer (v1)
