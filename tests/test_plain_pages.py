@@ -98,8 +98,13 @@ def test_bundle_page_states_figures_in_words_beside_the_active_ones(cast, client
         "active": {"n": 12, "texts": 12, "i2t_r1": 0.4167, "i2t_r1_hits": 5, "i2t_r5": 0.75, "i2t_r5_hits": 9,
                    "t2i_r1": 0.3333, "t2i_r1_hits": 4}},
         "v2": {"mean_pool": {"auc": 0.635}}}
+    new.encoder = {"kind": "hf", "name": "phikon", "dim": 768, "mean": [0.5, 0.5, 0.5]}
+    new.dims = {"embed": 256, "queries": 32}
+    new.variant = "G"
     new.save()
     page = client_for(cast.admin).get(reverse("bundle_detail", args=[new.pk])).content.decode()
+    assert "name: phikon; kind: hf; dim: 768; mean: 0.5, 0.5, 0.5" in page and "embed: 256; queries: 32" in page
+    assert "PathAlign-G (generative" in page
     assert_no_raw_dict(page)
     assert "48 slides: 40 for training, 8 for validation (choosing the best epoch)." in page
     assert "Training slides by diagnosis: adenoma 20, polyp 20." in page

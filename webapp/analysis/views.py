@@ -182,6 +182,8 @@ def _detail_context(bundle: ModelBundle) -> dict:
         "bundle": bundle, "done": done, "total": total, "active": active, "comparison": comparison,
         "comparison_lines": pipeline.comparison_lines(comparison, f"the active one ({compared})"),
         "comparison_rows": comparison_rows(comparison), "training_lines": training_lines(bundle.training),
+        "encoder_words": spec_words(bundle.encoder), "dims_words": spec_words(bundle.dims),
+        "variant_words": VARIANT_WORDS.get(bundle.variant, bundle.variant or "not stated"),
         "gate": pipeline.activation_gate(bundle, active), "override_min": pipeline.OVERRIDE_MIN_CHARS,
         "margin_points": round(100 * settings.BUNDLE_MAX_REGRESSION),
         "figures": _flat_figures(bundle.eval_figures), "search_bundle": runtime.search_bundle(),
@@ -266,6 +268,28 @@ def training_lines(training: dict) -> list[str]:
     if training.get("source"):
         lines.append(f"Source: {training['source']}.")
     return lines
+
+
+VARIANT_WORDS = {"R": "PathAlign-R (retrieval: finds similar signed-out reports)",
+                 "G": "PathAlign-G (generative: writes draft text)"}
+
+
+def spec_words(spec: dict) -> str:
+    """A settings dict as 'name: value' pairs in words ('kind: hf; dim: 768'); nested dicts flattened."""
+    if not isinstance(spec, dict) or not spec:
+        return "–"
+    pairs = []
+    first = ("name", "kind", "type")  # then alphabetical: the database keeps no key order
+    for key in sorted(spec, key=lambda k: (first.index(k) if k in first else len(first), str(k))):
+        value = spec[key]
+        if isinstance(value, dict):
+            value = spec_words(value)
+        elif isinstance(value, list):
+            value = ", ".join(str(item) for item in value[:8]) + (" …" if len(value) > 8 else "")
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        pairs.append(f"{str(key).replace('_', ' ')}: {value}")
+    return "; ".join(pairs)
 
 
 def _figure_name(path: list[str]) -> str:
