@@ -138,6 +138,21 @@ def test_72_dpi_tiff_is_resolution_unknown_until_a_lab_admin_sets_it(
     assert 0 < row.n_patches <= 4 and row.seconds < 30
 
 
+def test_a_tiff_without_resolution_tags_is_resolution_unknown(active_bundle, cast, case_factory, client_for,
+                                                              tmp_path):
+    """No resolution in the file at all (not even the 72-dpi default): unknown too, and analysis waits."""
+    path = tmp_path / "no-resolution.tif"
+    tifffile.imwrite(path, tissue_like(512, 512, seed=6), tile=(256, 256), photometric="rgb", resolution=None,
+                     resolutionunit="NONE")
+    case = case_factory(assigned_to=cast.path1)
+    slide = support.ingest(path, case.parts.get())
+    assert slide.resolution_unknown and slide.effective_mpp is None
+    assert pipeline.queue_slide_analysis(slide) is None
+    with pytest.raises(pipeline.JobFailed, match="resolution is unknown"):
+        pipeline.embed_slide(slide, active_bundle, _noop)
+    assert "Resolution unknown" in client_for(cast.path1).get(f"/cases/{case.pk}/viewer/").content.decode()
+
+
 def test_patch_cap_setting_caps_the_grid(active_bundle, case_factory, settings, small_slides):
     settings.MAX_PATCHES_PER_SLIDE = 2
     slide = support.ingest(small_slides[0], case_factory().parts.get())
