@@ -59,7 +59,7 @@ class DemoV2Config:
     num_query_tokens: int = 32
     scorer_hidden: int = 128
     scorer_top_k: int = 0
-    scorer_prior: float = 0.0
+    scorer_prior: float = 1.0
     bag_loss_weight: float = 1.0
     epochs: int = 60
     batch_size: int = 16

@@ -93,7 +93,7 @@ class QFormerConfig:
     scorer_hidden: int = 0  # width of the scorer's instance embedding; 0 = no scorer (v1)
     scorer_attn: int = 64  # width of the gated attention (tanh / sigmoid branches)
     scorer_top_k: int = 0  # cross-attention reads the k best-scored patches; 0 = all (biased by the scores)
-    scorer_prior: float = 0.0  # initial strength of the scores' bias on the cross-attention logits (learned)
+    scorer_prior: float = 1.0  # initial strength of the scores' bias on the cross-attention logits (learned)
     bag_loss_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -319,8 +319,8 @@ class PatchScorer(nn.Module):
         self.u = nn.Linear(config.scorer_hidden, config.scorer_attn)
         self.w = nn.Linear(config.scorer_attn, 1)
         self.proj = nn.Linear(config.scorer_hidden, config.embed_dim)
-        # How strongly the scores bias the cross-attention: learned, from 0 (the Q-Former starts reading the
-        # slide as v1 does while the scorer learns from its own ITC term, and takes up the prior as it helps).
+        # How strongly the scores bias the cross-attention: learned, from config.scorer_prior (1: the whole
+        # log-attention from the first step; 0: the queries start reading the slide as v1 does).
         self.strength = nn.Parameter(torch.zeros(()))
 
     def forward(self, normed: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

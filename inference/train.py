@@ -312,7 +312,7 @@ class TrainConfig:
     # and the weight of the scorer's own ITC term on its attention-pooled bag embedding.
     scorer_hidden: int = 0
     scorer_top_k: int = 0
-    scorer_prior: float = 0.0  # initial strength of the scores' bias on the cross-attention (learned)
+    scorer_prior: float = 1.0  # initial strength of the scores' bias on the cross-attention (learned)
     bag_loss_weight: float = 1.0  # used only with a scorer
     seed: int = 0
     device: str = "auto"
