@@ -106,7 +106,8 @@ class BuildState:
         old = self.data.get("config")
         now = _jsonable(asdict(cfg))
         free = ("workers", "device")  # the machine may change between sittings; the build may not
-        changed = sorted(k for k in now if old and old.get(k) != now[k] and k not in free)
+        # (a parameter the build's own version did not have yet is not a change)
+        changed = sorted(k for k in now if old and k in old and old[k] != now[k] and k not in free)
         if changed:
             raise SystemExit(f"{out} was built with other parameters ({', '.join(changed)}); "
                              "use a new --out directory (or delete this one) to build with these")
