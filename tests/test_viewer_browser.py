@@ -209,3 +209,25 @@ def test_outsider_gets_no_tiles(cast, page_for, viewer_case):
                 f"/slides/{viewer_case.he.pk}/dzi/slide_files/12/0_0.jpeg",
                 f"/slides/{viewer_case.he.pk}/iiif/full/max/0/default.jpg"):
         assert page.request.get(url).status == 404
+
+
+def test_case_viewer_grid_from_the_url(cast, page_for, viewer_case, good_slide, case_factory):
+    """?more= opens the third pane of a grid; the URL follows the panes; a slide of another case is a 404."""
+    third = ingest_slide(good_slide, part=viewer_case.parts.first(), original_filename="c.svs", stain="CK7",
+                         block_label="3", move=False)
+    page = page_for(cast.path1)
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(f"/cases/{viewer_case.pk}/viewer/?slide={viewer_case.he.pk}&compare={viewer_case.ihc.pk}&more={third.pk}")
+    page.wait_for_function(f"() => {VIEWER} && {VIEWER}.paneNames().length === 3")
+    wait_loaded(page, "third")
+    assert page.evaluate(f"{VIEWER}.panes.third.slideId") == str(third.pk)
+    # The viewer fills the window: the strip ends on screen, below the panes.
+    strip = page.locator(".pa-strip").bounding_box()
+    assert strip["y"] + strip["height"] <= 900
+    page.click(".pa-pane[data-pane=third] .pa-pane-close")
+    page.wait_for_function("() => !window.location.search.includes('more=')")
+    assert f"compare={viewer_case.ihc.pk}" in page.url
+    other = case_factory(assigned_to=cast.path1)
+    foreign = ingest_slide(good_slide, part=other.parts.first(), original_filename="d.svs", move=False)
+    response = page.goto(f"/cases/{viewer_case.pk}/viewer/?slide={viewer_case.he.pk}&more={foreign.pk}")
+    assert response.status == 404
