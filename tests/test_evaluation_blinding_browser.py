@@ -56,3 +56,28 @@ def test_rater_page_is_blind_to_study_and_model(cast, blind_study, heatmap, page
     expect(page.locator("[data-role=overlay-controls]")).to_be_visible()
     expect(page.locator("[data-role=overlay-select] option")).to_have_count(1)
     assert page.request.get(f"/slides/{slide_id}/overlays/{heatmap}.json").status == 200
+
+
+def test_study_builder_previews_pairs_and_warns_live(cast, case_factory, page_for):
+    from tests.model_fixtures import bundle_row
+    from webapp.evaluation import sources
+    from webapp.reports.models import AIDraft, Report, ReportSection
+    from webapp.reports.services import sign
+
+    for index in range(3):
+        case = case_factory(assigned_to=cast.path1, accession_number=f"S26-0910{index}")
+        report = Report.objects.create(case=case, created_by=cast.path1)
+        section = ReportSection.objects.create(report=report, part=case.parts.get(), text=f"Adenoma {index}.")
+        if index < 2:
+            AIDraft.objects.create(section=section, method="retrieval", bundle=bundle_row("demo@2"),
+                                   text=f"Polyp {index}.", job_id=index)
+        sign(report, cast.path1, no_slides_reason="no slide files in this test")
+    page = page_for(cast.admin)
+    page.goto("/evaluation/studies/new/")
+    expect(page.locator("input[name=paired]")).to_be_checked()  # paired by default
+    page.check(f"input[name=sources][value='{sources.SIGNED}']")
+    page.check("input[name=sources][value='ai:retrieval:demo@2']")
+    expect(page.get_by_test_id("plan")).to_contain_text("Signed-out report (control): 2 items", timeout=20000)
+    expect(page.get_by_test_id("plan")).to_contain_text("1 part left out")
+    page.uncheck("input[name=paired]")  # 3 control texts against 2 AI texts
+    expect(page.locator("#ev-preview")).to_contain_text("The arms are unbalanced")

@@ -198,15 +198,17 @@ class Plan:
 
 def plan_study(candidates: Iterable[sources.Candidate], source_keys: Sequence[str], *, paired: bool = True,
                labels: dict[str, str] | None = None, staff: list[str] | None = None,
-               drop_duplicates: bool = False) -> Plan:
+               drop_duplicates: bool = False, quick: bool = False) -> Plan:
     """Normalise every text as raters will read it, keep only parts with a text from every source when
     `paired` (the default: AI and control are rated on the same slides), find texts that read the same in
     two arms (anywhere in the study: a retrieval draft may copy another case's signed report), and drop their
-    parts when `drop_duplicates`."""
+    parts when `drop_duplicates`. `quick` (the form's live preview) compares the texts as stored, without
+    the de-identification pass (about 5 ms a text, and seconds to load the first time); building always
+    compares what raters will read."""
     keys = list(dict.fromkeys(source_keys))
     labels = {**{key: sources.source_label(key) for key in keys}, **(labels or {})}
     plan = Plan(source_keys=keys, labels=labels, paired=paired)
-    staff = staff_names() if staff is None else staff
+    staff = [] if quick else staff_names() if staff is None else staff
     candidates = sorted(candidates, key=lambda c: (c.part.case.accession_number, c.part.label, c.source_key))
     if paired and len(keys) > 1:
         by_part: dict[int, set[str]] = {}
@@ -215,7 +217,8 @@ def plan_study(candidates: Iterable[sources.Candidate], source_keys: Sequence[st
         complete = {part_id for part_id, found in by_part.items() if set(keys) <= found}
         plan.unpaired = list(dict.fromkeys(part_name(c.part) for c in candidates if c.part.pk not in complete))
         candidates = [c for c in candidates if c.part.pk in complete]
-    planned = [Planned(c, sources.normalise_for_rating(c.text, c.part.case, staff)) for c in candidates]
+    planned = [Planned(c, c.text if quick else sources.normalise_for_rating(c.text, c.part.case, staff))
+               for c in candidates]
     groups: dict[str, list[Planned]] = {}
     for entry in planned:
         groups.setdefault(comparison_key(entry.text), []).append(entry)

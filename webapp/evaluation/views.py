@@ -109,7 +109,7 @@ def study_preview(request: HttpRequest) -> HttpResponse:
     plan = None
     if keys and parts.exists():
         paired = request.GET.get("paired") in ("on", "true", "1")
-        plan = studies.plan_study(sources.collect(parts, keys), keys, paired=paired,
+        plan = studies.plan_study(sources.collect(parts, keys), keys, paired=paired, quick=True,
                                   drop_duplicates=request.GET.get("drop_duplicates") in ("on", "true", "1"))
     return render(request, "evaluation/_preview.html", {
         "parts": parts.count(), "cases": parts.values("case").distinct().count(),
