@@ -35,6 +35,18 @@ CONTROLS = "[data-pa-annotations] .pa-ann-bar button, [data-pa-annotations] .pa-
            "[data-pa-annotations] .pa-ann-bar input[type=checkbox]"
 
 
+@pytest.fixture(autouse=True)
+def default_labels(db):
+    """The lab's starting label list (QuPath's classes), as the migration seeds it: a transactional test
+    elsewhere in a run empties the tables, seeded rows included."""
+    from importlib import import_module
+
+    from webapp.slides.models import AnnotationLabel
+
+    for position, (name, color) in enumerate(import_module("webapp.slides.migrations.0003_annotations").DEFAULT_LABELS):
+        AnnotationLabel.objects.get_or_create(name=name, defaults={"color": color, "position": position})
+
+
 @pytest.fixture
 def annotated_case(cast, case_factory, good_slide):
     case = case_factory(assigned_to=cast.path1)
@@ -152,3 +164,75 @@ def test_deidentified_view_has_no_annotations(cast, page_for, annotated_case):
     assert page.locator("[data-pa-annotations]").count() == 0
     assert page.locator(".a9s-annotation").count() == 0
     assert annotation_requests == []
+
+
+def test_every_tool_draws_and_the_form_edits_and_deletes(cast, page_for, annotated_case):
+    page = page_for(cast.path1)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error} {error.stack}"))
+    page.on("dialog", lambda dialog: dialog.accept())  # the delete confirmation
+    page.set_viewport_size({"width": 1440, "height": 900})
+    open_viewer(page, annotated_case)
+    canvas = page.locator("[data-pane=main] .pa-osd").bounding_box()
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+
+    def drag(points):
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y, steps=4)
+        page.mouse.up()
+
+    def saved(count: int, name: str) -> Annotation:
+        expect(page.locator("[data-ann-role=status]")).to_contain_text(f"{name} saved", timeout=10000)
+        assert Annotation.objects.count() == count
+        return Annotation.objects.order_by("-created_at").first()
+
+    page.locator("[data-ann-tool=rect]").click()
+    drag([(cx - 200, cy - 150), (cx - 100, cy - 100), (cx - 40, cy - 60)])
+    rect = saved(1, "Rectangle")
+    assert rect.kind == "rectangle" and len(rect.geometry["coordinates"][0]) == 5
+    page.locator("[data-ann-tool=point]").click()
+    page.mouse.click(cx + 150, cy - 120)
+    point = saved(2, "Point")
+    assert point.geometry["type"] == "Point"
+    dot = page.locator(f".a9s-point[data-id='#{point.pk}'] .a9s-inner")
+    expect(dot).to_be_visible()  # a dot of constant size on screen, where the click was
+    box = dot.bounding_box()
+    assert abs(box["x"] + box["width"] / 2 - (cx + 150)) < 3 and abs(box["y"] + box["height"] / 2 - (cy - 120)) < 3
+    page.locator("[data-ann-tool=line]").click()
+    drag([(cx - 200, cy + 120), (cx - 100, cy + 125), (cx, cy + 130)])
+    line = saved(3, "Line")
+    assert line.geometry["type"] == "LineString"
+    expect(page.locator("[data-ann-role=form-measure]")).to_contain_text("µm")
+    page.locator("[data-ann-tool=freehand]").click()
+    drag([(cx + 60, cy + 20), (cx + 160, cy + 10), (cx + 200, cy + 90), (cx + 120, cy + 140), (cx + 50, cy + 90)])
+    free = saved(4, "Free-hand")
+    assert free.geometry["type"] == "Polygon" and len(free.geometry["coordinates"][0]) > 5
+    expect(page.locator("[data-ann-role=form-measure]")).to_contain_text("mm²")
+
+    folder = os.environ.get("PATHALIGN_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=f"{folder}/viewer-annotation-tools.png")
+
+    # The form (open on the last shape): label, comment, shared layer; then delete the rectangle.
+    page.select_option(".pa-ann-form select[name=label]", label="Necrosis")
+    page.fill(".pa-ann-form textarea[name=comment]", "comedo necrosis")
+    page.select_option(".pa-ann-form select[name=layer]", "shared")
+    page.locator(".pa-ann-form [type=submit]").click()
+    expect(page.locator("[data-ann-role=status]")).to_have_text("Saved.")
+    free.refresh_from_db()
+    assert (free.label.name, free.comment, free.layer) == ("Necrosis", "comedo necrosis", "shared")
+    page.locator(f".pa-ann-item[data-ann-id='{rect.pk}']").click()
+    page.locator("[data-ann-role=delete]").click()
+    expect(page.locator("[data-ann-role=status]")).to_have_text("Deleted.")
+    expect(page.locator("[data-ann-role=count]")).to_have_text("3")
+    rect.refresh_from_db()
+    assert rect.deleted_at is not None
+    # Hiding the shared layer hides the free-hand region on the slide, not the others.
+    shapes = page.locator(".a9s-annotation")
+    expect(shapes).to_have_count(3)
+    page.locator("[data-ann-show=shared]").uncheck()
+    expect(shapes).to_have_count(2)
+    assert not problems, problems
+

@@ -18,6 +18,18 @@ RECT = {"type": "Polygon", "coordinates": [[[100, 200], [2100, 200], [2100, 1200
 LINE = {"type": "LineString", "coordinates": [[0, 0], [300, 400]]}  # 500 px = 250 um at 0.5 um/px
 
 
+@pytest.fixture(autouse=True)
+def default_labels(db):
+    """The lab's starting label list (QuPath's classes), as the migration seeds it: a transactional test
+    elsewhere in a run empties the tables, seeded rows included."""
+    from importlib import import_module
+
+    from webapp.slides.models import AnnotationLabel
+
+    for position, (name, color) in enumerate(import_module("webapp.slides.migrations.0003_annotations").DEFAULT_LABELS):
+        AnnotationLabel.objects.get_or_create(name=name, defaults={"color": color, "position": position})
+
+
 @pytest.fixture
 def slide(cast, case_factory, good_slide) -> Slide:
     case = case_factory(assigned_to=cast.path1)

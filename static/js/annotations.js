@@ -149,7 +149,9 @@
       disableEditor: true, // our own form in the panel
       allowEmpty: true,
       drawOnSingleClick: true, // polygons are drawn click by click, not with a first drag
-      formatter: (annotation) => layer.format(annotation),
+      // An array, not the older `formatter` option: the selector pack's free-hand editor (0.6.1) passes
+      // `config.formatter` where a list is expected and fails on a function.
+      formatters: [(annotation) => layer.format(annotation)],
     });
     window.Annotorious.SelectorPack(this.anno, { tools: ["point", "line", "freehand"] });
     this.anno.on("createSelection", (selection) => layer.created(selection));
@@ -158,6 +160,15 @@
     this.anno.on("cancelSelected", () => { layer.pendingTarget = null; });
     this.element.addEventListener("pointerdown", () => setActive(layer), { capture: true, passive: true });
   }
+
+  // Annotorious 2.7.19 keeps the editable shape under the mouse as its "hovered" shape after the shape is
+  // gone (cancelSelected) and then fails on the next mouseleave of the pane ("e.getAttribute is not a
+  // function"). Telling the editable shape that the mouse left it, as the browser would, clears that.
+  Layer.prototype.deselect = function () {
+    this.element.querySelectorAll(".a9s-annotationlayer .editable, .a9s-annotationlayer .selected")
+      .forEach((el) => el.dispatchEvent(new MouseEvent("mouseleave")));
+    this.anno.cancelSelected();
+  };
 
   Layer.prototype.format = function (annotation) {
     const item = this.find(annotation.id);
@@ -205,7 +216,7 @@
   Layer.prototype.created = function (selection) {
     const kind = KIND_OF_TOOL[state.tool];
     const geometry = kind && targetToGeometry(selection.target, kind, this);
-    this.anno.cancelSelected();
+    this.deselect();
     setTool("");
     if (!geometry) { status("That shape could not be read; draw it again.", true); return; }
     const body = { kind: kind, geometry: geometry, layer: $("[data-ann-role=layer]").value,
@@ -344,7 +355,7 @@
   function closeForm() {
     state.selected = null;
     $("[data-ann-role=form]").hidden = true;
-    if (state.active) state.active.anno.cancelSelected();
+    if (state.active) state.active.deselect();
     refreshPanel();
   }
 
@@ -369,7 +380,7 @@
       .then((saved) => {
         layer.pendingTarget = null;
         replaceItem(layer, saved);
-        layer.anno.cancelSelected();
+        layer.deselect();
         layer.render();
         status("Saved.");
         openForm(saved);
@@ -385,7 +396,7 @@
     request(listUrl(layer.slide) + item.id + "/delete/", { method: "POST" })
       .then(() => {
         layer.items = layer.items.filter((a) => a.id !== item.id);
-        layer.anno.cancelSelected();
+        layer.deselect();
         layer.render();
         status("Deleted.");
         closeForm();
@@ -418,7 +429,7 @@
     }));
     panel.querySelectorAll("[data-ann-show]").forEach((box) => box.addEventListener("change", () => {
       state.show[box.dataset.annShow] = box.checked;
-      state.layers.forEach((l) => { l.anno.cancelSelected(); l.render(); });
+      state.layers.forEach((l) => { l.deselect(); l.render(); });
     }));
     $("[data-ann-role=list-toggle]").addEventListener("click", () => toggleList());
     $("[data-ann-role=form]").addEventListener("submit", saveForm);
@@ -427,7 +438,7 @@
     $("[data-ann-role=import]").addEventListener("change", (e) => importFile(e.target));
     $("[data-ann-role=export]").addEventListener("click", (e) => { if (!state.active || !state.active.slide) e.preventDefault(); });
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && state.tool) { setTool(""); state.layers.forEach((l) => l.anno.cancelSelected()); }
+      if (event.key === "Escape" && state.tool) { setTool(""); state.layers.forEach((l) => l.deselect()); }
     });
   }
 
