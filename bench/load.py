@@ -19,8 +19,14 @@ run: one viewer alone.
    OpenSeadragon), with 0.2 s between viewports; --editors threads save their draft every 2 s (htmx POST with
    a version number); one thread runs a case search every 3 s.
 Reports requests/s, p50/p95/p99 latency and errors per kind, the share of tile requests that were the first
-for their address (cold: no cache of ours could hold them), and the CPU used by the load generator itself
-and by the gunicorn processes (they share the machine); writes var/bench/load/load.json.
+for their address (cold: no cache of ours could hold them), and the CPU used by the load generator itself,
+by the gunicorn processes and by the bench database's PostgreSQL backends (they share the machine), per
+second and per request; writes var/bench/load/load.json.
+4. Before all that, in the same run (--probe-seconds, 0 skips it): CPU per tile request with a few viewers
+   against Django's full request cycle for every request (webapp.wsgi:django_application) and against the
+   deployed application with the tile fast path (webapp.wsgi:application, webapp/slides/fast_tiles.py).
+   CPU per request is robust to other work on the machine; latency is not: the load average is printed
+   with each figure.
 Target (issue #18, docs/operations.md): 50 viewers, tile p95 under 100 ms, no errors, on 2 cores.
 """
 from __future__ import annotations
@@ -131,20 +137,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(port: int, workers: int, threads: int, access_log: bool = True) -> subprocess.Popen:
+FAST_APP = "webapp.wsgi:application"  # as deployed: the tile fast path in front of Django
+DJANGO_APP = "webapp.wsgi:django_application"  # Django's full request cycle for every request
+
+
+def server_env() -> dict:
     env = bench_env()
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings_production", DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
                DJANGO_ALLOWED_HOSTS="127.0.0.1", PATHALIGN_SSL_REDIRECT="0")
-    # Production settings serve hashed static names from a manifest: collect them as a deploy would.
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env,
-                   check=True)
-    log = open(BENCH_DIR / "gunicorn.log", "wb")
+    return env
+
+
+def collect_static() -> None:
+    """Production settings serve hashed static names from a manifest: collect them as a deploy would."""
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT,
+                   env=server_env(), check=True)
+
+
+def start_gunicorn(port: int, workers: int, threads: int, access_log: bool = True,
+                   app: str = FAST_APP) -> subprocess.Popen:
+    env = server_env()
+    log = open(BENCH_DIR / "gunicorn.log", "ab")
     # The access log without query strings (they could hold a searched accession number), as deployed
     # (docs/operations.md); --no-access-log measures what its lines cost.
     access = (["--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms']
               if access_log else [])
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
          "--timeout", "60", "--graceful-timeout", "10", "--keep-alive", "30", *access],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -312,19 +331,33 @@ def server_pids(master: int) -> list[int]:
     return pids
 
 
+def database_pids() -> list[int]:
+    """The PostgreSQL backends serving the bench database (other than this process's own connection)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return [row[0] for row in cursor.fetchall()]
+
+
 class CpuMeter:
-    """CPU seconds used by this process (the load generator) and by the gunicorn processes over a phase."""
+    """CPU seconds used by this process (the load generator), by the gunicorn processes and by the bench
+    database's PostgreSQL backends over a phase (a backend that starts during the phase counts whole; one on
+    another machine, with DATABASE_URL, is not seen and counts 0)."""
 
     def __init__(self, master: int) -> None:
         self.pids = server_pids(master)
         self.hz = os.sysconf("SC_CLK_TCK")
+        self.db_start = {pid: _ticks(pid) for pid in database_pids()}
         self.start = (time.process_time(), sum(_ticks(pid) for pid in self.pids))
 
     def stop(self, elapsed: float) -> dict:
         own = time.process_time() - self.start[0]
         server = (sum(_ticks(pid) for pid in self.pids) - self.start[1]) / self.hz
+        database = sum(_ticks(pid) - self.db_start.get(pid, 0) for pid in database_pids()) / self.hz
         return {"load_generator_cpu_s": own, "load_generator_cores": own / elapsed,
-                "server_cpu_s": server, "server_cores": server / elapsed}
+                "server_cpu_s": server, "server_cores": server / elapsed,
+                "database_cpu_s": database, "database_cores": database / elapsed}
 
 
 def guarded(target, ready: threading.Barrier, failures: list[str]):
@@ -399,9 +432,17 @@ def report(title: str, rec: Recorder, elapsed: float, cpu: dict | None = None) -
         result["tile"]["cold_share"] = rec.first_requests / tiles
         print(f"  tile requests that were the first for their address (cold): {rec.first_requests / tiles:.0%}")
     if cpu:
-        result["cpu"] = cpu
+        requests = sum(len(samples) for samples in rec.samples.values())
+        result["cpu"] = {**cpu, "requests": requests, "load_average": os.getloadavg()[0], **{
+            f"{name}_ms_per_request": cpu[f"{name}_cpu_s"] * 1000 / max(1, requests)
+            for name in ("load_generator", "server", "database")}}
+        per = result["cpu"]
         print(f"  CPU: load generator {cpu['load_generator_cpu_s']:.1f} s ({cpu['load_generator_cores']:.2f} cores), "
-              f"gunicorn {cpu['server_cpu_s']:.1f} s ({cpu['server_cores']:.2f} cores), of {os.cpu_count()} CPUs")
+              f"gunicorn {cpu['server_cpu_s']:.1f} s ({cpu['server_cores']:.2f} cores), PostgreSQL "
+              f"{cpu['database_cpu_s']:.1f} s ({cpu['database_cores']:.2f} cores), of {os.cpu_count()} CPUs")
+        print(f"  CPU per request ({requests} requests): gunicorn {per['server_ms_per_request']:.2f} ms, "
+              f"PostgreSQL {per['database_ms_per_request']:.2f} ms, load generator "
+              f"{per['load_generator_ms_per_request']:.2f} ms; load average now {per['load_average']:.2f}")
     return result
 
 
@@ -417,22 +458,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",
                         help="gunicorn without its access log (each line costs CPU: see docs/operations.md)")
+    parser.add_argument("--app", choices=("fast", "django"), default="fast",
+                        help=f"what serves the load: {FAST_APP} (as deployed) or {DJANGO_APP}")
+    parser.add_argument("--probe-seconds", type=float, default=10,
+                        help="CPU per tile request against each application first, this long each (0: skip)")
+    parser.add_argument("--probe-viewers", type=int, default=8)
     args = parser.parse_args(argv)
     os.environ.update(bench_env())  # before anything imports the settings, which read it once
     with bench_database(os.environ["PATHALIGN_DB_NAME"]):
         return run(args)
 
 
+def probe(args: argparse.Namespace, data: dict) -> dict:
+    """CPU per tile request with --probe-viewers viewers, against Django's full cycle and the fast path."""
+    results = {}
+    for name, app in (("django", DJANGO_APP), ("fast", FAST_APP)):
+        port = free_port()
+        server = start_gunicorn(port, args.workers, args.threads, args.access_log, app)
+        try:
+            rec, elapsed, cpu = run_phase(port, data, args.probe_viewers, 0, False, args.probe_seconds, server.pid)
+            results[name] = report(f"CPU probe: {args.probe_viewers} viewers, {app}", rec, elapsed, cpu)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    print("\nCPU per tile request, same run, same slides (ms; robust to other work on the machine):")
+    print(f"  {'application':<34} {'gunicorn':>9} {'PostgreSQL':>11} {'both':>7} {'tiles/s':>8} {'tile p95':>9} {'load avg':>9}")
+    for name, app in (("django", DJANGO_APP), ("fast", FAST_APP)):
+        cpu, tile = results[name]["cpu"], results[name]["tile"]
+        print(f"  {app:<34} {cpu['server_ms_per_request']:>9.2f} {cpu['database_ms_per_request']:>11.2f} "
+              f"{cpu['server_ms_per_request'] + cpu['database_ms_per_request']:>7.2f} {tile['per_second']:>8.0f} "
+              f"{tile['p95_ms']:>9.1f} {cpu['load_average']:>9.2f}")
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     data = prepare(args.slides, args.editors, args.slide_size)
+    collect_static()
+    (BENCH_DIR / "gunicorn.log").write_bytes(b"")
+    app = FAST_APP if args.app == "fast" else DJANGO_APP
+    print(f"gunicorn: {args.workers} gthread workers x {args.threads} threads on 127.0.0.1, access log "
+          f"{'on' if args.access_log else 'off'}, {os.cpu_count()} CPUs; {len(data['slides'])} slides "
+          f"{args.slide_size}x{args.slide_size}; load average {os.getloadavg()[0]:.2f}")
+    probed = probe(args, data) if args.probe_seconds > 0 else {}
     port = free_port()
-    server = start_gunicorn(port, args.workers, args.threads, args.access_log)
+    server = start_gunicorn(port, args.workers, args.threads, args.access_log, app)
     try:
         load_before = os.getloadavg()[0]
-        print(f"gunicorn: {args.workers} gthread workers x {args.threads} threads on 127.0.0.1:{port}, "
-              f"access log {'on' if args.access_log else 'off'}, "
-              f"{os.cpu_count()} CPUs; {len(data['slides'])} slides {args.slide_size}x{args.slide_size}; "
-              f"load average {load_before:.2f}")
+        print(f"\nThe load, served by {app}; load average {load_before:.2f}")
         alone, alone_s, alone_cpu = run_phase(port, data, 1, 0, False, args.reference_seconds, server.pid)
         reference = report("Reference: one viewer alone", alone, alone_s, alone_cpu)
         loaded, loaded_s, loaded_cpu = run_phase(port, data, args.viewers, args.editors, True, args.seconds,
@@ -446,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
     tile = load.get("tile", {})
     passed = bool(tile) and tile["p95_ms"] < 100 and all(row.get("errors", 0) == 0 for row in load.values())
     print(f"\nTarget {args.viewers} viewers, tile p95 < 100 ms, no errors: {'MET' if passed else 'NOT MET'}")
-    (BENCH_DIR / "load.json").write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(),
+    (BENCH_DIR / "load.json").write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "probe": probed,
                                                      "reference": reference, "load": load, "target_met": passed},
                                                     indent=2))
     return 0

@@ -13,14 +13,19 @@ class RedactQueryStringFilter(logging.Filter):
 
     App URLs carry only integer ids and UUIDs in their paths, but a search form's GET parameters could hold an
     accession number or a pseudonym; the path is enough to debug with.
+
+    The line is formatted once, here, and only a line with a "?" is searched: gunicorn's access log passes a
+    dict of some 60 values (every request header and WSGI variable), and searching each of them cost more CPU
+    than serving a tile (docs/operations.md, "Load figures").
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "?" in record.msg:
-            record.msg = _QUERY.sub("?…", record.msg)
-        if record.args:
-            if isinstance(record.args, dict):
-                record.args = {k: _QUERY.sub("?…", v) if isinstance(v, str) else v for k, v in record.args.items()}
-            else:
-                record.args = tuple(_QUERY.sub("?…", a) if isinstance(a, str) else a for a in record.args)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a malformed call: the handler reports it, as without us
+            record.msg, record.args = "(unformattable log message dropped)", None
+            return True
+        if "?" in message:
+            message = _QUERY.sub("?…", message)
+        record.msg, record.args = message, None
         return True

@@ -286,7 +286,15 @@ def dzi_descriptor(request: HttpRequest, slide_id) -> HttpResponse:
 def dzi_tile(request: HttpRequest, slide_id, level: int, col: int, row: int, fmt: str) -> HttpResponse:
     if fmt not in tiles.TILE_FORMATS:
         return _text(400, f"Tile format {fmt!r} is not served; use jpeg or png.")
-    grant = tile_access.resolve(request, slide_id)
+    return dzi_tile_response(request, tile_access.resolve(request, slide_id), level, col, row, fmt)
+
+
+def dzi_tile_response(
+    request: HttpRequest, grant: tile_access.SlideGrant, level: int, col: int, row: int, fmt: str
+) -> HttpResponse:
+    """A Deep Zoom tile for a granted request (also the tile fast path's answer, webapp/slides/fast_tiles.py):
+    304 when the browser holds it, a 404 with the reason for an address outside the pyramid or pixels that
+    cannot be read."""
     try:
         opened = _opened(grant)
         return _image(
