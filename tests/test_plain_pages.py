@@ -75,6 +75,7 @@ def test_audit_details_are_readable_fields(cast, case_factory, client_for):
     page = client.get(reverse("audit_log")).content.decode()
     assert_no_raw_dict(page)
     assert "Opened or closed a rating study" in page
+    assert '<option value="evaluation_study_status">Opened or closed a rating study</option>' in page
     assert re.search(r"<dt>Status</dt><dd>open → closed</dd>", page)
     assert re.search(r"<dt>Raters per item</dt><dd>2</dd>", page) and "<dt>Paired</dt><dd>yes</dd>" in page
     assert "<dd>signed_report, ai:x</dd>" in page and "<dd>margin: 0.02; new r1: 0.4123</dd>" in page

@@ -176,6 +176,10 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     else:
         filters = parse_filters(request.GET)
         form = AuditFilterForm(initial=_form_initial(filters), user=request.user)
+    # The action filter in words too (the codes stay the values).
+    choices = list(form.fields["action"].choices)
+    form.fields["action"].choices = choices[:1] + sorted(((value, action_label(value)) for value, _ in choices[1:]),
+                                                         key=lambda choice: choice[1])
     events = filtered_events(filters)
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     accessions = _accessions(event.case_id for event in page)
