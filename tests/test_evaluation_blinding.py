@@ -115,6 +115,8 @@ def test_study_form_warns_on_unbalanced_arms_then_builds_when_accepted(cast, cas
     assert built.status_code == 302
     study = Study.objects.get(name="Unbalanced")
     assert study.items.count() == 6 and study.rater_instruction == INSTRUCTION and not study.show_overlays
+    results = client.get(reverse("evaluation_results", args=[study.pk])).content.decode()
+    assert "Built with unbalanced arms" in results and "Signed-out report (control) 5" in results
     paired = client.post(reverse("evaluation_study_create"), {**data, "name": "Paired", "paired": "on"})
     assert paired.status_code == 302 and Study.objects.get(name="Paired").items.count() == 2
 
