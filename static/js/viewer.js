@@ -53,10 +53,11 @@
     return [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f];
   }
 
-  const VIRIDIS_LUT = (function () {
-    const lut = new Uint8ClampedArray(256 * 3);
-    for (let i = 0; i < 256; i++) lut.set(viridis(i / 255).map(Math.round), i * 3);
-    return lut;
+  // Viridis as 256 opaque RGBA pixels, packed for a Uint32Array view of ImageData (byte order R, G, B, A).
+  const VIRIDIS_RGBA = (function () {
+    const bytes = new Uint8ClampedArray(256 * 4);
+    for (let i = 0; i < 256; i++) { bytes.set(viridis(i / 255).map(Math.round), i * 4); bytes[i * 4 + 3] = 255; }
+    return new Uint32Array(bytes.buffer);
   })();
 
   function viridisGradient() {
@@ -108,8 +109,10 @@
       canvas.height = tissue.height;
       const ctx = canvas.getContext("2d");
       ctx.drawImage(img, 0, 0);
-      return { data: ctx.getImageData(0, 0, tissue.width, tissue.height).data, width: tissue.width,
-               height: tissue.height, downsample: tissue.downsample };
+      const rgba = ctx.getImageData(0, 0, tissue.width, tissue.height).data;
+      const inside = new Uint8Array(tissue.width * tissue.height); // 1 = tissue
+      for (let i = 0; i < inside.length; i++) inside[i] = rgba[i * 4] >= 128 ? 1 : 0;
+      return { tissue: inside, width: tissue.width, height: tissue.height, downsample: tissue.downsample };
     }).catch(() => null);
   }
 
@@ -140,6 +143,7 @@
              width: Math.max(1, Math.ceil(cols * step / px)), height: Math.max(1, Math.ceil(rows * step / px)) };
   }
 
+  // Per output column the grid column and the mask column are computed once; per pixel it is two lookups.
   function heatmapCanvas(model, threshold) {
     const { data, mask, step, cols, grid, minX, minY, px, width, height } = model;
     const canvas = document.createElement("canvas");
@@ -147,28 +151,44 @@
     canvas.height = height;
     const ctx = canvas.getContext("2d");
     const pixels = ctx.createImageData(width, height);
-    const out = pixels.data;
+    const out = new Uint32Array(pixels.data.buffer);
     const lo = data.min;
     const span = data.max - data.min;
-    const cut = lo + threshold * span;
+    if (!model.norm) { // each cell's value on 0..1 (-1: no patch), once per layer
+      model.norm = new Float32Array(grid.length);
+      for (let k = 0; k < grid.length; k++) {
+        const v = grid[k];
+        model.norm[k] = v === v ? (span > 0 ? (v - lo) / span : 1) : -1;
+      }
+    }
+    const norm = model.norm;
+    const colCell = new Int32Array(width);
+    const colMask = new Int32Array(width);
+    for (let ox = 0; ox < width; ox++) {
+      const x = minX + (ox + 0.5) * px;
+      colCell[ox] = Math.min(cols - 1, Math.floor((x - minX) / step));
+      const mx = mask ? Math.floor(x / mask.downsample) : 0;
+      colMask[ox] = mask && (mx < 0 || mx >= mask.width) ? -1 : mx;
+    }
     let shown = 0;
     for (let oy = 0; oy < height; oy++) {
       const y = minY + (oy + 0.5) * px;
-      const row = Math.floor((y - minY) / step) * cols;
-      const my = mask ? Math.floor(y / mask.downsample) : 0;
-      const maskRow = mask && my >= 0 && my < mask.height ? my * mask.width : -1;
+      const row = Math.min(model.rows - 1, Math.floor((y - minY) / step)) * cols;
+      let maskRow = 0;
+      if (mask) {
+        const my = Math.floor(y / mask.downsample);
+        if (my < 0 || my >= mask.height) continue;
+        maskRow = my * mask.width;
+      }
+      const o = oy * width;
       for (let ox = 0; ox < width; ox++) {
-        const x = minX + (ox + 0.5) * px;
-        const v = grid[row + Math.floor((x - minX) / step)];
-        if (!(v >= cut)) continue;
+        const t = norm[row + colCell[ox]];
+        if (t < threshold || t < 0) continue;
         if (mask) {
-          const mx = Math.floor(x / mask.downsample);
-          if (maskRow < 0 || mx < 0 || mx >= mask.width || mask.data[(maskRow + mx) * 4] < 128) continue;
+          const mx = colMask[ox];
+          if (mx < 0 || !mask.tissue[maskRow + mx]) continue;
         }
-        const t = span > 0 ? Math.round((v - lo) / span * 255) : 255;
-        const o = (oy * width + ox) * 4;
-        out[o] = VIRIDIS_LUT[t * 3]; out[o + 1] = VIRIDIS_LUT[t * 3 + 1]; out[o + 2] = VIRIDIS_LUT[t * 3 + 2];
-        out[o + 3] = 255;
+        out[o + ox] = VIRIDIS_RGBA[Math.round(t * 255)];
         shown++;
       }
     }
@@ -1212,6 +1232,8 @@
     },
     instances: instances,
     viridis: viridis,
+    // The heatmap drawing, for other pages and for measuring: model(data, mask), canvas(model, threshold).
+    heatmap: { model: heatmapModel, canvas: heatmapCanvas, topRegions: topRegions },
   };
 
   function start() {
