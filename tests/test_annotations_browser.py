@@ -236,3 +236,36 @@ def test_every_tool_draws_and_the_form_edits_and_deletes(cast, page_for, annotat
     expect(shapes).to_have_count(2)
     assert not problems, problems
 
+
+
+def test_side_by_side_panes_each_have_their_layer_and_the_workspace_tools_are_clickable(
+        cast, page_for, annotated_case, good_slide):
+    """Each pane gets its own annotation layer (viewer.js's slide-opened event); the list follows the pane
+    last clicked. In the report workspace the annotation controls are clickable too."""
+    ihc = ingest_slide(good_slide, part=annotated_case.parts.get(), original_filename="b.svs", stain="Ki-67",
+                       block_label="2", move=False)
+    Annotation.objects.create(slide=ihc, owner=cast.path1, layer="shared", kind="point",
+                              geometry={"type": "Point", "coordinates": [900, 700]}, comment="Ki-67 hot spot")
+    page = page_for(cast.path1)
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(f"/cases/{annotated_case.pk}/viewer/?slide={annotated_case.slide.pk}&compare={ihc.pk}")
+    page.wait_for_function("() => window.PathAlignAnnotations && PathAlignAnnotations.layers.length === 2"
+                           " && PathAlignAnnotations.layers.every((l) => l.slide)")
+    page.wait_for_function(READY)
+    expect(page.locator("[data-ann-role=count]")).to_have_text("0")  # the main pane leads at first
+    compare = page.locator("[data-pane=compare] .pa-osd").bounding_box()
+    page.mouse.click(compare["x"] + compare["width"] / 2, compare["y"] + compare["height"] / 2)
+    expect(page.locator("[data-ann-role=count]")).to_have_text("1")
+    expect(page.locator("[data-pane=compare] .a9s-point")).to_have_count(1)
+    expect(page.locator("[data-pane=main] .a9s-annotation")).to_have_count(0)
+    page.locator("[data-ann-role=list-toggle]").click()
+    expect(page.locator(".pa-ann-item")).to_contain_text("Ki-67 hot spot")
+    main = page.locator("[data-pane=main] .pa-osd").bounding_box()
+    page.mouse.click(main["x"] + main["width"] / 2, main["y"] + main["height"] / 2)
+    expect(page.locator("[data-ann-role=count]")).to_have_text("0")
+
+    for size in ({"width": 1440, "height": 900}, {"width": 1920, "height": 1080}):
+        page.set_viewport_size(size)
+        page.goto(f"/cases/{annotated_case.pk}/workspace/")
+        page.wait_for_function(READY, timeout=20000)
+        assert_controls_clickable(page)

@@ -111,6 +111,20 @@ def test_create_edit_soft_delete_with_audit(slide, client_for, cast):
     assert event.before["comment"] == "stroma after all"
 
 
+def test_an_edit_over_someone_elses_newer_change_is_a_409(slide, client_for, cast):
+    path1, admin = client_for(cast.path1), client_for(cast.admin)
+    shared = create(path1, slide, layer="shared", comment="first").json()
+    target = url("slide_annotation", slide, shared["id"])
+    newer = post_json(admin, target, {"comment": "admin's", "updated_at": shared["updated_at"]})
+    assert newer.status_code == 200
+    stale = post_json(path1, target, {"comment": "mine", "updated_at": shared["updated_at"]})
+    assert stale.status_code == 409 and "changed this annotation" in stale.json()["error"]
+    assert Annotation.objects.get(pk=shared["id"]).comment == "admin's"
+    fresh = post_json(path1, target, {"comment": "mine", "updated_at": newer.json()["updated_at"]})
+    assert fresh.status_code == 200 and fresh.json()["comment"] == "mine"
+    assert len(events("annotation_edit")) == 2
+
+
 def test_personal_layer_is_private_and_shared_layer_is_shared(slide, client_for, cast):
     path1, admin = client_for(cast.path1), client_for(cast.admin)
     mine = create(path1, slide, comment="private note").json()

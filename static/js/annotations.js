@@ -369,7 +369,8 @@
     const item = state.selected;
     if (!layer || !item) return;
     const form = event.target;
-    const body = { label: form.elements.label.value || null, comment: form.elements.comment.value };
+    const body = { label: form.elements.label.value || null, comment: form.elements.comment.value,
+      updated_at: item.updated_at }; // the server refuses (409) if someone changed it since
     if (!form.elements.layer.disabled) body.layer = form.elements.layer.value;
     if (layer.pendingTarget) {
       const geometry = targetToGeometry(layer.pendingTarget, item.kind, layer);

@@ -79,16 +79,21 @@ def annotation_detail(request: HttpRequest, slide_id, annotation_id) -> JsonResp
     """GET: one annotation. POST (JSON with any of label, comment, layer, geometry): change it."""
     write = request.method == "POST"
     slide = rules.get_slide_for_annotations(request.user, slide_id, write=write)
-    annotation = rules.get_annotation_for_user(request.user, slide, annotation_id, write=write)
     mpp = slide.effective_mpp
-    if write:
-        before = rules.audit_snapshot(annotation)
-        try:
-            rules.update(annotation, request.user, _json_body(request))
-        except rules.AnnotationError as exc:
-            return _error(400, str(exc))
-        record(request, "annotation_edit", case=slide.part.case, obj=annotation, before=before,
-               after=rules.audit_snapshot(annotation), slide=str(slide.pk))
+    if not write:
+        annotation = rules.get_annotation_for_user(request.user, slide, annotation_id)
+    else:
+        with transaction.atomic():  # the row stays locked from the check to the save
+            annotation = rules.get_annotation_for_user(request.user, slide, annotation_id, write=True)
+            before = rules.audit_snapshot(annotation)
+            try:
+                rules.update(annotation, request.user, _json_body(request))
+            except rules.AnnotationConflict as exc:
+                return _error(409, str(exc))
+            except rules.AnnotationError as exc:
+                return _error(400, str(exc))
+            record(request, "annotation_edit", case=slide.part.case, obj=annotation, before=before,
+                   after=rules.audit_snapshot(annotation), slide=str(slide.pk))
     writable = rules.can_annotate(request.user, slide.part.case)
     return _no_store(JsonResponse(rules.annotation_dict(annotation, request.user, mpp, writable=writable)))
 
@@ -98,10 +103,12 @@ def annotation_detail(request: HttpRequest, slide_id, annotation_id) -> JsonResp
 def annotation_delete(request: HttpRequest, slide_id, annotation_id) -> JsonResponse:
     """Soft delete: the row stays (with who and when) and the audit log keeps what it was."""
     slide = rules.get_slide_for_annotations(request.user, slide_id, write=True)
-    annotation = rules.get_annotation_for_user(request.user, slide, annotation_id, write=True)
-    before = rules.audit_snapshot(annotation)
-    rules.soft_delete(annotation, request.user)
-    record(request, "annotation_delete", case=slide.part.case, obj=annotation, before=before, slide=str(slide.pk))
+    with transaction.atomic():
+        annotation = rules.get_annotation_for_user(request.user, slide, annotation_id, write=True)
+        before = rules.audit_snapshot(annotation)
+        rules.soft_delete(annotation, request.user)
+        record(request, "annotation_delete", case=slide.part.case, obj=annotation, before=before,
+               slide=str(slide.pk))
     return _no_store(JsonResponse({"deleted": str(annotation.pk)}))
 
 

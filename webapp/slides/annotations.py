@@ -49,6 +49,10 @@ class AnnotationError(ValueError):
     """A request or file the annotation rules refuse; the message is shown to the user as it is."""
 
 
+class AnnotationConflict(AnnotationError):
+    """Someone else changed the annotation since this user loaded it (HTTP 409)."""
+
+
 # --- access ------------------------------------------------------------------------------------------
 def can_annotate(user, case) -> bool:
     """Lab admins and the case's assigned pathologist write annotations; other readers only read."""
@@ -64,12 +68,15 @@ def get_slide_for_annotations(user, slide_id, *, write: bool = False) -> Slide:
 
 
 def get_annotation_for_user(user, slide: Slide, annotation_id, *, write: bool = False) -> Annotation:
-    """One live annotation of `slide` that `user` can see (shared, or their own); 404 otherwise."""
+    """One live annotation of `slide` that `user` can see (shared, or their own); 404 otherwise. With
+    `write` the row is locked until the transaction ends (call it inside transaction.atomic)."""
     if write and not can_annotate(user, slide.part.case):
         raise PermissionDenied
+    rows = Annotation.objects.visible_to(user)
+    if write:
+        rows = rows.select_for_update(of=("self",))
     try:
-        return Annotation.objects.visible_to(user).select_related("label", "owner").get(
-            pk=annotation_id, slide=slide)
+        return rows.select_related("label", "owner").get(pk=annotation_id, slide=slide)
     except (Annotation.DoesNotExist, ValueError, TypeError):
         raise Http404("No such annotation.") from None
 
@@ -284,6 +291,12 @@ def update(annotation: Annotation, user, data: dict) -> Annotation:
     its owner's choice only (a shared one taken back to a personal layer would vanish for everyone else)."""
     if not isinstance(data, dict):
         raise AnnotationError("Send a JSON object.")
+    seen = data.get("updated_at")
+    if seen and seen != annotation.updated_at.isoformat():
+        who = annotation.updated_by or annotation.owner
+        raise AnnotationConflict(
+            f"{who} changed this annotation at {annotation.updated_at:%H:%M:%S} since you opened it; "
+            "reload the slide to see their version.")
     if "layer" in data:
         layer = _layer(data["layer"])
         if layer != annotation.layer and annotation.owner_id != user.pk:
