@@ -6,7 +6,8 @@ around it (a dozen middleware, URL resolving, a connection health check `SELECT 
 of every request) and the grant stamp query. `TileFastPath` wraps the WSGI application (webapp/wsgi.py) and
 answers a GET for the Deep Zoom tile URL itself when, and only when, all of this holds:
 
-- the Host header is allowed and no HTTPS redirect is due (Django's own `get_host` and SecurityMiddleware);
+- the Host header is allowed, no HTTPS redirect is due and the user agent is not refused (Django's own
+  `get_host`, SecurityMiddleware and CommonMiddleware);
 - the session cookie has a cached grant for the slide that `tile_access.cached_grant` still finds valid:
   the same database stamp query as the full path (user active with the same role, case assigned as when
   granted, session row alive, a de-identified grant's source still open), so a reassignment, deactivation,
@@ -17,8 +18,8 @@ Everything else (no cookie, no cached grant, a refused or revoked grant, a HEAD,
 exception) goes to Django unchanged, which checks afresh, audits, answers 404/400/503 and caches the grant:
 the fast path only ever says yes to what the full path would say yes to, and never says no itself. Its
 answer is the tile view's own response (`viewer_views.dzi_tile_response`: ETag/304, Cache-Control, a 404
-with the reason for a corrupt tile) with the headers of the response middleware in settings.MIDDLEWARE that
-set headers on such a response (security, frame options, CSP), run as Django runs them.
+with the reason for a corrupt tile) with the headers of the middleware in settings.MIDDLEWARE that act on such a
+response (security, Content-Length, frame options, CSP), run as Django runs them.
 
 Measured in docs/operations.md ("Load figures").
 """
@@ -45,11 +46,14 @@ TILE_PATH = re.compile(
     r"/slides/(?P<slide_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"/dzi/slide_files/(?P<level>[0-9]+)/(?P<col>[0-9]+)_(?P<row>[0-9]+)\.(?P<fmt>jpeg|jpg|png)\Z"
 )
-# The middleware of settings.MIDDLEWARE that set headers on a tile response, in that order. The others do
-# nothing to a granted tile response (sessions, CSRF, auth, messages, htmx, axes, the session clocks and the
-# refusal audit: tile views never load the session, and the fast path never refuses).
+# The middleware of settings.MIDDLEWARE that act on a granted tile request or its response, run in that order
+# (security headers and the HTTPS redirect; disallowed user agents and Content-Length; frame options; CSP).
+# The others do nothing to it (static files, sessions, CSRF, auth, messages, htmx, axes, the session clocks
+# and the refusal audit: tile views never load the session, and the fast path never refuses);
+# tests/test_tile_fast_path.py checks the answer's headers are the full cycle's.
 HEADER_MIDDLEWARE = (
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
 )
@@ -99,6 +103,8 @@ class TileFastPath:
                 request, grant, int(match["level"]), int(match["col"]), int(match["row"]), match["fmt"])
             for middleware in reversed(self.middleware):
                 response = middleware.process_response(request, response)
+            # Which path answered, in the browser's dev tools and for the tests (a metric without a value).
+            response["Server-Timing"] = ", ".join(filter(None, (response.get("Server-Timing"), "fastpath")))
             _connection_upkeep()
             return response
         except Exception as exc:  # noqa: BLE001 - Django answers (and logs) whatever went wrong, as for any request
