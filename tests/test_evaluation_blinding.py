@@ -181,3 +181,15 @@ def test_overlays_reach_raters_only_when_the_study_allows(cast, blind_study, hea
     assert "ev-no-overlays" not in page
     Study.objects.filter(pk=blind_study.pk).update(show_overlays=False)
     assert rater.get(reverse("slide_overlays", args=[slide.pk])).json() == {"overlays": []}
+
+
+def test_a_raters_paired_texts_are_never_back_to_back(cast, case_factory):
+    study = build(case_factory, [cast.evaluator], signed=8, ai=8)
+    parts = [a.item.part_id for a in study.assignments.filter(evaluator=cast.evaluator)
+             .select_related("item").order_by("position")]
+    assert len(parts) == 16 and len(set(parts)) == 8
+    gaps = [j - i for i in range(len(parts)) for j in range(i + 1, len(parts)) if parts[i] == parts[j]]
+    assert min(gaps) > studies.WASHOUT  # at least three other texts between the two texts of a slide
+    # The rule itself, on a queue that starts with both texts of one slide.
+    assert studies.spaced_out([1, 2, 3, 4, 5, 6], {1: "a", 2: "a", 3: "b", 4: "b", 5: "c", 6: "c"}, gap=2) == \
+        [1, 3, 5, 2, 4, 6]

@@ -305,16 +305,35 @@ def build_study(
         ))
     items = Item.objects.bulk_create(items)
     queues = assign_balanced([item.pk for item in items], [user.pk for user in evaluators], raters_per_item, rng)
+    part_of = {item.pk: item.part_id for item in items}
     assignments = []
     for evaluator in evaluators:
         queue = queues[evaluator.pk][:]
         # Each evaluator's own order, from the study seed and who they are: reproducible, and unrelated to
         # anyone else's order or to the sources.
         random.Random(f"queue:{seed}:{evaluator.username}").shuffle(queue)  # noqa: S311
+        queue = spaced_out(queue, part_of)
         assignments += [Assignment(study=study, item_id=item_id, evaluator=evaluator, position=position)
                         for position, item_id in enumerate(queue, start=1)]
     Assignment.objects.bulk_create(assignments)
     return study
+
+
+WASHOUT = 3  # a rater's queue puts at least this many other texts between two texts of the same slide
+
+
+def spaced_out(queue: Sequence[int], part_of: dict[int, int], gap: int = WASHOUT) -> list[int]:
+    """`queue` reordered so two texts of the same part (the AI text and the control of a pair) are at least
+    `gap` other texts apart where the queue allows it: read back to back, the second would be judged against
+    the first rather than against the slide. Greedy and deterministic: each place takes the first remaining
+    item whose part is not among the last `gap` placed (the shuffled order otherwise kept)."""
+    remaining, out = list(queue), []
+    while remaining:
+        recent = {part_of[item] for item in out[-gap:]}
+        pick = next((item for item in remaining if part_of[item] not in recent), remaining[0])
+        remaining.remove(pick)
+        out.append(pick)
+    return out
 
 
 # --- ratings -------------------------------------------------------------------------------------------
