@@ -608,6 +608,12 @@
     const r = regions[((index % regions.length) + regions.length) % regions.length];
     const bounds = this.meta.bounds || { x: 0, y: 0 };
     const rect = item.imageToViewportRectangle(new OSD.Rect(r.x - bounds.x, r.y - bounds.y, r.width, r.height));
+    // The view: the region with some context, never beyond the scan's own resolution (no digital zoom).
+    const size = this.osd.viewport.getContainerSize();
+    const w = Math.max(r.width * 1.5, size.x);
+    const h = Math.max(r.height * 1.5, size.y);
+    const view = item.imageToViewportRectangle(new OSD.Rect(r.x + r.width / 2 - w / 2 - bounds.x,
+                                                            r.y + r.height / 2 - h / 2 - bounds.y, w, h));
     if (!this.roiBox) {
       this.roiBox = element("div", { class: "pa-roi-box", "aria-hidden": "true" });
       this.osd.addOverlay({ element: this.roiBox, location: rect });
@@ -615,7 +621,7 @@
       this.osd.updateOverlay(this.roiBox, rect);
     }
     this.roiBox.dataset.index = String(r.index + 1);
-    this.osd.viewport.fitBounds(rect);
+    this.osd.viewport.fitBounds(view);
     return r;
   };
 
