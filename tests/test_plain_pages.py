@@ -245,3 +245,14 @@ def test_signed_login_password_unchanged(cast, client):
     """The login form still signs in (the template was rewritten)."""
     response = client.post(reverse("login"), {"username": cast.path1.username, "password": PASSWORD})
     assert response.status_code == 302
+
+
+def test_an_expired_form_is_explained_in_words(cast):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(cast.path1)
+    refused = client.post(reverse("password_change"), {"old_password": PASSWORD})
+    html = refused.content.decode()
+    assert refused.status_code == 403 and "The form had expired" in html and "reload the page" in html
+    assert "CSRF verification" not in html and "Referer" not in html and 'class="topbar"' in html

@@ -31,6 +31,16 @@ def permission_denied(request, exception=None):
     return render(request, "403.html", {"message": _message(exception)}, status=403)
 
 
+CSRF_MESSAGE = ("The form could not be sent: the page was open too long, or you signed in again in another "
+                "tab since it was loaded. Go back, reload the page and try again; nothing was changed.")
+
+
+def csrf_failure(request, reason: str = ""):
+    """A refused form (CSRF) in words: Django's page speaks of tokens and referers. The reason is logged."""
+    log.warning("form refused (CSRF): %s", reason)
+    return render(request, "403.html", {"message": CSRF_MESSAGE, "title": "The form had expired"}, status=403)
+
+
 PLAIN_500 = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Something went wrong"
              "</title></head><body><h1>Something went wrong</h1><p>The error was recorded. Please try again in a "
              "moment; if it keeps happening, tell the lab administrator.</p><p><a href=\"/\">Back to the start "

@@ -96,6 +96,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-do-not-u
 DEBUG = env_bool("DJANGO_DEBUG", False)  # off unless asked for: the debug pages show the URL map and settings
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+CSRF_FAILURE_VIEW = "webapp.errors.csrf_failure"  # a page in words, not Django's "CSRF verification failed"
 
 INSTALLED_APPS = [
     "webapp.admin_site.AdminConfig",  # django.contrib.admin with the audited site (webapp/admin_site.py)
@@ -279,11 +280,12 @@ DRAFT_NUM_BEAMS = env_int("PATHALIGN_DRAFT_BEAMS", 3)
 DRAFT_MAX_NEW_TOKENS = env_int("PATHALIGN_DRAFT_MAX_TOKENS", 160)
 MULTIMODAL_MODEL_DIR = env_path("PATHALIGN_MULTIMODAL_DIR", None)  # a local multimodal LM for "llm" drafts
 # Patch extraction in the analysis job: at most this many patches per slide (an even spatial sample beyond);
-# the encode batch (0: 256 on CUDA, 64 on the CPU); torch.compile of the patch encoder; readers in processes.
+# the encode batch (0: 256 on CUDA, 64 on the CPU); torch.compile of the patch encoder; how patches are read.
 MAX_PATCHES_PER_SLIDE = env_int("PATHALIGN_MAX_PATCHES_PER_SLIDE", 20000)
 EMBED_BATCH_SIZE = env_int("PATHALIGN_EMBED_BATCH_SIZE", 0, minimum=0)
 COMPILE_ENCODER = env_bool("PATHALIGN_COMPILE_ENCODER", False)
-PATCH_READERS = env_str("PATHALIGN_PATCH_READERS", "threads", r"threads|processes", "threads or processes")
+PATCH_READERS = env_str("PATHALIGN_PATCH_READERS", "auto", r"threads|processes|auto",
+                        "threads, processes or auto (processes on CUDA, threads on the CPU)")
 
 # --- the signed record (webapp/reports/export.py)
 # Where other systems reach this app (FHIR presentedForm URLs, identifiers); "" takes it from the request.
