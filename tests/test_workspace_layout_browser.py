@@ -342,10 +342,10 @@ def test_adjustments_heatmap_and_digital_zoom(cast, page_for, four_slide_case, c
 
 
 def test_documentation_screenshots(cast, page_for, four_slide_case, centre_heat):
-    """docs/screenshots/workspace.png and heatmap-legend.png at 1440x900 (written when
-    PATHALIGN_DOC_SCREENSHOTS names the folder; the test checks the pages either way)."""
+    """docs/screenshots/workspace.png and heatmap-legend.png at 1440x900 (written into the folder
+    PATHALIGN_SCREENSHOTS names, to be copied to docs/screenshots/; the test checks the pages either way)."""
     he, ihc = four_slide_case.slides_made[:2]
-    folder = os.environ.get("PATHALIGN_DOC_SCREENSHOTS")
+    folder = os.environ.get("PATHALIGN_SCREENSHOTS")
     page = page_for(cast.path1)
     page.set_viewport_size({"width": 1440, "height": 900})
     page.goto(f"/cases/{four_slide_case.pk}/workspace/?slide={he.pk}")
