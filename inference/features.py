@@ -245,6 +245,20 @@ class _ThreadSlides:
         self.handles.clear()
 
 
+READERS = ("threads", "processes", "auto")
+
+
+def resolve_readers(readers: str, device) -> str:
+    """How patches are decoded for an encoder on `device`: "threads" or "processes" as given; "auto" is
+    processes on CUDA (decoding never holds the GIL the encoder's feeding thread needs, so reading does not
+    starve the GPU) and threads on the CPU (the encoder is the whole cost there; no spawn start-up)."""
+    if readers not in READERS:
+        raise ValueError(f"readers must be 'threads', 'processes' or 'auto', got {readers!r}")
+    if readers != "auto":
+        return readers
+    return "processes" if torch.device(device).type == "cuda" else "threads"
+
+
 def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_size: int | None = None,
                 workers: int = 4, progress: Progress | None = None,
                 readers: str = "threads") -> tuple[torch.Tensor, dict[str, float]]:
@@ -252,7 +266,8 @@ def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_
 
     `readers="threads"`: a thread pool, one OpenSlide handle per thread (OpenSlide releases the GIL while it
     decodes). `readers="processes"`: `workers` spawned processes decode chunks of patches (no GIL at all:
-    what a GPU needs so that reading never starves it). Either way a window of patches stays in flight and
+    what a GPU needs so that reading never starves it); "auto": processes on CUDA, threads on the CPU
+    (`resolve_readers`). Either way a window of patches stays in flight and
     the features stay on the encoder's device until the end (no host sync per batch). `batch_size` None:
     the encoder's default (256 on CUDA, 64 on the CPU)."""
     n = len(grid)
@@ -261,8 +276,7 @@ def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_
         if progress:
             progress(0, 0)
         return torch.zeros(0, encoder.dim), timings
-    if readers not in ("threads", "processes"):
-        raise ValueError(f"readers must be 'threads' or 'processes', got {readers!r}")
+    readers = resolve_readers(readers, encoder.device)
     bs = int(batch_size or encoder.default_batch_size())
     outs: list[torch.Tensor] = []
     done = 0
@@ -362,8 +376,8 @@ def extract_slide_features(slide_path: str | Path, encoder: PatchEncoder, patch_
                            readers: str = "threads") -> SlideFeatures:
     """Tissue mask -> patch grid at target_mpp -> parallel reads -> batched encoding.
 
-    `mpp` overrides the file's microns per pixel (a value set for this slide); `readers` "threads" or
-    "processes" (decoding in worker processes: see `encode_grid`)."""
+    `mpp` overrides the file's microns per pixel (a value set for this slide); `readers` "threads",
+    "processes" (decoding in worker processes) or "auto" (processes on CUDA): see `encode_grid`."""
     t_start = time.perf_counter()
     slide = open_slide(slide_path)
     try:
@@ -436,8 +450,7 @@ def iter_slide_features(slide_paths, encoder: PatchEncoder, patch_size: int = 22
     mpps = list(mpps) if mpps is not None else [None] * len(paths)
     if len(mpps) != len(paths):
         raise ValueError("mpps must have one entry per slide")
-    if readers not in ("threads", "processes"):
-        raise ValueError(f"readers must be 'threads' or 'processes', got {readers!r}")
+    readers = resolve_readers(readers, encoder.device)
     if not paths:
         if progress:
             progress(0, 0)

@@ -160,6 +160,13 @@ def test_patch_cap_setting_caps_the_grid(active_bundle, case_factory, settings, 
     assert len(features) == 2 and features.n_candidates > 2
 
 
+def test_the_analysis_job_reads_patches_in_processes_on_a_gpu_by_default(settings):
+    from inference.features import resolve_readers
+
+    assert settings.PATCH_READERS == "auto"  # the default: processes on CUDA, threads on the CPU
+    assert resolve_readers(settings.PATCH_READERS, "cuda") == "processes"
+
+
 def test_web_and_library_agree_on_plausible_mpp():
     from inference.slides import PLAUSIBLE_MPP
     from webapp.slides import resolution

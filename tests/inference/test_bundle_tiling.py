@@ -108,3 +108,22 @@ def test_process_readers_give_the_thread_readers_features(slide_025):
                                workers=2, readers="processes")
     assert len(a) == len(b) == 24 and torch.equal(a.features, b.features)
     assert np.array_equal(a.coords, b.coords) and b.read_seconds > 0
+
+
+def test_auto_readers_are_processes_on_cuda_and_threads_on_the_cpu(slide_025):
+    """The GPU path decodes patches in worker processes by default (no GIL between reading and the encoder);
+    on the CPU, where the encoder is the whole cost, threads (no spawn start-up). 'auto' is the web app's
+    default (PATHALIGN_PATCH_READERS, tests/test_models_tiling.py)."""
+    from inference.features import resolve_readers
+
+    assert resolve_readers("auto", torch.device("cuda")) == "processes"
+    assert resolve_readers("auto", torch.device("cpu")) == "threads"
+    assert resolve_readers("threads", torch.device("cuda")) == "threads"  # an explicit choice stays
+    with pytest.raises(ValueError, match="'threads', 'processes' or 'auto'"):
+        resolve_readers("fibres", torch.device("cpu"))
+    enc = build_encoder(ENC)
+    a = extract_slide_features(slide_025, enc, patch_size=64, target_mpp=0.5, max_patches=8, batch_size=8,
+                               workers=2, readers="auto")
+    b = extract_slide_features(slide_025, enc, patch_size=64, target_mpp=0.5, max_patches=8, batch_size=8,
+                               workers=2, readers="threads")
+    assert torch.equal(a.features, b.features)
