@@ -7,6 +7,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
+from tests.test_workspace_layout_browser import COMPARE_CONTROLS, CONTROLS, assert_clickable
 from webapp.slides import overlays
 from webapp.slides.ingest import ingest_slide
 
@@ -221,9 +222,10 @@ def test_case_viewer_grid_from_the_url(cast, page_for, viewer_case, good_slide, 
     page.wait_for_function(f"() => {VIEWER} && {VIEWER}.paneNames().length === 3")
     wait_loaded(page, "third")
     assert page.evaluate(f"{VIEWER}.panes.third.slideId") == str(third.pk)
-    # The viewer fills the window: the strip ends on screen, below the panes.
+    # The viewer fills the window: the strip ends on screen, below the panes, and every control takes a click.
     strip = page.locator(".pa-strip").bounding_box()
     assert strip["y"] + strip["height"] <= 900
+    assert_clickable(page, CONTROLS + ", " + COMPARE_CONTROLS, at_least=20)
     page.click(".pa-pane[data-pane=third] .pa-pane-close")
     page.wait_for_function("() => !window.location.search.includes('more=')")
     assert f"compare={viewer_case.ihc.pk}" in page.url
