@@ -30,6 +30,7 @@ decodes), keeping a window of patches in flight so the encoder is never starved.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -48,6 +49,8 @@ from safetensors.torch import load_file, safe_open, save_file
 from .encoders import PatchEncoder
 from .progress import Progress
 from .slides import PatchGrid, open_slide, patch_grid, read_patch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Features",
@@ -251,12 +254,22 @@ READERS = ("threads", "processes", "auto")
 def resolve_readers(readers: str, device) -> str:
     """How patches are decoded for an encoder on `device`: "threads" or "processes" as given; "auto" is
     processes on CUDA (decoding never holds the GIL the encoder's feeding thread needs, so reading does not
-    starve the GPU) and threads on the CPU (the encoder is the whole cost there; no spawn start-up)."""
+    starve the GPU) and threads on the CPU (the encoder is the whole cost there; no spawn start-up).
+
+    A daemonic process may not start children (multiprocessing refuses): there it is threads, whatever was
+    asked. Celery's prefork pool runs each task in such a process (billiard marks it daemonic for the
+    standard library too); a gpu worker started with `--pool threads` (or the command-line tools) gets
+    processes."""
+    import multiprocessing
+
     if readers not in READERS:
         raise ValueError(f"readers must be 'threads', 'processes' or 'auto', got {readers!r}")
-    if readers != "auto":
-        return readers
-    return "processes" if torch.device(device).type == "cuda" else "threads"
+    if readers == "auto":
+        readers = "processes" if torch.device(device).type == "cuda" else "threads"
+    if readers == "processes" and multiprocessing.current_process().daemon:
+        log.info("patch readers: threads (a daemonic process may not start reader processes)")
+        return "threads"
+    return readers
 
 
 def encode_grid(path: str | Path, grid: PatchGrid, encoder: PatchEncoder, batch_size: int | None = None,

@@ -127,3 +127,28 @@ def test_auto_readers_are_processes_on_cuda_and_threads_on_the_cpu(slide_025):
     b = extract_slide_features(slide_025, enc, patch_size=64, target_mpp=0.5, max_patches=8, batch_size=8,
                                workers=2, readers="threads")
     assert torch.equal(a.features, b.features)
+
+
+def _in_a_daemonic_process(queue, slide):
+    from inference.features import resolve_readers
+
+    enc = build_encoder(ENC)
+    feats = extract_slide_features(slide, enc, patch_size=64, target_mpp=0.5, max_patches=8, batch_size=8,
+                                   workers=2, readers="processes")
+    queue.put((resolve_readers("auto", "cuda"), resolve_readers("processes", "cpu"), len(feats)))
+
+
+def test_a_daemonic_process_reads_with_threads(slide_025):
+    """Celery's prefork pool runs tasks in daemonic processes, which may not start children: asking for
+    reader processes there (or 'auto' on CUDA) reads with threads instead of failing the analysis job."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_in_a_daemonic_process, args=(queue, str(slide_025)), daemon=True)
+    child.start()
+    try:
+        assert queue.get(timeout=120) == ("threads", "threads", 8)
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == 0
