@@ -314,6 +314,10 @@ class TrainConfig:
     scorer_top_k: int = 0
     scorer_prior: float = 1.0  # initial strength of the scores' bias on the cross-attention (learned)
     bag_loss_weight: float = 1.0  # used only with a scorer
+    # With a scorer and max_patches: each slide's step subset takes this share from the top of the model's own
+    # patch attention (scored over the whole bag, no gradient) and the rest at random, so a small lesion stays
+    # reachable in a subset once the scorer has found it. 0: uniform random subsets.
+    attention_sampling: float = 0.5
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -519,7 +523,9 @@ def train_stage1(
             find_unused_parameters=cfg.variant != "G",  # R trains no ITM / ITG head
         )
     gather = ctx.gather()
-    dataset = Stage1Dataset(train, tokenizer, cfg.max_text_len, cfg.max_patches, cfg.text_view_prob,
+    by_attention = bool(cfg.max_patches and model.scorer is not None and cfg.attention_sampling > 0)
+    dataset = Stage1Dataset(train, tokenizer, cfg.max_text_len, None if by_attention else cfg.max_patches,
+                            cfg.text_view_prob,
                             cfg.group_by, cfg.seed)
     loader = make_loader(dataset, sampler, Stage1Collator(tokenizer.pad_token_id or 0), cfg.num_workers, device,
                          cfg.pin_memory)
@@ -537,6 +543,9 @@ def train_stage1(
         )
         for i, batch in enumerate(bar):
             batch = _to_device(batch, device)
+            if by_attention:  # whole bags were read: keep the top of the attention plus a random rest
+                batch = attention_subset(model, batch, int(cfg.max_patches), cfg.attention_sampling,
+                                         torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, step, 1)))
             _set_lr(opt, step, total, cfg.warmup_steps)
             # ITM's hard negatives: the same draws on every rank (and in one process) for this step.
             negatives = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, step))
@@ -591,6 +600,29 @@ def train_stage1(
     history["best_val_loss"] = best[0]
     history["data"] = data_summary(examples)
     return model.eval(), tokenizer, history
+
+
+@torch.no_grad()
+def attention_subset(model: QFormer, batch: dict[str, torch.Tensor], k: int, share: float,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """At most ``k`` patches per slide: the ``round(share * k)`` best by the model's patch scorer (over every
+    patch of the bag) and the rest drawn uniformly from the others. Returns the batch with ``patches`` /
+    ``patch_mask`` cut to [B, k] (padding where a slide has fewer patches)."""
+    patches, mask = batch["patches"], batch["patch_mask"].bool()
+    if patches.shape[1] <= k:
+        return batch
+    log_a = model.patch_log_attention(patches, mask).float()  # the scorer has no dropout: train mode is fine
+    n_top = max(0, min(k, round(share * k)))
+    top = log_a.masked_fill(~mask, float("-inf")).topk(n_top, dim=1).indices  # [B, n_top]
+    noise = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, -1.0)
+    noise.scatter_(1, top, -2.0)  # already taken
+    rest = noise.topk(k - n_top, dim=1).indices  # [B, k - n_top]
+    index = torch.cat([top, rest], 1)
+    keep = torch.cat([mask.gather(1, top), noise.gather(1, rest) >= 0], 1)
+    out = dict(batch)
+    out["patches"] = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+    out["patch_mask"] = keep
+    return out
 
 
 def corpus_vocabulary(texts: Sequence[str], tokenizer: Any, max_text_len: int) -> list[int]:

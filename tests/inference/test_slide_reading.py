@@ -170,3 +170,32 @@ def test_v1_configuration_is_the_v1_model():
     assert v2.version == 2 and "scorer.strength" in QFormer(v2).state_dict()
     with pytest.raises(ValueError, match="patch scorer"):
         QFormerConfig(scorer_top_k=4)
+
+
+def test_attention_sampling_keeps_the_top_of_the_attention_and_only_real_distinct_patches(scorer_model):
+    from inference.train import attention_subset
+
+    torch.manual_seed(3)
+    patches = torch.randn(2, 40, DIM)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 12:] = False  # a slide of 12 patches padded to 40
+    patches[:, :, 0] = torch.arange(40.0)  # a patch's identity, to find it after the cut
+    batch = {"patches": patches, "patch_mask": mask, "input_ids": torch.zeros(2, 3, dtype=torch.long)}
+    out = attention_subset(scorer_model, batch, k=16, share=0.5, generator=torch.Generator().manual_seed(0))
+    assert out["patches"].shape == (2, 16, DIM) and out["input_ids"] is batch["input_ids"]
+    log_a = scorer_model.patch_log_attention(patches, mask)
+    ids0 = out["patches"][0, :, 0].long()
+    assert set(log_a[0].topk(8).indices.tolist()) <= set(ids0.tolist()) and len(set(ids0.tolist())) == 16
+    kept = out["patches"][1, out["patch_mask"][1], 0].long().tolist()
+    assert sorted(kept) == list(range(12))  # fewer real patches than k: each once, padding masked
+    small = {"patches": patches[:, :10], "patch_mask": mask[:, :10]}
+    assert attention_subset(scorer_model, small, k=16, share=0.5) is small
+
+
+def test_training_with_attention_sampling_runs_and_learns(tmp_path):
+    from tests.inference.test_train import make_examples, tiny_config
+
+    cfg = tiny_config(variant="R", scorer_hidden=8, max_patches=6, epochs=3, num_workers=0, threads=1)
+    model, _, history = train_stage1(make_examples(), cfg, tmp_path, progress=False)
+    first, last = history["epochs"][0]["train"], history["epochs"][-1]["train"]
+    assert model.scorer is not None and last["loss"] < first["loss"] and last["bag"] < first["bag"]
