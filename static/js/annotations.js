@@ -156,7 +156,10 @@
     window.Annotorious.SelectorPack(this.anno, { tools: ["point", "line", "freehand"] });
     this.anno.on("createSelection", (selection) => layer.created(selection));
     this.anno.on("selectAnnotation", (annotation) => layer.selected(annotation));
-    this.anno.on("changeSelectionTarget", (target) => { layer.pendingTarget = target; });
+    this.anno.on("changeSelectionTarget", (target) => {
+      layer.pendingTarget = target;
+      if (state.selected) $("[data-ann-role=form-measure]").textContent = "Shape changed: Save to keep it, Close to undo.";
+    });
     this.anno.on("cancelSelected", () => { layer.pendingTarget = null; });
     this.element.addEventListener("pointerdown", () => setActive(layer), { capture: true, passive: true });
   }
@@ -257,6 +260,7 @@
     if (state.active === layer) return;
     state.active = layer;
     state.layers.forEach((l) => l.element.classList.toggle("pa-ann-active-pane", l === layer && state.layers.length > 1));
+    if (state.tool) setTool(state.tool); // the chosen tool draws on the pane the user went to
     refreshPanel();
   }
 
@@ -272,6 +276,7 @@
       }
     });
     panel.dataset.tool = tool;
+    if (viewerRoot) viewerRoot.toggleAttribute("data-ann-drawing", !!tool);
   }
 
   function fillLabels(select, labels, current) {

@@ -123,7 +123,7 @@ def annotation_export(request: HttpRequest, slide_id) -> HttpResponse:
         items = items.filter(layer=layer)
     items = list(items)
     record(request, "annotation_export", case=slide.part.case, obj=slide, count=len(items), layer=layer or "all")
-    body = json.dumps(rules.export_geojson(slide, items), ensure_ascii=False, indent=1)
+    body = json.dumps(rules.export_geojson(slide, items), ensure_ascii=False, separators=(",", ":"))
     response = HttpResponse(body, content_type=rules.GEOJSON_CONTENT_TYPE)
     response["Content-Disposition"] = f'attachment; filename="slide-{slide.pk}-annotations.geojson"'
     return _no_store(response)

@@ -469,5 +469,5 @@ def import_geojson(raw: bytes, slide: Slide, user, layer: str) -> ImportResult:
     """Check the whole file first, then save every annotation in one transaction (all or nothing)."""
     parsed = parse_geojson(raw, slide, user, layer)
     with transaction.atomic():
-        saved = Annotation.objects.bulk_create(parsed.annotations)
+        saved = Annotation.objects.bulk_create(parsed.annotations, batch_size=500)
     return ImportResult(saved, parsed.skipped)
