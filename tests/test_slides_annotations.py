@@ -170,11 +170,11 @@ def test_who_may_write(slide, cast):
     assert not rules.can_annotate(cast.path1, case)
 
 
-def test_deidentified_evaluator_grant_gives_no_annotations(slide, client_for, cast):
+def test_deidentified_evaluator_grant_gives_no_annotations(slide, client_for, cast, monkeypatch):
     """An evaluation grant (de-identified tiles) never opens the annotation API."""
     from webapp.slides import tile_access
 
-    tile_access.register_grant_source("test-ann", lambda source, user: True)
+    monkeypatch.setitem(tile_access.GRANT_SOURCES, "test-ann", lambda source, user: True)  # restored after
     client = client_for(cast.evaluator)
     session = client.session
     session[tile_access.SESSION_GRANTS] = {str(slide.pk): [time.time() + 600, "test-ann", 1]}
@@ -182,7 +182,6 @@ def test_deidentified_evaluator_grant_gives_no_annotations(slide, client_for, ca
     assert client.get(reverse("slide_viewer_meta", args=[slide.pk])).status_code == 200
     assert client.get(url("slide_annotations", slide)).status_code == 404
     assert client.get(url("slide_annotations_export", slide)).status_code == 404
-    tile_access.GRANT_SOURCES.pop("test-ann", None)
 
 
 def test_bad_input_is_a_clear_400(slide, client_for, cast):
