@@ -235,6 +235,7 @@
       showNavigator: true,
       navigatorPosition: "TOP_RIGHT",
       navigatorSizeRatio: 0.18,
+      navigatorMaintainSizeRatio: true, // the navigator follows the pane's size as panes are added
       showRotationControl: true,
       showFullPageControl: false, // full screen covers the whole viewer (every pane), see toggleFullscreen
       maxZoomPixelRatio: 4,
