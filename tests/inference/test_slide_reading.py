@@ -94,7 +94,7 @@ def test_attention_ranks_the_lesion_patches_highest_and_beats_mean_pooling(train
     assert loc["n_slides"] == 20 and loc["mean_auc"] > 0.95, loc
     assert np.mean(precision) > 0.7, precision
     assert auc > 0.95, auc
-    assert auc_mp < 0.7 and auc > auc_mp + 0.25, (auc, auc_mp)
+    assert auc_mp <= 0.75 and auc > auc_mp + 0.2, (auc, auc_mp)  # measured: 0.983 against 0.680
 
 
 def test_a_part_draft_puts_its_attention_on_the_slide_with_the_focus(trained):
