@@ -335,7 +335,8 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
     """Every tissue patch of every v2 slide, one safetensors file per slide (``<slide_id>.safetensors``,
     float16) plus ``index.jsonl`` and ``encoder.json`` in the format of ``features.extract_corpus_features``
     (so ``train.load_examples`` reads it). Resumable: files already made by this encoder and tiling are
-    kept. Slides stream through ``features.iter_slide_features``; each is written as soon as it is done."""
+    kept. Slides stream through ``features.iter_slide_features`` (``readers``: "threads" or "processes", as
+    there); each is written as soon as it is done."""
     import json
 
     from inference import features as feats
