@@ -48,15 +48,20 @@ GRANT_SOURCES: dict[str, Callable[[int, int], bool]] = {}
 # Whether a source lets its de-identified viewers see overlays (model heatmaps): kind -> fn(source id) -> bool.
 # A kind without one shows none (a rating study is blind to the model unless it says otherwise).
 GRANT_OVERLAYS: dict[str, Callable[[int], bool]] = {}
+# Whether a source shows its de-identified viewers the shared annotation layer (read-only, no authors or
+# comments: webapp/slides/annotations.py): kind -> fn(source id) -> bool. A kind without one shows none.
+GRANT_ANNOTATIONS: dict[str, Callable[[int], bool]] = {}
 
 
 def register_grant_source(kind: str, still_open: Callable[[int, int], bool],
-                          overlays_allowed: Callable[[int], bool] | None = None) -> None:
+                          overlays_allowed: Callable[[int], bool] | None = None,
+                          annotations_allowed: Callable[[int], bool] | None = None) -> None:
     GRANT_SOURCES[kind] = still_open
-    if overlays_allowed is not None:
-        GRANT_OVERLAYS[kind] = overlays_allowed
-    else:
-        GRANT_OVERLAYS.pop(kind, None)
+    for registry, check in ((GRANT_OVERLAYS, overlays_allowed), (GRANT_ANNOTATIONS, annotations_allowed)):
+        if check is not None:
+            registry[kind] = check
+        else:
+            registry.pop(kind, None)
 
 
 def overlays_allowed(grant: SlideGrant) -> bool:
@@ -64,6 +69,13 @@ def overlays_allowed(grant: SlideGrant) -> bool:
     if grant.full:
         return True
     check = GRANT_OVERLAYS.get(grant.source[0]) if grant.source else None
+    return bool(check and check(grant.source[1]))
+
+
+def shared_annotations_allowed(grant: SlideGrant) -> bool:
+    """Whether a de-identified grant's source shows the shared annotation layer (checked afresh). Full
+    access follows the annotation rules instead (webapp/slides/annotations.py)."""
+    check = GRANT_ANNOTATIONS.get(grant.source[0]) if not grant.full and grant.source else None
     return bool(check and check(grant.source[1]))
 
 
