@@ -4,6 +4,7 @@ builder pairs AI and control texts per slide by default, refuses texts that read
 warns when the arms are unbalanced."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -100,6 +101,7 @@ def test_study_form_warns_on_unbalanced_arms_then_builds_when_accepted(cast, cas
     form = client.get(reverse("evaluation_study_create")).content.decode()
     assert re.search(r'<input type="checkbox" name="paired"[^>]*checked', form)  # paired by default
     assert DEFAULT_RATER_INSTRUCTION[:40] in form and 'name="show_overlays"' in form
+    assert 'name="show_annotations"' in form and not re.search(r'name="show_annotations"[^>]*checked', form)
     data = {"name": "Unbalanced", "signed_out_only": "on", "sources": [sources.SIGNED, "ai:retrieval:demo@2"],
             "evaluators": [cast.evaluator.pk], "raters_per_item": "1", "seed": "5",
             "rater_instruction": INSTRUCTION}
@@ -115,10 +117,13 @@ def test_study_form_warns_on_unbalanced_arms_then_builds_when_accepted(cast, cas
     assert built.status_code == 302
     study = Study.objects.get(name="Unbalanced")
     assert study.items.count() == 6 and study.rater_instruction == INSTRUCTION and not study.show_overlays
+    assert not study.show_annotations  # off unless the lab admin ticks it
     results = client.get(reverse("evaluation_results", args=[study.pk])).content.decode()
     assert "Built with unbalanced arms" in results and "Signed-out report (control) 5" in results
-    paired = client.post(reverse("evaluation_study_create"), {**data, "name": "Paired", "paired": "on"})
+    paired = client.post(reverse("evaluation_study_create"),
+                         {**data, "name": "Paired", "paired": "on", "show_annotations": "on"})
     assert paired.status_code == 302 and Study.objects.get(name="Paired").items.count() == 2
+    assert Study.objects.get(name="Paired").show_annotations
 
 
 @pytest.fixture
@@ -193,3 +198,107 @@ def test_a_raters_paired_texts_are_never_back_to_back(cast, case_factory):
     # The rule itself, on a queue that starts with both texts of one slide.
     assert studies.spaced_out([1, 2, 3, 4, 5, 6], {1: "a", 2: "a", 3: "b", 4: "b", 5: "c", 6: "c"}, gap=2) == \
         [1, 3, 5, 2, 4, 6]
+
+
+# --- the shared annotation layer (issue #17: "evaluators see none unless the study says so") -------------
+SHARED_COMMENT = "Seen by Dr Ana One for MRN 4471; compare S26-00042"
+PRIVATE_COMMENT = "my own note: probably the AI arm"
+RECT = {"type": "Polygon", "coordinates": [[[100, 200], [2100, 200], [2100, 1200], [100, 1200], [100, 200]]]}
+
+
+def annotate(slide, owner, layer: str, comment: str):
+    from webapp.slides import annotations as rules
+
+    return rules.create(slide, owner, {"kind": "rectangle", "geometry": RECT, "layer": layer, "comment": comment})
+
+
+def rater_writes(client, slide, annotation) -> list[int]:
+    """Every way a rater could change the slide's annotations: create, update, delete, import, and the
+    HTTP verbs the API does not offer (PUT, DELETE)."""
+    listing = reverse("slide_annotations", args=[slide.pk])
+    one = reverse("slide_annotation", args=[slide.pk, annotation.pk])
+    body = json.dumps({"kind": "rectangle", "geometry": RECT, "layer": "shared", "comment": "rater"})
+    geojson = json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": RECT, "properties": {"objectType": "annotation"}}]})
+    return [
+        client.post(listing, data=body, content_type="application/json").status_code,
+        client.post(one, data=json.dumps({"comment": "changed"}), content_type="application/json").status_code,
+        client.post(reverse("slide_annotation_delete", args=[slide.pk, annotation.pk])).status_code,
+        client.post(reverse("slide_annotations_import", args=[slide.pk]), data=geojson,
+                    content_type="application/geo+json").status_code,
+        client.put(one, data=json.dumps({"comment": "changed"}), content_type="application/json").status_code,
+        client.delete(one).status_code,
+        client.put(listing, data=body, content_type="application/json").status_code,
+    ]
+
+
+def test_raters_see_the_shared_annotation_layer_only_when_the_study_allows(cast, blind_study, client_for):
+    from webapp.audit.models import AuditEvent
+    from webapp.slides.models import Annotation
+
+    item = blind_study.items.first()
+    slide = item.slide
+    position = blind_study.assignments.get(evaluator=cast.evaluator, item=item).position
+    shared = annotate(slide, cast.path1, "shared", SHARED_COMMENT)
+    private = annotate(slide, cast.path1, "personal", PRIVATE_COMMENT)
+    rater = client_for(cast.evaluator)
+    rate_url = reverse("evaluation_rate", args=[blind_study.pk, position])
+    listing = reverse("slide_annotations", args=[slide.pk])
+    one = reverse("slide_annotation", args=[slide.pk, shared.pk])
+    export = reverse("slide_annotations_export", args=[slide.pk])
+
+    # Off (the default): no annotation panel, and the API answers as if the slide were not there.
+    page = rater.get(rate_url).content.decode()  # the page gives the session its de-identified grant
+    assert "data-pa-annotations" not in page and "data-ann-tool" not in page
+    assert rater.get(reverse("slide_viewer_meta", args=[slide.pk])).status_code == 200  # the slide is shown
+    assert [rater.get(url).status_code for url in (listing, one, export)] == [404, 404, 404]
+    assert rater_writes(rater, slide, shared) == [404, 404, 404, 404, 405, 405, 405]
+
+    # On: the shared layer, read-only, with no author, comment or time; never a personal annotation.
+    Study.objects.filter(pk=blind_study.pk).update(show_annotations=True)
+    page = rater.get(rate_url).content.decode()
+    assert 'data-pa-annotations' in page and 'data-readonly="1"' in page
+    for tool in ("data-ann-tool", 'data-ann-role="import"', 'data-ann-role="export"', 'data-ann-role="layer"',
+                 'data-ann-role="delete"', 'maxlength="2000"', "annotation-labels"):
+        assert tool not in page, tool
+    response = rater.get(listing)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["can_edit"] is False and data["deidentified"] is True and data["user"] == ""
+    assert [a["id"] for a in data["annotations"]] == [str(shared.pk)]
+    seen = data["annotations"][0]
+    assert seen["owner_name"] == "pathologist" and seen["owner"] == "" and seen["comment"] == ""
+    assert seen["created_at"] is None and seen["can_edit"] is False and seen["area_mm2"] == pytest.approx(0.5)
+    text = response.content.decode()
+    for secret in ("dr_one", "Ana", "MRN", "4471", PRIVATE_COMMENT, str(private.pk)):
+        assert secret not in text, secret
+    detail = rater.get(one)
+    assert detail.status_code == 200 and detail.json()["comment"] == "" and "dr_one" not in detail.content.decode()
+    assert rater.get(reverse("slide_annotation", args=[slide.pk, private.pk])).status_code == 404
+    assert rater.get(export).status_code == 403  # authors and comments: not for raters
+    assert rater_writes(rater, slide, shared) == [403, 403, 403, 403, 405, 405, 405]
+
+    # Nothing changed and nothing was written in the rater's name.
+    assert Annotation.objects.count() == 2 and not Annotation.objects.filter(owner=cast.evaluator).exists()
+    assert Annotation.objects.get(pk=shared.pk).comment == SHARED_COMMENT
+    assert Annotation.objects.alive().count() == 2
+    assert not AuditEvent.objects.filter(action__startswith="annotation_", user=cast.evaluator).exists()
+
+    # The study is asked afresh on every request: switched off, or closed, the layer is gone at once.
+    Study.objects.filter(pk=blind_study.pk).update(show_annotations=False)
+    assert rater.get(listing).status_code == 404
+    Study.objects.filter(pk=blind_study.pk).update(show_annotations=True, status="closed")
+    assert rater.get(listing).status_code == 404
+    # Another evaluator of no study with this slide gets nothing either.
+    other = client_for(cast.outsider)
+    assert other.get(listing).status_code == 404
+    # The assigned pathologist still reads both of their layers, comments and names included.
+    slide.part.case.assigned_to = cast.path1
+    slide.part.case.save(update_fields=["assigned_to"])
+    own = client_for(cast.path1).get(listing).json()["annotations"]
+    assert {a["comment"] for a in own} == {SHARED_COMMENT, PRIVATE_COMMENT}
+
+
+def test_rating_page_folds_the_slide_information_by_default(cast, blind_study, client_for):
+    page = client_for(cast.evaluator).get(reverse("evaluation_rate", args=[blind_study.pk, 1])).content.decode()
+    assert 'data-info="folded"' in page and 'data-info-key="rating"' in page

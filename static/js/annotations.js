@@ -5,6 +5,10 @@
  * The server stores GeoJSON geometries in level-0 pixels (webapp/slides/annotations.py). Annotorious works
  * in the pane's Deep Zoom image pixels, which start at the slide's bounds: toLevel0 / fromLevel0 convert.
  * No inline script (CSP script-src 'self'): configuration comes from data- attributes.
+ *
+ * Read-only panel (data-readonly="1": a rater in a study that shows the shared layer): the template leaves
+ * out the drawing tools, the label and layer choosers, import, export and the form's edit fields, and the
+ * server answers the shared layer only, without authors or comments; this script works with what is there.
  */
 (function () {
   "use strict";
@@ -16,6 +20,7 @@
   const KIND_OF_TOOL = { point: "point", line: "line", rect: "rectangle", polygon: "polygon", freehand: "freehand" };
   const KIND_NAMES = { point: "Point", line: "Line", rectangle: "Rectangle", polygon: "Polygon", freehand: "Free-hand" };
   const $ = (sel) => panel.querySelector(sel);
+  const readOnly = panel.dataset.readonly === "1";
   const state = { layers: [], active: null, tool: "", show: { personal: true, shared: true }, selected: null, listOpen: false };
 
   function csrfToken() {
@@ -147,6 +152,7 @@
     const layer = this;
     this.anno = OSD.Annotorious(this.osd, {
       disableEditor: true, // our own form in the panel
+      readOnly: readOnly, // a rater's panel never edits, not even before the list has loaded
       allowEmpty: true,
       drawOnSingleClick: true, // polygons are drawn click by click, not with a first drag
       // An array, not the older `formatter` option: the selector pack's free-hand editor (0.6.1) passes
@@ -197,7 +203,7 @@
       this.canEdit = data.can_edit;
       this.labels = data.labels;
       this.mpp = data.mpp;
-      this.anno.readOnly = !data.can_edit;
+      this.anno.readOnly = readOnly || !data.can_edit;
       this.render();
       if (state.active === this) refreshPanel();
       panel.dataset.state = "ready";
@@ -295,10 +301,11 @@
     const layer = state.active;
     const items = layer ? layer.items : [];
     $("[data-ann-role=count]").textContent = String(items.length);
-    panel.classList.toggle("pa-ann-readonly", !!layer && !layer.canEdit);
-    if (layer) fillLabels($("[data-ann-role=label]"), layer.labels);
+    panel.classList.toggle("pa-ann-readonly", readOnly || (!!layer && !layer.canEdit));
+    const labelChooser = $("[data-ann-role=label]");
+    if (layer && labelChooser) fillLabels(labelChooser, layer.labels);
     const exportLink = $("[data-ann-role=export]");
-    if (layer && layer.slide) exportLink.href = listUrl(layer.slide) + "export.geojson";
+    if (layer && layer.slide && exportLink) exportLink.href = listUrl(layer.slide) + "export.geojson";
     const note = $("[data-ann-role=note]");
     note.textContent = !layer ? "" : layer.mpp ? "" :
       "This slide's resolution is unknown: areas and lengths are given in pixels, not mm² or µm.";
@@ -327,7 +334,8 @@
     if (!items.length) {
       const li = document.createElement("li");
       li.className = "pa-ann-empty";
-      li.textContent = layer && layer.canEdit ? "No annotations yet: choose a tool above and draw on the slide." : "No annotations.";
+      li.textContent = layer && layer.canEdit ? "No annotations yet: choose a tool above and draw on the slide." :
+        readOnly ? "No shared annotations on this slide." : "No annotations.";
       list.append(li);
     }
   }
@@ -347,13 +355,17 @@
     $("[data-ann-role=form-title]").textContent = `${KIND_NAMES[item.kind]} by ${item.owner_name}`;
     $("[data-ann-role=form-measure]").textContent = item.measurement || "";
     fillLabels(form.elements.label, layer ? layer.labels : [], item.label ? item.label.id : "");
-    form.elements.layer.value = item.layer;
-    form.elements.layer.disabled = !item.mine || !item.can_edit;
-    form.elements.comment.value = item.comment;
-    const editable = !!item.can_edit;
-    [form.elements.label, form.elements.comment].forEach((el) => { el.disabled = !editable; });
-    form.querySelector("[type=submit]").hidden = !editable;
-    $("[data-ann-role=delete]").hidden = !editable;
+    if (form.elements.layer) {
+      form.elements.layer.value = item.layer;
+      form.elements.layer.disabled = !item.mine || !item.can_edit;
+    }
+    if (form.elements.comment) form.elements.comment.value = item.comment;
+    const editable = !readOnly && !!item.can_edit;
+    [form.elements.label, form.elements.comment].forEach((el) => { if (el) el.disabled = !editable; });
+    const submit = form.querySelector("[type=submit]");
+    if (submit) submit.hidden = !editable;
+    const remove = $("[data-ann-role=delete]");
+    if (remove) remove.hidden = !editable;
     refreshPanel();
   }
 
@@ -372,7 +384,7 @@
     event.preventDefault();
     const layer = state.active;
     const item = state.selected;
-    if (!layer || !item) return;
+    if (readOnly || !layer || !item) return;
     const form = event.target;
     const body = { label: form.elements.label.value || null, comment: form.elements.comment.value,
       updated_at: item.updated_at }; // the server refuses (409) if someone changed it since
@@ -439,10 +451,12 @@
     }));
     $("[data-ann-role=list-toggle]").addEventListener("click", () => toggleList());
     $("[data-ann-role=form]").addEventListener("submit", saveForm);
-    $("[data-ann-role=delete]").addEventListener("click", deleteSelected);
     $("[data-ann-role=close]").addEventListener("click", closeForm);
-    $("[data-ann-role=import]").addEventListener("change", (e) => importFile(e.target));
-    $("[data-ann-role=export]").addEventListener("click", (e) => { if (!state.active || !state.active.slide) e.preventDefault(); });
+    // Not in the read-only panel (no delete, import or export there).
+    const on = (sel, type, fn) => { const el = $(sel); if (el) el.addEventListener(type, fn); };
+    on("[data-ann-role=delete]", "click", deleteSelected);
+    on("[data-ann-role=import]", "change", (e) => importFile(e.target));
+    on("[data-ann-role=export]", "click", (e) => { if (!state.active || !state.active.slide) e.preventDefault(); });
     document.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && state.tool) { setTool(""); state.layers.forEach((l) => l.deselect()); }
     });

@@ -16,13 +16,21 @@ def _study_shows_overlays(study_id: int) -> bool:
     return Study.objects.filter(pk=study_id, show_overlays=True).exists()
 
 
+def _study_shows_annotations(study_id: int) -> bool:
+    """Raters see the shared annotation layer (read-only, de-identified) only in a study that allows it."""
+    from .models import Study
+
+    return Study.objects.filter(pk=study_id, show_annotations=True).exists()
+
+
 class EvaluationConfig(AppConfig):
     name = "webapp.evaluation"
     label = "evaluation"
 
     def ready(self) -> None:
         # Closing a study stops its raters' slide grants at once (webapp/slides/tile_access.py); overlays
-        # reach raters only in a study that allows them.
+        # and the shared annotation layer reach raters only in a study that allows them.
         from webapp.slides.tile_access import register_grant_source
 
-        register_grant_source("study", _study_still_open, overlays_allowed=_study_shows_overlays)
+        register_grant_source("study", _study_still_open, overlays_allowed=_study_shows_overlays,
+                              annotations_allowed=_study_shows_annotations)

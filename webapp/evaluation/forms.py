@@ -27,6 +27,12 @@ class StudyForm(forms.Form):
         required=False, label="Let raters switch on the model's overlays (attention heatmap)",
         help_text="Off by default: an AI heatmap beside the text tells raters a model was involved.",
     )
+    show_annotations = forms.BooleanField(
+        required=False, label="Show raters the shared annotation layer",
+        help_text="Off by default: marks drawn by pathologists can point raters at the answer. When on, "
+                  "raters see the slide's shared layer read-only, without authors' names or comments; "
+                  "personal layers never.",
+    )
     paired = forms.BooleanField(
         required=False, initial=True, label="Pair the sources per slide",
         help_text="Only parts that have a text from every chosen source: each arm is rated on the same slides.",

@@ -36,6 +36,11 @@ class Study(models.Model):
     rater_instruction = models.TextField(default=DEFAULT_RATER_INSTRUCTION)
     show_overlays = models.BooleanField(
         default=False, help_text="Raters may switch on the model's overlays (attention heatmap) on the slide.")
+    # Off by default: pathologists' marks can point at the answer. On: the case's shared layer, read-only,
+    # without author names or comments (webapp/slides/annotations.py, de-identified reads).
+    show_annotations = models.BooleanField(
+        default=False, help_text="Raters see the slide's shared annotation layer (read-only, no authors or "
+                                 "comments).")
     paired = models.BooleanField(
         default=True, help_text="Only parts with a text from every chosen source, so every arm rates the "
                                 "same slides.")

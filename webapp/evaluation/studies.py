@@ -241,7 +241,7 @@ def build_study(
     raters_per_item: int, seed: int, description: str = "", include_clinical_history: bool = False,
     created_by=None, selection: dict | None = None, candidates: list[sources.Candidate] | None = None,
     labels: dict[str, str] | None = None, rater_instruction: str = "", show_overlays: bool = False,
-    paired: bool = True, drop_duplicates: bool = False, accept_unbalanced: bool = False,
+    show_annotations: bool = False, paired: bool = True, drop_duplicates: bool = False, accept_unbalanced: bool = False,
 ) -> Study:
     """Create the study, its items (text snapshots, in a seeded random order so database ids follow no
     source) and the assignments. `candidates` lets the demo pass texts that are not in the reports app.
@@ -281,7 +281,7 @@ def build_study(
         selection={**(selection or {}), "build": notes},
         sources=[{"key": key, "label": labels.get(key, key)} for key in dict.fromkeys(source_keys)],
         rater_instruction=rater_instruction.strip() or DEFAULT_RATER_INSTRUCTION, show_overlays=show_overlays,
-        paired=paired,
+        show_annotations=show_annotations, paired=paired,
     )
     study.evaluators.set(evaluators)
     rng = random.Random(f"study:{seed}")  # noqa: S311 - reproducible shuffling, not security

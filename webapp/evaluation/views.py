@@ -74,7 +74,8 @@ def study_create(request: HttpRequest) -> HttpResponse:
                 raters_per_item=data["raters_per_item"], seed=data["seed"],
                 include_clinical_history=data["include_clinical_history"], created_by=request.user,
                 selection=selection.as_json(), rater_instruction=data["rater_instruction"],
-                show_overlays=data["show_overlays"], paired=data["paired"],
+                show_overlays=data["show_overlays"], show_annotations=data["show_annotations"],
+                paired=data["paired"],
                 drop_duplicates=data["drop_duplicates"], accept_unbalanced=data["accept_unbalanced"],
             )
         except studies.UnbalancedArms as exc:
@@ -223,6 +224,11 @@ def _viewer(request: HttpRequest, assignment: Assignment) -> dict:
     context = viewer_context([slide], str(slide.pk), None, deidentified=True)
     # The title would name the part; raters get the stain only.
     context["viewer_slides"] = [{**entry, "title": slide.stain} for entry in context["viewer_slides"]]
+    # The shared annotation layer, read-only, only if the study allows it (the API checks it again).
+    context["viewer_annotations"] = assignment.study.show_annotations
+    # The text beside the slide needs the width: slide information starts folded on this page (a rater who
+    # unfolds it is remembered under its own key, apart from the case viewer's choice).
+    context["viewer_info"], context["viewer_info_key"] = "folded", "rating"
     return {"viewer_available": True, **context}
 
 

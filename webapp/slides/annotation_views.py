@@ -1,7 +1,8 @@
 """Annotation API for the viewer (JSON), GeoJSON import/export, and the lab admins' label list page.
 
-Every view resolves the slide through `annotations.get_slide_for_annotations` (404 for anyone who may not
-see the case, 403 for readers who may not write) and writes an audit event for every change, import and
+Every view resolves the slide through `annotations.annotation_access` (404 for anyone who may not see the
+case, 403 for readers who may not write; a rater whose study shows the shared layer reads it de-identified
+and is refused every write, import and export) and writes an audit event for every change, import and
 export. Reading the list is covered by the viewer's "view_slide" event (webapp.slides.tile_access).
 """
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -48,10 +50,11 @@ def annotation_list(request: HttpRequest, slide_id) -> JsonResponse:
     """GET: the labels, whether the user may write, and the annotations the user can see.
     POST (JSON {kind, geometry, layer, label, comment}): create one; 201 with it."""
     write = request.method == "POST"
-    slide = rules.get_slide_for_annotations(request.user, slide_id, write=write)
+    access = rules.annotation_access(request, slide_id, write=write)
+    slide = access.slide
     case = slide.part.case
     mpp = slide.effective_mpp
-    writable = rules.can_annotate(request.user, case)
+    writable = not access.deidentified and rules.can_annotate(request.user, case)
     if write:
         try:
             annotation = rules.create(slide, request.user, _json_body(request))
@@ -60,15 +63,17 @@ def annotation_list(request: HttpRequest, slide_id) -> JsonResponse:
         record(request, "annotation_create", case=case, obj=annotation, after=rules.audit_snapshot(annotation),
                slide=str(slide.pk))
         return _no_store(JsonResponse(rules.annotation_dict(annotation, request.user, mpp, writable=True), status=201))
-    items = Annotation.objects.visible_to(request.user).filter(slide=slide).select_related("label", "owner")
+    items = rules.visible_annotations(request.user, slide, access)
     data = {
         "slide": str(slide.pk),
         "mpp": mpp,
         "resolution_unknown": mpp is None,
         "can_edit": writable,
-        "user": request.user.username,
+        "deidentified": access.deidentified,
+        "user": "" if access.deidentified else request.user.username,
         "labels": [rules.label_dict(label) for label in AnnotationLabel.objects.filter(active=True)],
-        "annotations": [rules.annotation_dict(a, request.user, mpp, writable=writable) for a in items],
+        "annotations": [rules.deidentified_dict(a, mpp) if access.deidentified
+                        else rules.annotation_dict(a, request.user, mpp, writable=writable) for a in items],
     }
     return _no_store(JsonResponse(data))
 
@@ -78,8 +83,14 @@ def annotation_list(request: HttpRequest, slide_id) -> JsonResponse:
 def annotation_detail(request: HttpRequest, slide_id, annotation_id) -> JsonResponse:
     """GET: one annotation. POST (JSON with any of label, comment, layer, geometry): change it."""
     write = request.method == "POST"
-    slide = rules.get_slide_for_annotations(request.user, slide_id, write=write)
+    access = rules.annotation_access(request, slide_id, write=write)
+    slide = access.slide
     mpp = slide.effective_mpp
+    if access.deidentified:
+        annotation = rules.visible_annotations(request.user, slide, access).filter(pk=annotation_id).first()
+        if annotation is None:
+            raise Http404("No such annotation.")
+        return _no_store(JsonResponse(rules.deidentified_dict(annotation, mpp)))
     if not write:
         annotation = rules.get_annotation_for_user(request.user, slide, annotation_id)
     else:
@@ -102,7 +113,7 @@ def annotation_detail(request: HttpRequest, slide_id, annotation_id) -> JsonResp
 @require_POST
 def annotation_delete(request: HttpRequest, slide_id, annotation_id) -> JsonResponse:
     """Soft delete: the row stays (with who and when) and the audit log keeps what it was."""
-    slide = rules.get_slide_for_annotations(request.user, slide_id, write=True)
+    slide = rules.annotation_access(request, slide_id, write=True).slide
     with transaction.atomic():
         annotation = rules.get_annotation_for_user(request.user, slide, annotation_id, write=True)
         before = rules.audit_snapshot(annotation)
@@ -115,8 +126,12 @@ def annotation_delete(request: HttpRequest, slide_id, annotation_id) -> JsonResp
 @login_required
 @require_safe
 def annotation_export(request: HttpRequest, slide_id) -> HttpResponse:
-    """The annotations the user can see as QuPath-style GeoJSON (`?layer=personal|shared`, default both)."""
-    slide = rules.get_slide_for_annotations(request.user, slide_id)
+    """The annotations the user can see as QuPath-style GeoJSON (`?layer=personal|shared`, default both).
+    Not for raters: the file carries authors and comments, and a rating study keeps its material in."""
+    access = rules.annotation_access(request, slide_id)
+    if access.deidentified:
+        raise PermissionDenied
+    slide = access.slide
     items = Annotation.objects.visible_to(request.user).filter(slide=slide).select_related("label", "owner")
     layer = request.GET.get("layer", "")
     if layer in Annotation.Layer.values:
@@ -133,7 +148,7 @@ def annotation_export(request: HttpRequest, slide_id) -> HttpResponse:
 @require_POST
 def annotation_import(request: HttpRequest, slide_id) -> JsonResponse:
     """A GeoJSON file (form field `file`, or the request body) onto `layer`; all or nothing."""
-    slide = rules.get_slide_for_annotations(request.user, slide_id, write=True)
+    slide = rules.annotation_access(request, slide_id, write=True).slide
     upload = None
     if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         upload = request.FILES.get("file")

@@ -6,8 +6,11 @@ viewer converts from its Deep Zoom image (which starts at the slide's bounds) be
 
 Access follows the case (webapp.slides.access / webapp.cases.access): whoever may see the case reads its
 slides' shared annotations and their own; lab admins and the assigned pathologist may write (anyone else
-who can read gets 403, everyone else 404). Evaluators never reach a case, so they see no annotations.
-A personal annotation is its owner's alone: nobody else reads or changes it.
+who can read gets 403, everyone else 404). A personal annotation is its owner's alone: nobody else reads or
+changes it. Evaluators never reach a case: they read annotations only through a de-identified grant whose
+source allows it (a rating study with "show the shared annotation layer to raters",
+`tile_access.shared_annotations_allowed`), and then only the shared layer, read-only, with no author names,
+comments or times (`deidentified_dict`); their writes, imports and exports are refused (403).
 
 GeoJSON (QuPath 0.4+): a FeatureCollection of Features whose properties carry
 `"objectType": "annotation"` and `"classification": {"name": ..., "color": [r, g, b]}`. Import also takes a
@@ -29,6 +32,7 @@ from webapp.cases.access import can_work_on
 
 from .access import get_slide_for_user
 from .models import Annotation, AnnotationLabel, Slide
+from .tile_access import resolve_slide, shared_annotations_allowed
 
 MAX_IMPORT_BYTES = 10 * 1024 * 1024  # a QuPath export of a few thousand hand-drawn regions fits easily
 MAX_FEATURES = 5000  # per import (cell detections are skipped, not counted)
@@ -65,6 +69,38 @@ def get_slide_for_annotations(user, slide_id, *, write: bool = False) -> Slide:
     if write and not can_annotate(user, slide.part.case):
         raise PermissionDenied
     return slide
+
+
+@dataclass(frozen=True)
+class Access:
+    slide: Slide
+    # A rater's study grant: the shared layer only, read-only, no author names, comments or times.
+    deidentified: bool = False
+
+
+def annotation_access(request, slide_id, *, write: bool = False) -> Access:
+    """Who may read (or, with `write`, change) `slide_id`'s annotations: the case's readers as
+    `get_slide_for_annotations` says; else a de-identified grant in this session (an open rating study
+    that shows this slide to the user) whose source shows the shared layer, for reading only (403 for a
+    write); else 404. The source is asked afresh on every request (switching the study's option off
+    takes effect at once)."""
+    try:
+        return Access(get_slide_for_annotations(request.user, slide_id, write=write))
+    except Http404:
+        grant, slide = resolve_slide(request, slide_id)  # Http404 again without a de-identified grant
+        if grant.full or not shared_annotations_allowed(grant):
+            raise
+    if write:
+        raise PermissionDenied
+    return Access(slide, deidentified=True)
+
+
+def visible_annotations(user, slide: Slide, access: Access):
+    """The live annotations of `slide` this reader sees: shared and own, or the shared layer only."""
+    rows = Annotation.objects.alive() if access.deidentified else Annotation.objects.visible_to(user)
+    if access.deidentified:
+        rows = rows.filter(layer=Annotation.Layer.SHARED)
+    return rows.filter(slide=slide).select_related("label", "owner")
 
 
 def get_annotation_for_user(user, slide: Slide, annotation_id, *, write: bool = False) -> Annotation:
@@ -216,7 +252,7 @@ def annotation_dict(annotation: Annotation, user, mpp: float | None, *, writable
         "comment": annotation.comment,
         "owner": annotation.owner.username,
         "owner_name": str(annotation.owner),
-        "mine": annotation.owner_id == user.pk,
+        "mine": user is not None and annotation.owner_id == user.pk,
         "can_edit": writable,
         "created_at": annotation.created_at.isoformat(),
         "updated_at": annotation.updated_at.isoformat(),
@@ -225,6 +261,18 @@ def annotation_dict(annotation: Annotation, user, mpp: float | None, *, writable
         "area_px": m.area_px,
         "measurement": m.text,
     }
+
+
+DEIDENTIFIED_AUTHOR = "pathologist"
+
+
+def deidentified_dict(annotation: Annotation, mpp: float | None) -> dict:
+    """`annotation_dict` for a rater: no author (names can say whose case it is or which arm wrote what),
+    no comment (free text can carry identifiers), no times (dates are identifiers), never editable."""
+    data = annotation_dict(annotation, None, mpp, writable=False)
+    data.update(owner="", owner_name=DEIDENTIFIED_AUTHOR, comment="", mine=False, can_edit=False,
+                created_at=None, updated_at=None)
+    return data
 
 
 def audit_snapshot(annotation: Annotation) -> dict:
