@@ -181,6 +181,8 @@ class MeanPoolLogReg:
 
     def predict(self, bags: Sequence[FeatureBag], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(malignant probability [n], diagnosis probabilities [n, n_classes])."""
+        if not bags:  # an empty set (e.g. a small corpus with no new-site part)
+            return np.zeros(0), np.zeros((0, n_classes))
         x = self.pooled(bags)
         mal = np.full(len(x), self.mal_const) if self.mal_const is not None else self.mal.predict_proba(x)[:, 1]
         dia = np.zeros((len(x), n_classes))

@@ -72,3 +72,24 @@ def test_presets_size_the_gpu_build_and_flags_override():
     assert tcfg.scorer_hidden == 32 and tcfg.max_patches == 128 and tcfg.freeze_word_embeddings
     with pytest.raises(ValueError, match="unknown preset"):
         demo_v2.preset("tpu")
+
+
+def test_micro_build_end_to_end_then_resume_is_a_no_op(tmp_path):
+    """Corpus -> features -> training -> benchmark on 4 parts of 1.5 mm (CI-sized; no new-site or test
+    split is guaranteed at this size: empty sets are skipped, not a crash); a second run redoes nothing."""
+    from inference.pathalign import PathAlign
+
+    cfg = _cfg(cases=4, size=1536, seed=3, epochs=1, mil_epochs=2)
+    data = demo_v2.build(tmp_path, cfg, log=lambda m: None)
+    stages = data["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == dict.fromkeys(demo_v2.STAGES, "done")
+    assert stages["features"]["patches"] > 0 and stages["train"]["epochs"] == 1
+    assert all(stages[s]["seconds"] > 0 for s in demo_v2.STAGES) and data["total_seconds"] > 0
+    model = PathAlign.load(tmp_path / "bundle")
+    assert model.spec["name"] == "pathalign-demo-v2" and model.model.config.version == 2
+    bench = json.loads((tmp_path / "benchmark-v2.json").read_text())
+    assert bench["n_slides"] == stages["corpus"]["slides"] and "benchmark_v2" in model.eval_figures
+    for name, methods in bench["protocols"]["held-out"].items():
+        assert "PathAlign (zero-shot)" in methods, name
+    again = demo_v2.build(tmp_path, cfg, log=lambda m: None)
+    assert again["sittings"] == 2 and again["stages"] == stages

@@ -112,3 +112,9 @@ def test_benchmark_metrics_match_sklearn():
     # Localisation: ambiguous patches (0 < fraction < 0.25) are left out.
     loc = metrics.localisation_auc([np.array([0.5, 0.1, 0.3, 0.1])], [np.array([1.0, 0.0, 0.1, 0.0])])
     assert loc["mean_auc"] == 1.0 and loc["n_slides"] == 1
+
+
+def test_mean_pool_predicts_an_empty_set():
+    train, _ = _bags(4, 6, 20, 2)
+    mal, dia = MeanPoolLogReg().fit(train).predict([], 2)
+    assert mal.shape == (0,) and dia.shape == (0, 2)
