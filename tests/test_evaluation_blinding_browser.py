@@ -4,6 +4,7 @@ directly; a study that allows overlays offers them."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -81,3 +82,56 @@ def test_study_builder_previews_pairs_and_warns_live(cast, case_factory, page_fo
     expect(page.get_by_test_id("plan")).to_contain_text("1 part left out")
     page.uncheck("input[name=paired]")  # 3 control texts against 2 AI texts
     expect(page.locator("#ev-preview")).to_contain_text("The arms are unbalanced")
+
+
+def test_rater_sees_the_shared_annotation_layer_read_only_with_slide_info_folded(cast, blind_study, page_for):  # noqa: F811
+    """A study that shows raters the shared layer: the rater's viewer draws it, lists it as by "pathologist"
+    without comments, offers no tool, import or export; the slide information starts folded."""
+    from tests.test_evaluation_blinding import PRIVATE_COMMENT, SHARED_COMMENT, annotate
+
+    Study.objects.filter(pk=blind_study.pk).update(show_annotations=True)
+    assignment = blind_study.assignments.filter(evaluator=cast.evaluator).order_by("position").first()
+    slide = assignment.item.slide
+    annotate(slide, cast.path1, "shared", SHARED_COMMENT)
+    annotate(slide, cast.path1, "personal", PRIVATE_COMMENT)
+    page = page_for(cast.evaluator)
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(f"/evaluation/studies/{blind_study.pk}/rate/{assignment.position}/")
+    page.wait_for_function(LOADED, timeout=20000)
+    panel = page.locator("[data-pa-annotations]")
+    expect(panel).to_have_attribute("data-state", "ready")
+
+    # The slide information starts folded: the slide takes the viewer's width.
+    viewer = page.locator("[data-pa-viewer]")
+    expect(viewer).to_have_class(re.compile(r"\bpa-info-folded\b"))
+    expect(page.locator("[data-action=info]")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("[data-pa-viewer] .pa-meta")).to_be_hidden()
+
+    # Read-only: no drawing tool, no import or export, nothing to edit.
+    for selector in ("[data-ann-tool]", "[data-ann-role=import]", "[data-ann-role=export]",
+                     "[data-ann-role=layer]", "[data-ann-role=delete]", "[data-ann-show=personal]"):
+        expect(page.locator(selector)).to_have_count(0)
+    # The shared annotation is drawn on the slide; the personal one is not.
+    expect(page.locator(".a9s-annotationlayer .a9s-annotation")).to_have_count(1)
+    expect(panel.locator("[data-ann-role=count]")).to_have_text("1")
+    panel.locator("[data-ann-role=list-toggle]").click()
+    entries = panel.locator(".pa-ann-items .pa-ann-item")
+    expect(entries).to_have_count(1)
+    expect(entries.first).to_contain_text("pathologist")
+    entries.first.click()  # jumps to it and shows what it is, without edit controls
+    form = panel.locator("[data-ann-role=form]")
+    expect(form).to_be_visible()
+    expect(panel.locator("[data-ann-role=form-title]")).to_have_text("Rectangle by pathologist")
+    expect(form.locator("select[name=label]")).to_be_disabled()
+    expect(form.locator("[type=submit]")).to_have_count(0)
+    text = panel.inner_text() + page.content()
+    for secret in ("dr_one", "Ana One", SHARED_COMMENT, PRIVATE_COMMENT):
+        assert secret not in text, secret
+    folder = os.environ.get("PATHALIGN_SCREENSHOTS")
+    page.screenshot(path=f"{folder}/rating-annotations.png" if folder else "/tmp/studyann-rating.png")
+    # The rater's own session cannot write, whatever the page offers.
+    token = page.evaluate("() => JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRFToken']")
+    refused = page.request.post(f"/slides/{slide.pk}/annotations/", headers={"X-CSRFToken": token},
+                                data={"kind": "point", "geometry": {"type": "Point", "coordinates": [5, 5]},
+                                      "layer": "shared"})
+    assert refused.status == 403
