@@ -42,6 +42,28 @@ def _prepare_broker() -> None:
     subprocess.run([sys.executable, "-c", PREPARE_BROKER], cwd=ROOT, check=True, env=dict(os.environ))
 
 
+# The worker pools (docs/operations.md): `default` runs light jobs (drafts, imports) in Celery's prefork pool;
+# `gpu` runs one job at a time in the worker's own process (`--pool solo`, one process per GPU): prefork
+# children are daemonic and may not start the processes that read and decode patches beside the encoder
+# (PATHALIGN_PATCH_READERS). Time limits are the job runner's own in both (webapp/jobs/runner.py).
+WORKERS = (("default", "prefork", 2), ("gpu", "solo", 1))
+
+
+def worker_command(queue: str) -> list[str]:
+    """The command line of the launcher's worker for `queue` (tests start the same one)."""
+    pool, concurrency = next((pool, n) for name, pool, n in WORKERS if name == queue)
+    return [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", queue, f"--pool={pool}",
+            *([f"--concurrency={concurrency}"] if pool == "prefork" else []), "--loglevel=INFO",
+            "-n", f"{queue}@%h", "--without-gossip", "--without-mingle"]
+
+
+MAX_WORKER_RESTARTS = 20  # per run: a worker that keeps dying stops make run rather than loop forever
+
+
+def _start_worker(queue: str) -> subprocess.Popen:
+    return subprocess.Popen(worker_command(queue), cwd=ROOT, start_new_session=True)
+
+
 def _stop(children: list[subprocess.Popen]) -> None:
     for child in children:
         if child.poll() is None:
@@ -85,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
         _manage("seed_demo")
 
     children: list[subprocess.Popen] = []
+    workers: dict[str, subprocess.Popen] = {}
+    restarts = 0
     stopping = False
 
     def on_signal(signum, frame):
@@ -98,13 +122,9 @@ def _serve(args: argparse.Namespace) -> int:
             _prepare_broker()
             # The production shape on one machine: a worker for light jobs (drafts, imports) and one for the
             # model (gpu), so a long analysis never holds up a draft.
-            for queue, concurrency in (("default", 2), ("gpu", 1)):
-                children.append(subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", queue,
-                     f"--concurrency={concurrency}", "--loglevel=INFO", "-n", f"{queue}@%h", "--without-gossip",
-                     "--without-mingle"],
-                    cwd=ROOT, start_new_session=True,
-                ))
+            for queue, _pool, _n in WORKERS:
+                workers[queue] = _start_worker(queue)
+                children.append(workers[queue])
         children.append(subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
             cwd=ROOT, start_new_session=True,
@@ -112,6 +132,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"\nPathAlign Studio is running on http://{args.host}:{args.port}/  (Ctrl-C stops everything)\n",
               flush=True)
         while not stopping:
+            for queue, worker in list(workers.items()):
+                # A worker that ended itself (its watchdog stopped a job hung past its time limit) is started
+                # again, as systemd's Restart=always does in production.
+                if worker.poll() is not None and not stopping and restarts < MAX_WORKER_RESTARTS:
+                    print(f"the {queue} worker exited ({worker.returncode}); starting it again", file=sys.stderr)
+                    restarts += 1
+                    children.remove(worker)
+                    workers[queue] = _start_worker(queue)
+                    children.append(workers[queue])
             if any(child.poll() is not None for child in children):
                 print("a child process exited; stopping the others", file=sys.stderr)
                 break

@@ -20,6 +20,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.dispatch import receiver
 from django.utils import timezone
 
+from webapp.jobs import runner as jobs
 from webapp.jobs.models import ACTIVE_STATES, Job
 from webapp.jobs.runner import JobFailed, Progress, create_job, job_handler
 from webapp.slides.models import Slide
@@ -277,6 +278,13 @@ def embed_slide(slide: Slide, bundle: ModelBundle, progress: Progress, job: Job 
         raise JobFailed(str(exc)) from None
     except (ValueError, OSError) as exc:  # unreadable slide, no MPP, no tissue ...
         raise JobFailed(f"Could not extract patch features: {exc}") from None
+    return save_embedding(slide, bundle, model, features, progress, job=job, started=started)
+
+
+def save_embedding(slide: Slide, bundle: ModelBundle, model, features, progress: Progress, job: Job | None = None,
+                   started: float | None = None) -> SlideEmbedding:
+    """The Q-Former over a slide's patch features, written in one transaction (the end of `embed_slide`)."""
+    started = time.perf_counter() if started is None else started
     if len(features) == 0:
         raise JobFailed("No tissue was found on the slide, so there is nothing to embed.")
     progress(0.88, f"Embedding {len(features)} patches")
@@ -358,14 +366,89 @@ def _bundle_of(job: Job) -> ModelBundle:
     return bundle
 
 
+SLIDES_PER_PASS = 8  # at most this many queued analyses run in one pass of the gpu worker (docs/analysis.md)
+
+
 @job_handler(ANALYZE, queue="gpu", time_limit=settings.ANALYZE_TIME_LIMIT)
 def analyze_slide_job(job: Job, progress: Progress) -> dict:
+    """One slide's analysis; with more analyses by the same bundle queued, up to SLIDES_PER_PASS - 1 of them
+    are taken along and run in the same pass with their slides in flight (`analyze_in_flight`)."""
     if job.slide_id is None:
         raise JobFailed("The job names no slide.")
     slide = Slide.objects.select_related("part__case").get(pk=job.slide_id)
     bundle = _bundle_of(job)
+    if slide.path.exists() and not slide.resolution_unknown:
+        companions = jobs.take_along(job, SLIDES_PER_PASS - 1,
+                                     Q(params__bundle=bundle.pk, slide__isnull=False) & ~Q(slide_id=slide.pk))
+        seen = set()
+        for companion in list(companions):  # a slide queued twice: one of its jobs runs now, the other later
+            if companion.job.slide_id in seen:
+                jobs.release(job, companion, "had the same slide in this pass")
+                companions.remove(companion)
+            seen.add(companion.job.slide_id)
+        if companions:
+            return analyze_in_flight(job, slide, bundle, progress, companions)
+    started = time.perf_counter()
     row = embed_slide(slide, bundle, progress, job=job)
-    return {"bundle": bundle.pk, "bundle_name": str(bundle), "patches": row.n_patches, "seconds": row.seconds}
+    return _result(bundle, row, {"readers": runtime.reader_mode(runtime.get_model(bundle)),
+                                 "seconds": round(time.perf_counter() - started, 2)})
+
+
+def _result(bundle: ModelBundle, row: SlideEmbedding, info: dict) -> dict:
+    return {"bundle": bundle.pk, "bundle_name": str(bundle), "patches": row.n_patches, "seconds": row.seconds,
+            **info}
+
+
+def _finish_one(slide: Slide, bundle: ModelBundle, model, features, info: dict, progress: Progress,
+                job: Job) -> dict:
+    """One slide of a pass: its features (or the error reading them) -> Q-Former -> its rows and result."""
+    if isinstance(features, runtime.ResolutionUnknown):
+        raise JobFailed(str(features))
+    if isinstance(features, BaseException):
+        raise JobFailed(f"Could not extract patch features: {features}")
+    started = time.perf_counter()
+    row = save_embedding(slide, bundle, model, features, progress, job=job)
+    return _result(bundle, row, {**info, "saved_at": round(time.time(), 4),
+                                 "embed_seconds": round(time.perf_counter() - started, 2)})
+
+
+def analyze_in_flight(lead: Job, slide: Slide, bundle: ModelBundle, progress: Progress,
+                      companions: list[jobs.Companion]) -> dict:
+    """The lead's slide and its companions' slides through one reading pipeline: while one slide is
+    encoded, the next one's tissue mask is planned and its patches read (runtime.slides_features_in_flight).
+    Each slide's job keeps its own progress, result or error; a companion the lead could not reach (the lead
+    was cancelled or ran out of time) goes back to the queue."""
+    progress(0.02, "Loading the model")
+    model = runtime.get_model(bundle)
+    by_slide = {c.job.slide_id: c for c in companions}
+    slides = [slide, *Slide.objects.filter(pk__in=list(by_slide)).select_related("part__case")]
+    slides.sort(key=lambda s: 0 if s.pk == slide.pk else [c.job.slide_id for c in companions].index(s.pk) + 1)
+    batch = [lead.pk, *[c.job.pk for c in companions]]
+    lead_outcome: dict | BaseException = JobFailed("The slide was not reached.")
+    try:
+        progress(0.05, f"Reading patches: slide 1 of {len(slides)} in this pass")
+        for position, other in enumerate(list(slides[1:]), start=2):
+            c = by_slide[other.pk]
+            note = f"Reading patches: slide {position} of {len(slides)} in this pass (with job #{lead.pk})"
+            if jobs.conclude_early(lead, c, lambda c=c, note=note: c.progress(0.05, note)):
+                slides.remove(other)  # cancelled meanwhile
+        for position, (other, features, info) in enumerate(runtime.slides_features_in_flight(slides, bundle)):
+            info = {**info, "batch": batch, "position": position}
+            if other.pk == slide.pk:
+                try:
+                    lead_outcome = _finish_one(other, bundle, model, features, info, progress, lead)
+                except (JobFailed, jobs.JobCancelled) as exc:  # the other slides of the pass go on
+                    lead_outcome = exc
+            else:
+                c = by_slide[other.pk]
+                jobs.conclude(lead, c, lambda o=other, f=features, i=info, c=c: _finish_one(
+                    o, bundle, model, f, i, c.progress, c.job))
+    finally:
+        for companion in companions:
+            jobs.release(lead, companion, "stopped before reaching its slide")
+    if isinstance(lead_outcome, BaseException):
+        raise lead_outcome
+    return lead_outcome
 
 
 @job_handler(REEMBED, queue="default")

@@ -224,10 +224,85 @@ def slide_features(
         raise ResolutionUnknown(
             "The slide's resolution is unknown (its file gives no plausible microns per pixel); a lab admin "
             "can set it on the slide page, and analysis starts then.")
-    extracted = get_model(bundle).extract(
+    model = get_model(bundle)
+    extracted = model.extract(
         slide.path, progress=progress, mpp=mpp, max_patches=settings.MAX_PATCHES_PER_SLIDE,
-        batch_size=settings.EMBED_BATCH_SIZE or None, readers=settings.PATCH_READERS)
+        batch_size=settings.EMBED_BATCH_SIZE or None, readers=reader_mode(model))
     # float16 halves the disk; the embedding is always computed from the stored copy, so a cached and a
     # fresh run give identical results. `save` is atomic: a reader never sees half a file.
     extracted.save(path, extra={"slide": str(slide.pk), "features_key": key, "mpp": mpp}, dtype=torch.float16)
     return SlideFeatures.load(path)
+
+
+def reader_mode(model: PathAlign) -> str:
+    """How this process reads patches for `model`: PATCH_READERS resolved for its device and this process
+    ("processes" needs a non-daemonic process: the gpu worker runs `--pool solo`)."""
+    from inference.features import resolve_readers
+
+    return resolve_readers(settings.PATCH_READERS, model.device)
+
+
+IN_FLIGHT = 2  # slides read ahead while one is encoded (iter_slide_features' in_flight)
+
+
+def slides_features_in_flight(slides, bundle: ModelBundle | int | None = None):
+    """Patch features of several slides with the next slide's tissue mask and patches read while the current
+    one is encoded (`inference.features.iter_slide_features`). Yields `(slide, features or exception, info)`
+    in order: cached slides first (no reading), then the extracted ones, each cached as `slide_features`
+    does. `info`: readers, and for extracted slides `read_started`/`features_at` (epoch seconds: when its
+    tissue planning began and when its last patch was encoded) and the read/encode seconds. A slide that
+    fails to read yields its exception; the slides after it are extracted by a fresh pipeline."""
+    import time
+
+    import torch  # see the module docstring
+
+    from inference.features import SlideFeatures, iter_slide_features
+
+    bundle = _resolve(bundle)
+    model = get_model(bundle)
+    readers = reader_mode(model)
+    key = features_key(bundle)
+    todo = []
+    for slide in slides:
+        mpp = slide.effective_mpp
+        path = features_path(slide, bundle)
+        if path.exists() and not _fresh(path, key, mpp):
+            path.unlink(missing_ok=True)
+        if path.exists() or _share_from_sibling(slide, bundle, path, key, mpp):
+            try:
+                yield slide, SlideFeatures.load(path), {"readers": "cached"}
+                continue
+            except Exception as exc:  # noqa: BLE001 - a damaged cache file is re-made
+                log.warning("cached features %s unreadable (%s); extracting again", path, exc)
+                path.unlink(missing_ok=True)
+        if mpp is None:
+            yield slide, ResolutionUnknown(
+                "The slide's resolution is unknown (its file gives no plausible microns per pixel); a lab admin "
+                "can set it on the slide page, and analysis starts then."), {"readers": readers}
+            continue
+        todo.append((slide, mpp, path))
+    t = model.tiling
+    while todo:
+        stream = iter_slide_features(
+            [str(slide.path) for slide, _, _ in todo], model.encoder, patch_size=t["patch_size"],
+            target_mpp=t["mpp"], max_patches=settings.MAX_PATCHES_PER_SLIDE,
+            batch_size=settings.EMBED_BATCH_SIZE or None, min_tissue=t["min_tissue"], overlap=t["overlap"],
+            mpps=[mpp for _, mpp, _ in todo], readers=readers, in_flight=IN_FLIGHT)
+        while todo:
+            slide, mpp, path = todo[0]
+            try:
+                extracted = next(stream)
+            except (ValueError, OSError, RuntimeError) as exc:  # this slide's reading failed: the rest go on
+                todo.pop(0)
+                yield slide, exc, {"readers": readers}
+                break
+            todo.pop(0)
+            now = time.time()
+            info = {"readers": readers, "read_started": round(now - extracted.wall_seconds, 4),
+                    "features_at": round(now, 4), "read_seconds": round(extracted.read_seconds, 3),
+                    "read_wait_seconds": round(extracted.read_wait_seconds, 3),
+                    "encode_seconds": round(extracted.encode_seconds, 3)}
+            extracted.save(path, extra={"slide": str(slide.pk), "features_key": key, "mpp": mpp},
+                           dtype=torch.float16)
+            yield slide, SlideFeatures.load(path), info
+        stream.close()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -59,6 +61,31 @@ class JobFailed(Exception):
 
 class JobCancelled(Exception):
     """Raised inside a handler at its next progress report once a lab admin cancelled the job."""
+
+
+class JobTimedOut(JobFailed):
+    """Raised inside a handler at its first progress report past the job's time limit (never retried)."""
+
+
+# --- time limits -------------------------------------------------------------------------------------
+# Enforced here, not by Celery: Celery's limits work only in its prefork pool, whose children are daemonic
+# and may not start the patch-reading processes the gpu worker needs (that worker runs `--pool solo`).
+# A job past its limit fails at its next progress report (the cancel path); one that stops reporting is
+# failed by its pulse thread `grace_seconds(limit)` later, and that worker process then exits (its
+# supervisor, `make run` or systemd, starts a fresh one): a hung model call cannot be interrupted otherwise.
+def time_limit_of(kind: str) -> int:
+    """Seconds a job of `kind` may run: its handler's own limit, else PATHALIGN_TASK_TIME_LIMIT."""
+    handler = HANDLERS.get(kind)
+    return int((handler.time_limit if handler else None) or settings.CELERY_TASK_TIME_LIMIT)
+
+
+def grace_seconds(limit: float) -> float:
+    """How long past its limit a silent job is left before the watchdog fails it and ends the worker."""
+    return float(min(60.0, max(2.0, limit / 10)))
+
+
+def time_limit_message(limit: float) -> str:
+    return f"The job was stopped after its time limit of {int(limit)} s."
 
 
 # --- the retry policy --------------------------------------------------------------------------------
@@ -119,8 +146,11 @@ def dispatch(job_id: int, countdown: float | None = None) -> bool:
     # No broker priority (the embedded broker has none; Redis counts them the other way round): run_job
     # takes more urgent queued jobs first itself, the same on every broker.
     options: dict = {"countdown": countdown} if countdown else {}
-    if handler and handler.time_limit:
-        options.update(time_limit=handler.time_limit, soft_time_limit=max(1, handler.time_limit - 30))
+    if handler:
+        # Celery's own limits are only a backstop past ours (they act in prefork workers only; see above).
+        limit = time_limit_of(job.kind)
+        backstop = int(limit + grace_seconds(limit)) + 30
+        options.update(soft_time_limit=backstop, time_limit=backstop + 30)
     try:
         run_job.apply_async(args=[job_id], queue=job.queue, retry=False, **options)
     except Exception as exc:  # noqa: BLE001 - any broker error: keep the job queued, log, and go on
@@ -155,8 +185,13 @@ def retry_job(job: Job) -> Job:
 
 
 # --- running -----------------------------------------------------------------------------------------
-def _progress_writer(job_id: int) -> Progress:
+def _progress_writer(job_id: int, deadline: float | None = None, limit: float = 0.0) -> Progress:
+    """`progress(fraction, message)` for a handler: records it, and raises JobCancelled once the job was
+    cancelled and JobTimedOut once the monotonic clock is past `deadline`."""
+
     def progress(fraction: float, message: str = "") -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobTimedOut(time_limit_message(limit))
         updated = Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
             progress=max(0.0, min(1.0, fraction)), message=message[:200], heartbeat_at=timezone.now()
         )
@@ -167,43 +202,122 @@ def _progress_writer(job_id: int) -> Progress:
 
 
 class _Pulse:
-    """Keeps a running job's heartbeat fresh from a thread while the handler works (model loads, long
-    extraction steps report no progress). When the process dies the beats stop and the sweeper notices."""
+    """Keeps running jobs' heartbeats fresh from a thread while the handler works (model loads, long
+    extraction steps report no progress). When the process dies the beats stop and the sweeper notices.
 
-    def __init__(self, job_id: int) -> None:
+    It also is the watchdog of the time limits: a job still running `grace_seconds` past its limit is
+    failed with the time-limit message and, when `hard` (inside a worker), the process ends at once."""
+
+    def __init__(self, job_id: int, hard: bool = False) -> None:
         self.job_id = job_id
+        self.hard = hard
+        self.deadlines: dict[int, tuple[float, float]] = {}  # job id -> (monotonic deadline, limit)
         self.seconds = float(settings.JOB_PULSE_SECONDS)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"job-{job_id}-pulse")
+
+    def watch(self, job_id: int, deadline: float, limit: float) -> None:
+        self.deadlines[job_id] = (deadline, limit)
+
+    def forget(self, job_id: int) -> None:
+        self.deadlines.pop(job_id, None)
 
     def run(self) -> None:
         try:
             while not self.stop.wait(self.seconds):
                 try:
-                    Job.objects.filter(pk=self.job_id, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+                    ids = list(self.deadlines) or [self.job_id]
+                    Job.objects.filter(pk__in=ids, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+                    self.check_limits()
                 except Exception as exc:  # noqa: BLE001 - the database may be restarting; beat again later
                     log.warning("job %s heartbeat failed: %s", self.job_id, exc)
         finally:
             connection.close()  # this thread's own connection
 
+    def check_limits(self) -> None:
+        overdue = [(pk, limit) for pk, (deadline, limit) in list(self.deadlines.items())
+                   if time.monotonic() > deadline + grace_seconds(limit)]
+        if not overdue or self.stop.is_set():
+            return
+        for pk, limit in overdue:
+            message = time_limit_message(limit) + " It had stopped reporting progress; its worker was restarted."
+            if Job.objects.filter(pk=pk, state=JobState.RUNNING).update(
+                    state=JobState.FAILED, finished_at=timezone.now(), error=message):
+                note(pk, "failed", message)
+            self.forget(pk)
+        if self.hard:
+            log.critical("job(s) %s over their time limit and silent: ending worker process %s",
+                         [pk for pk, _ in overdue], os.getpid())
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)  # a hung C call cannot be interrupted any other way
+
     def __enter__(self) -> _Pulse:
+        _PULSES[self.job_id] = self
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        _PULSES.pop(self.job_id, None)
         self.thread.join(timeout=5)
 
 
-def execute(job_id: int) -> Job:
+_PULSES: dict[int, _Pulse] = {}  # lead job id -> its pulse (companions taken along beat with it)
+
+
+def _claim(job: Job) -> None:
+    """Mark a locked, queued job as running here (inside the caller's transaction)."""
+    job.state = JobState.RUNNING
+    job.attempts += 1
+    job.started_at = timezone.now()
+    job.heartbeat_at = job.started_at
+    job.worker = f"{socket.gethostname()}:{os.getpid()}"
+    job.error = ""
+    job.save()
+
+
+def _deadline(job: Job) -> tuple[float, float]:
+    """(monotonic deadline, limit) of a job that has just been claimed."""
+    limit = float(time_limit_of(job.kind))
+    return time.monotonic() + limit, limit
+
+
+def _record_failure(job: Job, exc: BaseException) -> float | None:
+    """The one failure path: fail the job, or queue it again after `retry_delay`. Returns that delay
+    (None: failed for good)."""
+    delay = retry_delay(job.attempts, exc)
+    error = str(exc) if isinstance(exc, JobFailed) else (
+        f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}"
+    )
+    if delay is None:
+        if not isinstance(exc, JobFailed):
+            log.exception("job %s failed", job.pk)
+        _finish(job.pk, JobState.FAILED, error=error)
+        if isinstance(exc, JobTimedOut):
+            note(job.pk, "failed", str(exc))
+        return None
+    log.warning("job %s failed (attempt %d), retrying in %.0f s: %s", job.pk, job.attempts, delay, exc)
+    message = f"Retrying after an error (attempt {job.attempts} of {MAX_ATTEMPTS} failed)."
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+        state=JobState.QUEUED, error=error[:10000], dispatched_at=None, message=message,
+    )
+    note(job.pk, "retry", f"{message} {type(exc).__name__}: {exc}")
+    dispatch(job.pk, countdown=delay)
+    return delay
+
+
+def execute(job_id: int, hard_limit: bool = False) -> Job:
     """Run one job to completion in this process. Safe to call twice: finished jobs are left alone, and a
     job another live worker is running (fresh heartbeat) is not started a second time.
 
     A failure goes through `retry_delay`: the job is queued again after a delay, or marked failed and the
-    error raised to the caller."""
+    error raised to the caller. The job's time limit is enforced at its progress reports; `hard_limit`
+    (workers): a job silent past its limit ends this process (see `grace_seconds`)."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
-        if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
+        # Final states: a failed job runs again only through retry_job (which queues it); a late duplicate
+        # message (a redelivery after a watchdog ended its worker) leaves it alone.
+        if job.state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.FAILED):
             return job
         if (
             job.state == JobState.RUNNING
@@ -212,47 +326,118 @@ def execute(job_id: int) -> Job:
         ):
             log.info("job %s is running elsewhere (%s); not starting it twice", job_id, job.worker)
             return job
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.started_at = timezone.now()
-        job.heartbeat_at = job.started_at
-        job.worker = f"{socket.gethostname()}:{os.getpid()}"
-        job.error = ""
-        job.save()
+        _claim(job)
     handler = HANDLERS[job.kind]
+    deadline, limit = _deadline(job)
     try:
-        with _Pulse(job.pk):
-            result = handler.fn(job, _progress_writer(job.pk))
+        with _Pulse(job.pk, hard=hard_limit) as pulse:
+            pulse.watch(job.pk, deadline, limit)
+            result = handler.fn(job, _progress_writer(job.pk, deadline, limit))
     except JobCancelled:
         log.info("job %s stopped: cancelled", job.pk)
         return Job.objects.get(pk=job.pk)
     except Exception as exc:
-        delay = retry_delay(job.attempts, exc)
-        error = str(exc) if isinstance(exc, JobFailed) else (
-            f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}"
-        )
-        if delay is None:
-            if not isinstance(exc, JobFailed):
-                log.exception("job %s failed", job.pk)
-            _finish(job.pk, JobState.FAILED, error=error)
+        if _record_failure(job, exc) is None:
             raise
-        log.warning("job %s failed (attempt %d), retrying in %.0f s: %s", job.pk, job.attempts, delay, exc)
-        message = f"Retrying after an error (attempt {job.attempts} of {MAX_ATTEMPTS} failed)."
-        Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-            state=JobState.QUEUED, error=error[:10000], dispatched_at=None, message=message,
-        )
-        note(job.pk, "retry", f"{message} {type(exc).__name__}: {exc}")
-        dispatch(job.pk, countdown=delay)
         return Job.objects.get(pk=job.pk)
     return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
+
+
+# --- several jobs in one pass ------------------------------------------------------------------------
+@dataclass
+class Companion:
+    """A queued job a running handler took along to do in the same pass (e.g. the next slides' analyses,
+    read while the current one is encoded). It is running, with its own progress, time limit and result."""
+
+    job: Job
+    progress: Progress
+    done: bool = False
+
+
+def take_along(lead: Job, limit: int, extra: Q | None = None) -> list[Companion]:
+    """Claim up to `limit` more queued jobs of the lead's kind and queue (most urgent first, not those
+    waiting out a retry delay, filtered by `extra`) for the lead's handler to run in this pass. Each must be
+    ended with `conclude` or `release`; their heartbeats beat with the lead's. Their own broker messages
+    find them running (fresh heartbeat) or finished and do nothing."""
+    if limit <= 0:
+        return []
+    query = Job.objects.filter(kind=lead.kind, queue=lead.queue, state=JobState.QUEUED, error="").exclude(pk=lead.pk)
+    if extra is not None:
+        query = query.filter(extra)
+    with transaction.atomic():
+        jobs = list(query.select_for_update(skip_locked=True).order_by("-priority", "created_at", "pk")[:limit])
+        for job in jobs:
+            _claim(job)
+    pulse = _PULSES.get(lead.pk)
+    taken = []
+    for job in jobs:
+        note(job.pk, "started", f"Started together with job #{lead.pk} on {job.worker}.")
+        deadline, limit_s = _deadline(job)
+        if pulse is not None:
+            pulse.watch(job.pk, deadline, limit_s)
+        taken.append(Companion(job, _progress_writer(job.pk, deadline, limit_s)))
+    return taken
+
+
+def conclude(lead: Job, companion: Companion, work: Callable[[], dict]) -> Job:
+    """Run a companion's last step `work()` and record its outcome as `execute` would (success, cancelled,
+    failure through the retry policy); never raises."""
+    companion.done = True
+    job = companion.job
+    try:
+        result = work()
+    except JobCancelled:
+        return Job.objects.get(pk=job.pk)
+    except Exception as exc:  # noqa: BLE001 - recorded on the companion; the lead goes on
+        _record_failure(job, exc)
+        return Job.objects.get(pk=job.pk)
+    finally:
+        pulse = _PULSES.get(lead.pk)
+        if pulse is not None:
+            pulse.forget(job.pk)
+    return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
+
+
+def conclude_early(lead: Job, companion: Companion, step: Callable[[], object]) -> bool:
+    """Run a companion's intermediate `step` (a progress report); True when that ended the companion
+    (cancelled, or failed as `conclude` records it)."""
+    try:
+        step()
+        return False
+    except Exception as exc:  # noqa: BLE001 - JobCancelled, JobTimedOut, a database error
+        companion.done = True
+        pulse = _PULSES.get(lead.pk)
+        if pulse is not None:
+            pulse.forget(companion.job.pk)
+        if not isinstance(exc, JobCancelled):
+            _record_failure(companion.job, exc)
+        return True
+
+
+def release(lead: Job, companion: Companion, why: str) -> None:
+    """Give an unfinished companion back to the queue (the lead stopped before reaching it): not counted
+    as an attempt, and sent to the broker again (its own message may have been consumed meanwhile)."""
+    if companion.done:
+        return
+    companion.done = True
+    pulse = _PULSES.get(lead.pk)
+    if pulse is not None:
+        pulse.forget(companion.job.pk)
+    if Job.objects.filter(pk=companion.job.pk, state=JobState.RUNNING).update(
+            state=JobState.QUEUED, attempts=F("attempts") - 1, started_at=None, heartbeat_at=None,
+            dispatched_at=None, progress=0.0, message="Back in the queue."):
+        note(companion.job.pk, "requeued", f"Back in the queue: job #{lead.pk} {why}.")
+        dispatch(companion.job.pk)
 
 
 def _finish(job_id: int, state: str, *, error: str = "", result: dict | None = None) -> Job:
     fields = {"state": state, "finished_at": timezone.now(), "error": error[:10000]}
     if state == JobState.SUCCEEDED:
         fields.update(progress=1.0, message="Done", result=result or {})
-    # A job cancelled while its handler ran stays cancelled.
-    Job.objects.filter(pk=job_id).exclude(state=JobState.CANCELLED).update(**fields)
+    # A job cancelled while its handler ran stays cancelled; one the watchdog failed (past its time limit)
+    # stays failed.
+    final = [JobState.CANCELLED, JobState.FAILED] if state == JobState.SUCCEEDED else [JobState.CANCELLED]
+    Job.objects.filter(pk=job_id).exclude(state__in=final).update(**fields)
     return Job.objects.get(pk=job_id)
 
 
@@ -269,11 +454,11 @@ def run_job(job_id: int) -> str:
               .order_by("-priority", "created_at").values_list("pk", flat=True)[:10])
     for urgent_id in urgent:
         try:
-            execute(urgent_id)
+            execute(urgent_id, hard_limit=True)
         except Exception as exc:  # noqa: BLE001 - recorded on that job by execute; go on with this one
             log.info("urgent job %s taken first failed: %s", urgent_id, exc)
     try:
-        return execute(job_id).state
+        return execute(job_id, hard_limit=True).state
     except Exception:  # noqa: BLE001 - recorded on the job by execute; the message is done with either way
         return JobState.FAILED
 
