@@ -111,10 +111,10 @@ def test_lab_admin_lists_filters_and_cancels_jobs(cast, client_for):
     queued = Job.objects.create(kind="selftest", params={"echo": "a"})
     failed = Job.objects.create(kind="selftest", state=JobState.FAILED, error="boom: disk unreadable")
     client = client_for(cast.admin)
-    page = client.get("/jobs/").content.decode()
-    assert f"#{queued.pk} selftest" in page and "boom: disk unreadable" in page
+    page = client.get("/jobs/").content.decode()  # kinds are named in words, the number beside them
+    assert "Worker self-test" in page and f">#{queued.pk}</span>" in page and "boom: disk unreadable" in page
     page = client.get("/jobs/", {"state": "failed"}).content.decode()
-    assert f"#{failed.pk} selftest" in page and f"#{queued.pk} selftest" not in page
+    assert f">#{failed.pk}</span>" in page and f">#{queued.pk}</span>" not in page
     assert client_for(cast.path1).get("/jobs/").status_code == 403
     assert client.post(f"/analysis/jobs/{queued.pk}/cancel/").status_code == 302
     queued.refresh_from_db()
