@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,46 @@ def test_a_cases_three_slides_are_analysed_in_one_pass_read_ahead_in_processes_e
     # patch was encoded, and the third before the second slide's embedding was saved.
     assert second.result["read_started"] < lead.result["features_at"], (lead.result, second.result)
     assert third.result["read_started"] < second.result["saved_at"], (second.result, third.result)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_jobs_taken_along_finish_on_their_own_and_go_back_to_the_queue_when_the_lead_stops(monkeypatch):
+    sent: list[int] = []
+    monkeypatch.setattr(runner, "dispatch", lambda pk, countdown=None: sent.append(pk))
+    lead, first, second = (Job.objects.create(kind="selftest", params={"n": i}) for i in range(3))
+    seen = {}
+
+    def handler(job, progress):
+        taken = runner.take_along(job, 5)
+        seen["taken"] = [c.job.pk for c in taken]
+        seen["states"] = set(Job.objects.filter(pk__in=seen["taken"]).values_list("state", flat=True))
+        try:
+            runner.conclude(job, taken[0], lambda: {"slide": "done on its own"})
+            runner.cancel_job(job)
+            progress(0.5, "the lead's next report")  # raises JobCancelled
+        finally:
+            for companion in taken:
+                runner.release(job, companion, "stopped before reaching its slide")
+
+    monkeypatch.setitem(runner.HANDLERS, "selftest", runner.Handler(handler, "default"))
+    assert runner.execute(lead.pk).state == JobState.CANCELLED
+    assert seen["taken"] == [first.pk, second.pk] and seen["states"] == {JobState.RUNNING}
+    first, second = Job.objects.get(pk=first.pk), Job.objects.get(pk=second.pk)
+    assert first.state == JobState.SUCCEEDED and first.result == {"slide": "done on its own"} and first.attempts == 1
+    assert second.state == JobState.QUEUED and second.attempts == 0 and sent == [second.pk]
+    assert [e["event"] for e in second.history] == ["started", "requeued"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_watchdog_fails_a_silent_job_and_its_late_success_does_not_overwrite_that(monkeypatch, settings):
+    settings.JOB_PULSE_SECONDS = 0.2
+    job = Job.objects.create(kind="selftest")
+
+    def silent(job, progress):
+        time.sleep(1 + runner.grace_seconds(1) + 1)  # past its 1 s limit and the grace, without a report
+        return {"late": True}
+
+    monkeypatch.setitem(runner.HANDLERS, "selftest", runner.Handler(silent, "default", time_limit=1))
+    done = runner.execute(job.pk)  # in this process: no hard stop, the job is failed and stays so
+    assert done.state == JobState.FAILED and done.error.startswith("The job was stopped after its time limit of 1 s.")
+    assert done.result == {} and runner.execute(job.pk).attempts == 1  # a late message does not run it again
