@@ -198,6 +198,7 @@ class Session:
                     raise
                 self.connection.close()
                 self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        self.last_headers = response.headers
         for header in response.headers.get_all("Set-Cookie") or []:
             for name, morsel in SimpleCookie(header).items():
                 self.cookies[name] = morsel.value
@@ -223,6 +224,7 @@ class Recorder:
         self.errors: dict[str, list[str]] = {}
         self.addresses: set[str] = set()  # tile URLs asked for so far (the server's caches start empty)
         self.first_requests = 0
+        self.fast = 0  # tile responses of the fast path (its Server-Timing metric)
 
     def address(self, url: str) -> None:
         with self.lock:
@@ -272,6 +274,9 @@ def viewer(port: int, username: str, slide_id: str, stop: threading.Event, rec: 
                 status, data = session.request("GET", url)
                 rec.add("tile", time.perf_counter() - start, status == 200 and data[:2] == b"\xff\xd8",
                         f"HTTP {status}")
+                if "fastpath" in (session.last_headers.get("Server-Timing") or ""):
+                    with rec.lock:
+                        rec.fast += 1
         stop.wait(0.2)
 
 
@@ -395,7 +400,7 @@ def run_phase(port: int, data: dict, viewers: int, editors: int, search: bool, s
         stop.set()
         raise SystemExit(f"a client failed before the start: {failures[:3] or 'timed out'}") from None
     rec.addresses.clear()  # descriptor fetches and logins are not part of the measure
-    rec.first_requests = 0
+    rec.first_requests = rec.fast = 0
     meter = CpuMeter(master) if master else None
     started = time.monotonic()
     time.sleep(seconds)
@@ -430,7 +435,9 @@ def report(title: str, rec: Recorder, elapsed: float, cpu: dict | None = None) -
     tiles = len(rec.samples.get("tile", []))
     if tiles:
         result["tile"]["cold_share"] = rec.first_requests / tiles
-        print(f"  tile requests that were the first for their address (cold): {rec.first_requests / tiles:.0%}")
+        result["tile"]["fast_path_share"] = rec.fast / tiles
+        print(f"  tile requests that were the first for their address (cold): {rec.first_requests / tiles:.0%}; "
+              f"answered by the tile fast path: {rec.fast / tiles:.0%}")
     if cpu:
         requests = sum(len(samples) for samples in rec.samples.values())
         result["cpu"] = {**cpu, "requests": requests, "load_average": os.getloadavg()[0], **{
