@@ -71,6 +71,18 @@ def test_make_run_starts_a_default_and_a_gpu_worker_and_stops_them(tmp_path):
         workers = [p.cmdline() for p in direct if "celery" in " ".join(p.cmdline()) and "worker" in p.cmdline()]
         own = sorted(cmd[cmd.index("-Q") + 1] for cmd in workers if "-Q" in cmd)
         assert own == ["default", "gpu"], workers  # two workers, one queue each
+        # The gpu worker runs jobs in its own, non-daemonic process (--pool=solo: patch reading may start
+        # processes); a gpu worker that ends (its watchdog stopped a hung job) is started again (issue #14).
+        gpu = next(p for p in direct if "-Q" in p.cmdline() and p.cmdline()[p.cmdline().index("-Q") + 1] == "gpu")
+        assert "--pool=solo" in gpu.cmdline() and not gpu.children(), gpu.cmdline()
+        gpu.kill()
+        deadline, again = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not again:
+            time.sleep(0.5)
+            again = [p for p in psutil.Process(launcher.pid).children() if p.pid != gpu.pid and "-Q" in p.cmdline()
+                     and p.cmdline()[p.cmdline().index("-Q") + 1] == "gpu"]
+        assert again and launcher.poll() is None, "the gpu worker was not started again"
+        children = psutil.Process(launcher.pid).children(recursive=True)
     finally:
         launcher.send_signal(signal.SIGINT)  # Ctrl-C
         try:
