@@ -181,3 +181,19 @@ def test_the_watchdog_fails_a_silent_job_and_its_late_success_does_not_overwrite
     done = runner.execute(job.pk)  # in this process: no hard stop, the job is failed and stays so
     assert done.state == JobState.FAILED and done.error.startswith("The job was stopped after its time limit of 1 s.")
     assert done.result == {} and runner.execute(job.pk).attempts == 1  # a late message does not run it again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lead_that_recorded_its_own_outcome_keeps_it_whatever_the_rest_of_its_pass_does(monkeypatch):
+    job = Job.objects.create(kind="selftest")
+    seen = {}
+
+    def handler(job, progress):
+        runner.conclude_own(job, progress, lambda: {"own": "result"})
+        seen["state"] = Job.objects.get(pk=job.pk).state  # done before the handler returns
+        raise RuntimeError("a later slide of the pass broke")
+
+    monkeypatch.setitem(runner.HANDLERS, "selftest", runner.Handler(handler, "default"))
+    done = runner.execute(job.pk)
+    assert seen["state"] == JobState.SUCCEEDED
+    assert done.state == JobState.SUCCEEDED and done.result == {"own": "result"} and done.error == ""

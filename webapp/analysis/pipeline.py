@@ -416,16 +416,17 @@ def analyze_in_flight(lead: Job, slide: Slide, bundle: ModelBundle, progress: Pr
                       companions: list[jobs.Companion]) -> dict:
     """The lead's slide and its companions' slides through one reading pipeline: while one slide is
     encoded, the next one's tissue mask is planned and its patches read (runtime.slides_features_in_flight).
-    Each slide's job keeps its own progress, result or error; a companion the lead could not reach (the lead
-    was cancelled or ran out of time) goes back to the queue."""
-    progress(0.02, "Loading the model")
-    model = runtime.get_model(bundle)
+    Each slide's job keeps its own progress, result or error, recorded as soon as its slide is saved (a
+    cancelled or failed slide does not stop the others); a companion the pass never reached (the model did
+    not load, the lead was cancelled before reading began) goes back to the queue."""
     by_slide = {c.job.slide_id: c for c in companions}
-    slides = [slide, *Slide.objects.filter(pk__in=list(by_slide)).select_related("part__case")]
-    slides.sort(key=lambda s: 0 if s.pk == slide.pk else [c.job.slide_id for c in companions].index(s.pk) + 1)
     batch = [lead.pk, *[c.job.pk for c in companions]]
-    lead_outcome: dict | BaseException = JobFailed("The slide was not reached.")
     try:
+        progress(0.02, "Loading the model")
+        model = runtime.get_model(bundle)
+        order = [slide.pk, *[c.job.slide_id for c in companions]]
+        slides = sorted([slide, *Slide.objects.filter(pk__in=list(by_slide)).select_related("part__case")],
+                        key=lambda s: order.index(s.pk))
         progress(0.05, f"Reading patches: slide 1 of {len(slides)} in this pass")
         for position, other in enumerate(list(slides[1:]), start=2):
             c = by_slide[other.pk]
@@ -434,21 +435,22 @@ def analyze_in_flight(lead: Job, slide: Slide, bundle: ModelBundle, progress: Pr
                 slides.remove(other)  # cancelled meanwhile
         for position, (other, features, info) in enumerate(runtime.slides_features_in_flight(slides, bundle)):
             info = {**info, "batch": batch, "position": position}
+            # Each job's outcome is recorded as soon as its slide is saved (the lead's too): users see it done
+            # while the pass goes on with the next slides.
             if other.pk == slide.pk:
-                try:
-                    lead_outcome = _finish_one(other, bundle, model, features, info, progress, lead)
-                except (JobFailed, jobs.JobCancelled) as exc:  # the other slides of the pass go on
-                    lead_outcome = exc
+                jobs.conclude_own(lead, progress, lambda o=other, f=features, i=info: _finish_one(
+                    o, bundle, model, f, i, progress, lead))
             else:
                 c = by_slide[other.pk]
                 jobs.conclude(lead, c, lambda o=other, f=features, i=info, c=c: _finish_one(
                     o, bundle, model, f, i, c.progress, c.job))
+            for waiting in companions:  # the time limit of each slide still to come counts from now
+                if not waiting.done:
+                    waiting.its_turn()
     finally:
         for companion in companions:
             jobs.release(lead, companion, "stopped before reaching its slide")
-    if isinstance(lead_outcome, BaseException):
-        raise lead_outcome
-    return lead_outcome
+    return {}  # the lead's own result was recorded by conclude_own
 
 
 @job_handler(REEMBED, queue="default")

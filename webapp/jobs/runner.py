@@ -185,13 +185,27 @@ def retry_job(job: Job) -> Job:
 
 
 # --- running -----------------------------------------------------------------------------------------
-def _progress_writer(job_id: int, deadline: float | None = None, limit: float = 0.0) -> Progress:
+class _Clock:
+    """A job's time limit: `limit` seconds from its start (or from `restart`, when its turn in a pass comes)."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = float(limit)
+        self.restart()
+
+    def restart(self) -> None:
+        self.deadline = time.monotonic() + self.limit
+
+    def over(self, grace: float = 0.0) -> bool:
+        return time.monotonic() > self.deadline + grace
+
+
+def _progress_writer(job_id: int, clock: _Clock | None = None) -> Progress:
     """`progress(fraction, message)` for a handler: records it, and raises JobCancelled once the job was
-    cancelled and JobTimedOut once the monotonic clock is past `deadline`."""
+    cancelled and JobTimedOut once it is past its time limit."""
 
     def progress(fraction: float, message: str = "") -> None:
-        if deadline is not None and time.monotonic() > deadline:
-            raise JobTimedOut(time_limit_message(limit))
+        if clock is not None and clock.over():
+            raise JobTimedOut(time_limit_message(clock.limit))
         updated = Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
             progress=max(0.0, min(1.0, fraction)), message=message[:200], heartbeat_at=timezone.now()
         )
@@ -211,22 +225,22 @@ class _Pulse:
     def __init__(self, job_id: int, hard: bool = False) -> None:
         self.job_id = job_id
         self.hard = hard
-        self.deadlines: dict[int, tuple[float, float]] = {}  # job id -> (monotonic deadline, limit)
+        self.clocks: dict[int, _Clock] = {}  # the jobs this pulse beats for, and their time limits
         self.seconds = float(settings.JOB_PULSE_SECONDS)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"job-{job_id}-pulse")
 
-    def watch(self, job_id: int, deadline: float, limit: float) -> None:
-        self.deadlines[job_id] = (deadline, limit)
+    def watch(self, job_id: int, clock: _Clock) -> None:
+        self.clocks[job_id] = clock
 
     def forget(self, job_id: int) -> None:
-        self.deadlines.pop(job_id, None)
+        self.clocks.pop(job_id, None)
 
     def run(self) -> None:
         try:
             while not self.stop.wait(self.seconds):
                 try:
-                    ids = list(self.deadlines) or [self.job_id]
+                    ids = list(self.clocks) or [self.job_id]
                     Job.objects.filter(pk__in=ids, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
                     self.check_limits()
                 except Exception as exc:  # noqa: BLE001 - the database may be restarting; beat again later
@@ -235,8 +249,8 @@ class _Pulse:
             connection.close()  # this thread's own connection
 
     def check_limits(self) -> None:
-        overdue = [(pk, limit) for pk, (deadline, limit) in list(self.deadlines.items())
-                   if time.monotonic() > deadline + grace_seconds(limit)]
+        overdue = [(pk, clock.limit) for pk, clock in list(self.clocks.items())
+                   if clock.over(grace_seconds(clock.limit))]
         if not overdue or self.stop.is_set():
             return
         for pk, limit in overdue:
@@ -276,10 +290,9 @@ def _claim(job: Job) -> None:
     job.save()
 
 
-def _deadline(job: Job) -> tuple[float, float]:
-    """(monotonic deadline, limit) of a job that has just been claimed."""
-    limit = float(time_limit_of(job.kind))
-    return time.monotonic() + limit, limit
+def _clock(job: Job) -> _Clock:
+    """The time limit of a job that has just been claimed, running from now."""
+    return _Clock(time_limit_of(job.kind))
 
 
 def _record_failure(job: Job, exc: BaseException) -> float | None:
@@ -306,6 +319,9 @@ def _record_failure(job: Job, exc: BaseException) -> float | None:
     return delay
 
 
+_CONCLUDED: set[int] = set()  # jobs whose handler recorded their outcome itself (conclude_own)
+
+
 def execute(job_id: int, hard_limit: bool = False) -> Job:
     """Run one job to completion in this process. Safe to call twice: finished jobs are left alone, and a
     job another live worker is running (fresh heartbeat) is not started a second time.
@@ -328,17 +344,26 @@ def execute(job_id: int, hard_limit: bool = False) -> Job:
             return job
         _claim(job)
     handler = HANDLERS[job.kind]
-    deadline, limit = _deadline(job)
+    _CONCLUDED.discard(job.pk)
+    clock = _clock(job)
     try:
         with _Pulse(job.pk, hard=hard_limit) as pulse:
-            pulse.watch(job.pk, deadline, limit)
-            result = handler.fn(job, _progress_writer(job.pk, deadline, limit))
+            pulse.watch(job.pk, clock)
+            result = handler.fn(job, _progress_writer(job.pk, clock))
     except JobCancelled:
         log.info("job %s stopped: cancelled", job.pk)
         return Job.objects.get(pk=job.pk)
     except Exception as exc:
+        if job.pk in _CONCLUDED:  # its own outcome is recorded; the error was in the rest of the pass
+            log.exception("job %s: its pass stopped after it was done", job.pk)
+            return Job.objects.get(pk=job.pk)
         if _record_failure(job, exc) is None:
             raise
+        return Job.objects.get(pk=job.pk)
+    finally:
+        concluded = job.pk in _CONCLUDED
+        _CONCLUDED.discard(job.pk)
+    if concluded:  # the handler recorded its own job's outcome (`conclude_own`)
         return Job.objects.get(pk=job.pk)
     return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
 
@@ -351,7 +376,12 @@ class Companion:
 
     job: Job
     progress: Progress
+    clock: _Clock
     done: bool = False
+
+    def its_turn(self) -> None:
+        """The pass reached this job's slide: its time limit counts from now (not from being taken along)."""
+        self.clock.restart()
 
 
 def take_along(lead: Job, limit: int, extra: Q | None = None) -> list[Companion]:
@@ -372,10 +402,10 @@ def take_along(lead: Job, limit: int, extra: Q | None = None) -> list[Companion]
     taken = []
     for job in jobs:
         note(job.pk, "started", f"Started together with job #{lead.pk} on {job.worker}.")
-        deadline, limit_s = _deadline(job)
+        clock = _clock(job)
         if pulse is not None:
-            pulse.watch(job.pk, deadline, limit_s)
-        taken.append(Companion(job, _progress_writer(job.pk, deadline, limit_s)))
+            pulse.watch(job.pk, clock)
+        taken.append(Companion(job, _progress_writer(job.pk, clock), clock))
     return taken
 
 
@@ -396,6 +426,15 @@ def conclude(lead: Job, companion: Companion, work: Callable[[], dict]) -> Job:
         if pulse is not None:
             pulse.forget(job.pk)
     return _finish(job.pk, JobState.SUCCEEDED, result=result or {})
+
+
+def conclude_own(job: Job, progress: Progress, work: Callable[[], dict]) -> Job:
+    """For a handler that runs more than its own job (a pass with companions): record its own job's outcome
+    as soon as its own work is done, not when the handler returns (which then only returns), and stop its
+    watchdog. Never raises."""
+    _CONCLUDED.add(job.pk)
+    pulse = _PULSES.get(job.pk)
+    return conclude(job, Companion(job, progress, pulse.clocks.get(job.pk) if pulse else _clock(job)), work)
 
 
 def conclude_early(lead: Job, companion: Companion, step: Callable[[], object]) -> bool:
