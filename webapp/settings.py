@@ -332,7 +332,9 @@ CELERY_TASK_ACKS_LATE = True  # a worker that dies mid-task leaves the message t
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_TIME_LIMIT = env_int("PATHALIGN_TASK_TIME_LIMIT", 3 * 3600, minimum=61)  # the soft limit is 60 s less
+# Seconds a job may run unless its kind has its own limit: enforced by webapp/jobs/runner.py (Celery's own
+# limits act in prefork workers only; the gpu worker runs --pool solo).
+CELERY_TASK_TIME_LIMIT = env_int("PATHALIGN_TASK_TIME_LIMIT", 3 * 3600, minimum=61)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 # Longer than the longest job, so Redis does not hand a running job to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = (
