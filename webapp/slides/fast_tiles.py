@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost, PermissionDenied
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpResponse
@@ -107,6 +108,8 @@ class TileFastPath:
             response["Server-Timing"] = ", ".join(filter(None, (response.get("Server-Timing"), "fastpath")))
             _connection_upkeep()
             return response
+        except (DisallowedHost, PermissionDenied):  # a refused host or user agent: Django refuses and logs it
+            return None
         except Exception as exc:  # noqa: BLE001 - Django answers (and logs) whatever went wrong, as for any request
             log.warning("tile fast path: %s; Django answers", type(exc).__name__)
             return None
