@@ -242,7 +242,7 @@ def reader_mode(model: PathAlign) -> str:
     return resolve_readers(settings.PATCH_READERS, model.device)
 
 
-IN_FLIGHT = 2  # slides read ahead while one is encoded (iter_slide_features' in_flight)
+IN_FLIGHT = 3  # slides in flight (iter_slide_features' in_flight): two read ahead while one is encoded
 
 
 def slides_features_in_flight(slides, bundle: ModelBundle | int | None = None):
