@@ -49,7 +49,7 @@ def test_admin_registers_sees_figures_activates_and_reembeds(
     bundle = ModelBundle.objects.get(name="tiny-b")
     assert response.status_code == 302 and not bundle.is_active
     page = client.get(f"/models/{bundle.pk}/").content.decode()
-    assert "zero_shot_accuracy" in page and "0.500" in page
+    assert "Zero shot accuracy" in page and "0.500" in page and "zero_shot_accuracy" not in page  # in words
     assert client.post(f"/models/{bundle.pk}/activate/").status_code == 409  # no held-out comparison: the gate
     assert client.post(f"/models/{bundle.pk}/activate/",
                        {"override_reason": "Registered from disk for this test."}).status_code == 302
