@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from tests.model_fixtures import bundle_row
 from webapp.demo import DemoContext
-from webapp.evaluation import demo, studies
+from webapp.evaluation import demo, sources, studies
 from webapp.evaluation.models import Rating, Study
 
 REPORTS = [
@@ -64,3 +64,20 @@ def test_demo_switches_to_real_drafts_when_they_exist(cast, case_factory):
     assert study.name == demo.REAL_NAME
     assert set(study.source_labels()) == {"signed_report", "ai:qformer:demo@1"}
     assert Rating.objects.filter(assignment__study=study).count() == 9  # eval_sim 6, eval_kim half of 6
+
+
+def test_demo_stand_in_never_repeats_the_control_text(cast, case_factory):
+    """make run's seed must not stop on the builder's duplicate-text rule: a report that no perturbation
+    can change (no phrase to reword, no grade, one finding, one diagnosis) still gets a stand-in that differs."""
+    cases = [case_factory() for _ in range(5)]
+    skin = REPORTS[2]
+    manifest = [{"report": skin[0], "labels": {"diagnosis_display": skin[1], "diagnosis": skin[2]}} for _ in cases]
+    context = DemoContext(users={"eval_kim": cast.evaluator, "labadmin": cast.admin}, cases=cases, manifest=manifest,
+                          log=lambda *_: None)
+    demo.seed(context)
+    study = Study.objects.get()
+    texts = {(item.part_id, item.source_key): item.text for item in study.items.all()}
+    for case in cases:
+        part = case.parts.get()
+        assert texts[(part.pk, demo.STANDIN_KEY)] != texts[(part.pk, sources.SIGNED)]
+    assert study.rater_instruction  # raters read an instruction, never the name or description

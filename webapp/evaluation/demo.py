@@ -78,6 +78,15 @@ def perturb(text: str, index: int, other_diagnosis: str, diagnosis: str) -> tupl
     return reword(text), "reworded"
 
 
+# Added to a report that no perturbation changes (no phrase to reword, no grade, one finding): clinically
+# neutral, so the stand-in stays a "reworded" text, but never the control's words.
+UNCHANGED_FALLBACK = "Clinical correlation is recommended."
+
+
+def _same_words(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
 def simulated_rater(context):
     user = User.objects.filter(username=SIM_USERNAME).first()
     if user is None:
@@ -99,6 +108,8 @@ def _standin_candidates(context) -> tuple[list[sources.Candidate], dict[tuple[in
                       if r.get("labels", {}).get("diagnosis") != labels.get("diagnosis")), {})
         text, kind = perturb(record["report"], index, other.get("labels", {}).get("diagnosis_display", ""),
                              labels.get("diagnosis_display", ""))
+        if _same_words(text, record["report"]):  # nothing to perturb: the builder refuses a text in both arms
+            text, kind = record["report"].rstrip() + "\n" + UNCHANGED_FALLBACK + "\n", "reworded"
         candidates.append(sources.Candidate(part, sources.SIGNED, record["report"], {"demo": "manifest"}))
         candidates.append(sources.Candidate(part, STANDIN_KEY, text, {"demo": kind}))
         kinds[(part.pk, sources.SIGNED)] = "control"
@@ -148,7 +159,7 @@ def seed(context) -> None:
     study = studies.build_study(
         name=name, description=description, parts=parts, source_keys=keys, evaluators=raters, raters_per_item=2,
         seed=SEED, created_by=context.users.get("labadmin"), candidates=candidates, labels=labels,
-        selection={"demo": True},
+        selection={"demo": True}, drop_duplicates=True,  # two demo cases may share a report word for word
     )
     references = dict(study.items.filter(source_key=sources.SIGNED).values_list("part_id", "text"))
     for assignment in Assignment.objects.filter(study=study).select_related("item", "evaluator"):
