@@ -11,7 +11,9 @@ run: one viewer alone.
    one bench/tiles.py writes (var/bench/synthetic-<size>x<size>-s0.svs, written once, ~4 min at 50,000 px
    on 2 cores); each case's Slide row points at a link of its own to it, so every slide has its own open
    handle and tile-cache entries. `collectstatic` fills a bench STATIC_ROOT (production settings use hashed
-   names).
+   names). Each slide's in-between Deep Zoom levels are rendered into its companion file, as the background
+   job does after a slide is stored (webapp/slides/prerendered.py; kept for later runs); `--viewer-levels off`
+   serves without them (every other zoom level decoded and encoded per tile), for comparison.
 2. gunicorn serves webapp.wsgi with webapp.settings_production (DEBUG off, secure cookies, CSP, HSTS;
    PATHALIGN_SSL_REDIRECT=0 because the bench speaks HTTP on 127.0.0.1), gthread workers.
 3. Reference: one viewer alone for a few seconds. Then the load: --viewers threads each log in, open the
@@ -63,7 +65,8 @@ def bench_env() -> dict:
     env = dict(os.environ)
     env.setdefault("PATHALIGN_DB_NAME", "pathalign_bench_load")
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings", PATHALIGN_LOG_LEVEL="WARNING",
-               PATHALIGN_SLIDE_STORE=str(BENCH_DIR / "store"), PATHALIGN_STATIC_ROOT=str(BENCH_DIR / "static"))
+               PATHALIGN_SLIDE_STORE=str(BENCH_DIR / "store"), PATHALIGN_STATIC_ROOT=str(BENCH_DIR / "static"),
+               PATHALIGN_VIEWER_LEVELS=str(BENCH_DIR / "viewer-levels"))
     return env
 
 
@@ -96,6 +99,7 @@ def prepare(slides: int, editors: int, slide_size: int) -> dict:
     from webapp.reports import services
     from webapp.slides.ingest import inspect_slide
     from webapp.slides.models import Slide
+    from webapp.slides.prerender import prerender_slide
 
     migrate_as_owner()
     paths = []
@@ -125,6 +129,9 @@ def prepare(slides: int, editors: int, slide_size: int) -> dict:
             slide = Slide.objects.create(part=part, file_path=str(link.relative_to(store)),
                                          original_filename=source.name, **metadata.__dict__)
         slide_ids.append((str(slide.pk), owner.username))
+        started = time.perf_counter()
+        result = prerender_slide(slide)  # what the job queued when a slide is stored does
+        print(f"viewer levels of slide {index + 1}: {result['message']} ({time.perf_counter() - started:.1f} s)")
         report = services.start_report(case, owner)
         sections.append((report.pk, report.sections.first().pk, owner.username))
     return {"slides": slide_ids[:slides], "sections": sections[:editors], "users": [u.username for u in paths]}
@@ -141,8 +148,12 @@ FAST_APP = "webapp.wsgi:application"  # as deployed: the tile fast path in front
 DJANGO_APP = "webapp.wsgi:django_application"  # Django's full request cycle for every request
 
 
-def server_env() -> dict:
+VIEWER_LEVELS = {"on": BENCH_DIR / "viewer-levels", "off": BENCH_DIR / "viewer-levels-off"}  # off: empty
+
+
+def server_env(viewer_levels: str = "on") -> dict:
     env = bench_env()
+    env.update(PATHALIGN_VIEWER_LEVELS=str(VIEWER_LEVELS[viewer_levels]))
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings_production", DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
                DJANGO_ALLOWED_HOSTS="127.0.0.1", PATHALIGN_SSL_REDIRECT="0")
     return env
@@ -155,8 +166,8 @@ def collect_static() -> None:
 
 
 def start_gunicorn(port: int, workers: int, threads: int, access_log: bool = True,
-                   app: str = FAST_APP) -> subprocess.Popen:
-    env = server_env()
+                   app: str = FAST_APP, viewer_levels: str = "on") -> subprocess.Popen:
+    env = server_env(viewer_levels)
     log = open(BENCH_DIR / "gunicorn.log", "ab")
     # The access log without query strings (they could hold a searched accession number), as deployed
     # (docs/operations.md); --no-access-log measures what its lines cost.
@@ -467,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="gunicorn without its access log (each line costs CPU: see docs/operations.md)")
     parser.add_argument("--app", choices=("fast", "django"), default="fast",
                         help=f"what serves the load: {FAST_APP} (as deployed) or {DJANGO_APP}")
+    parser.add_argument("--viewer-levels", choices=("on", "off"), default="on",
+                        help="serve the in-between zoom levels from their rendered companions (as deployed) or not")
     parser.add_argument("--probe-seconds", type=float, default=10,
                         help="CPU per tile request against each application first, this long each (0: skip)")
     parser.add_argument("--probe-viewers", type=int, default=8)
@@ -481,7 +494,7 @@ def probe(args: argparse.Namespace, data: dict) -> dict:
     results = {}
     for name, app in (("django", DJANGO_APP), ("fast", FAST_APP)):
         port = free_port()
-        server = start_gunicorn(port, args.workers, args.threads, args.access_log, app)
+        server = start_gunicorn(port, args.workers, args.threads, args.access_log, app, args.viewer_levels)
         try:
             rec, elapsed, cpu = run_phase(port, data, args.probe_viewers, 0, False, args.probe_seconds, server.pid)
             results[name] = report(f"CPU probe: {args.probe_viewers} viewers, {app}", rec, elapsed, cpu)
@@ -504,11 +517,12 @@ def run(args: argparse.Namespace) -> int:
     (BENCH_DIR / "gunicorn.log").write_bytes(b"")
     app = FAST_APP if args.app == "fast" else DJANGO_APP
     print(f"gunicorn: {args.workers} gthread workers x {args.threads} threads on 127.0.0.1, access log "
-          f"{'on' if args.access_log else 'off'}, {os.cpu_count()} CPUs; {len(data['slides'])} slides "
+          f"{'on' if args.access_log else 'off'}, viewer levels {args.viewer_levels}, {os.cpu_count()} CPUs; "
+          f"{len(data['slides'])} slides "
           f"{args.slide_size}x{args.slide_size}; load average {os.getloadavg()[0]:.2f}")
     probed = probe(args, data) if args.probe_seconds > 0 else {}
     port = free_port()
-    server = start_gunicorn(port, args.workers, args.threads, args.access_log, app)
+    server = start_gunicorn(port, args.workers, args.threads, args.access_log, app, args.viewer_levels)
     try:
         load_before = os.getloadavg()[0]
         print(f"\nThe load, served by {app}; load average {load_before:.2f}")

@@ -238,6 +238,10 @@ TILE_JPEG_QUALITY = env_int("PATHALIGN_TILE_QUALITY", 75, maximum=100)
 TILE_OPEN_SLIDES = env_int("PATHALIGN_OPEN_SLIDES", 32)
 TILE_CACHE_MB = env_int("PATHALIGN_TILE_CACHE_MB", 128, minimum=0)
 OPENSLIDE_CACHE_MB = env_int("PATHALIGN_OPENSLIDE_CACHE_MB", 256, minimum=0)
+# Deep Zoom levels between a /4 pyramid's, rendered once per slide file after it is stored (slides/prerender.py;
+# about a quarter of the slide file's size on disk); 0 turns the background job off.
+VIEWER_LEVELS_DIR = env_path("PATHALIGN_VIEWER_LEVELS", VAR_DIR / "viewer-levels")
+VIEWER_LEVELS_PRERENDER = env_bool("PATHALIGN_VIEWER_LEVELS_PRERENDER", True)
 
 # --- jobs (webapp/jobs): every running job beats every JOB_PULSE_SECONDS; one without a beat for
 # STALE_JOB_SECONDS lost its worker; every worker sweeps for such jobs every JOB_SWEEP_SECONDS.

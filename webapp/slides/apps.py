@@ -11,6 +11,7 @@ class SlidesConfig(AppConfig):
 
         from webapp.jobs.heartbeat import register_periodic
 
+        from . import prerender  # noqa: F401 - registers its job handler and slide_stored receiver
         from .uploads import sweep_orphans
 
         register_periodic("slides.sweep_orphans", sweep_orphans, settings.ORPHAN_SWEEP_SECONDS)

@@ -31,7 +31,7 @@ from django.conf import settings
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from . import passthrough, pixel_budget
+from . import passthrough, pixel_budget, prerendered
 
 # Deep Zoom parameters of openslide-python's examples/deepzoom: 254 + 2 x 1 overlap = 256-pixel requests.
 DZ_TILE_SIZE = 254
@@ -69,6 +69,7 @@ class OpenedSlide:
     native: dict[int, int] = field(default_factory=dict)  # Deep Zoom level -> OpenSlide level served raw
     half: dict[int, int] = field(default_factory=dict)  # Deep Zoom level -> served level at half its downsample
     passthrough_note: str = ""  # why tiles are (not) served raw, for logs and tests
+    prerendered: prerendered.CompanionLookup | None = None  # the `half` levels kept on disk, once rendered
 
     def etag(self, key: str) -> str:
         digest = hashlib.blake2b(f"{self.signature}|{RENDER_VERSION}|{key}".encode(), digest_size=12)
@@ -139,7 +140,11 @@ class SlideLRU:
                 )
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideUnreadable(f"The slide file could not be opened: {exc}") from None
-        return OpenedSlide(slide_id, str(path), osr, dz, signature, raw, native, half, note)
+        lookup = None
+        if raw is not None and half:
+            key = prerendered.companion_key(signature, RENDER_VERSION, raw.tile_size, JPEG_QUALITY)
+            lookup = prerendered.CompanionLookup(key, dz, half, raw.tile_size)
+        return OpenedSlide(slide_id, str(path), osr, dz, signature, raw, native, half, note, lookup)
 
     def discard(self, slide_id: str) -> None:
         """Forget a handle: OpenSlide errors are sticky, so a handle that failed once must be reopened."""
@@ -254,22 +259,32 @@ def dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str) -> by
         pixel_budget.check(pixel_budget.deepzoom_read_pixels(dz, level, (col, row)), f"Deep Zoom level {level}")
     except pixel_budget.OverBudget as exc:
         raise TileNotFound(str(exc)) from None
+    return cached_render(opened, ("dz", level, col, row, fmt),
+                         lambda: render_dz_tile(opened, level, col, row, fmt))
 
-    def render() -> bytes:
-        # JPEG only: a PNG asks for OpenSlide's exact pixels, rendered as before.
-        if opened.raw is not None and fmt in ("jpeg", "jpg"):
-            try:
-                data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
-                if data is not None:
-                    return data  # the scanner's own JPEG, as stored
-                image = passthrough.half_scale_tile(dz, opened.half, opened.raw, level, col, row)
-            except passthrough.CorruptTile as exc:
-                raise SlideUnreadable(str(exc)) from None
-            if image is not None:
-                return encode(image, fmt)
-        return encode(dz.get_tile(level, (col, row)), fmt)
 
-    return cached_render(opened, ("dz", level, col, row, fmt), render)
+def render_dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str,
+                   use_prerendered: bool = True) -> bytes:
+    """One Deep Zoom tile's bytes, without the encoded cache: pre-rendered, passed through, decoded at half
+    scale, or OpenSlide's path, in that order (JPEG only for the first three: a PNG asks for OpenSlide's
+    exact pixels). Raises SlideUnreadable for a corrupt source tile and OpenSlide's errors as they come."""
+    dz = opened.dz
+    if opened.raw is not None and fmt in ("jpeg", "jpg"):
+        if use_prerendered and opened.prerendered is not None:
+            companion = opened.prerendered.get()
+            data = companion.tile(level, col, row) if companion is not None else None
+            if data is not None:
+                return data  # rendered once, after the slide was stored (prerender.py)
+        try:
+            data = passthrough.dz_tile(dz, opened.native, opened.raw, level, col, row)
+            if data is not None:
+                return data  # the scanner's own JPEG, as stored
+            image = passthrough.half_scale_tile(dz, opened.half, opened.raw, level, col, row)
+        except passthrough.CorruptTile as exc:
+            raise SlideUnreadable(str(exc)) from None
+        if image is not None:
+            return encode(image, fmt)
+    return encode(dz.get_tile(level, (col, row)), fmt)
 
 
 def associated_image(osr: openslide.AbstractSlide, name: str) -> Image.Image:

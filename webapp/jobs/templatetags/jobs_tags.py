@@ -39,6 +39,7 @@ KIND_LABELS = {
     "train_bundle": "Train a model from signed-out cases",
     "reembed_archive": "Re-index the archive with a model",
     "selftest": "Worker self-test",
+    "prerender_viewer_levels": "Prepare the slide viewer's zoom levels",
 }
 KIND_DESCRIPTIONS = {
     "analyze_slide": "Finds the tissue, reads it in patches and computes the slide's embedding and heatmap.",
@@ -47,6 +48,7 @@ KIND_DESCRIPTIONS = {
     "train_bundle": "Trains a new model version from signed-out cases and measures it on held-out cases.",
     "reembed_archive": "Queues every slide and signed report again after the active model changed.",
     "selftest": "Checks that a worker picks up and runs jobs.",
+    "prerender_viewer_levels": "Renders once the zoom levels the scanner did not store, so panning at them is fast.",
 }
 
 
