@@ -50,4 +50,4 @@ bench: $(STAMP)
 	exit $$status
 
 clean-demo:
-	rm -rf var/demo-corpus var/models/demo
+	rm -rf var/demo-corpus var/demo-corpus-v2 var/models/demo

@@ -1,6 +1,11 @@
 """Demo data for `make run`: accounts (one per role), cases with synthetic slides, and whatever each app
 adds in its own `demo.py` (a `seed(context)` function), run in INSTALLED_APPS order.
 
+The slides are corpus v2's (inference/synthetic/corpus_v2.py): 10 x 5 mm of tissue field each at 1 um/px
+(about 600 tissue patches at the bundle's tiling, as a small biopsy gives), parts of one to five slides whose
+finding may be on one slide only, focal lesions of under 1 % and 1-5 % of the tissue as well as diffuse
+disease and normal tissue, each slide with its lesion mask beside it (var/demo-corpus-v2/slides/).
+
 Idempotent: a second run finds the data and changes nothing. Passwords are printed once, on first run,
 and kept in var/demo-credentials.txt (readable by the owner only) so they can be looked up again.
 """
@@ -20,7 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import module_has_submodule
 
-from inference.synthetic.corpus import generate_corpus, load_manifest
+from inference.synthetic.corpus_v2 import generate_corpus_v2, load_manifest
 from webapp.accounts.models import User
 from webapp.cases.models import Case, CaseStatus, Part, Priority
 from webapp.slides.ingest import ingest_slide
@@ -32,8 +37,12 @@ DEMO_USERS = [
     ("dr_patel", "pathologist", "Ravi", "Patel", False),
     ("eval_kim", "evaluator", "Min", "Kim", False),
 ]
-DEMO_CASES = 12  # open cases on the worklists
-ARCHIVE_CASES = 12  # already signed out: the retrieval draft and "similar signed-out cases" draw on them
+DEMO_CASES = 10  # open cases (parts) on the worklists
+ARCHIVE_CASES = 10  # already signed out: the retrieval draft and "similar signed-out cases" draw on them
+# 10 mm of field a slide (the issue's minimum) by 5 mm, at the demo bundle's 1 um/px; ~4 s a slide to render.
+DEMO_CORPUS = {"seed": 2026, "size": (10_000, 5_000), "mpp": 1.0, "multi_share": 0.3}
+FOCAL = ("<1%", "1-5%")
+OPEN_FOCAL_CASES = 4  # focal-lesion parts put first on the worklists: the heatmap should find the focus
 
 
 @dataclass
@@ -71,53 +80,80 @@ def seed_users(context: DemoContext) -> None:
 
 
 def demo_corpus_dir() -> Path:
-    return Path(settings.VAR_DIR) / "demo-corpus"
+    return Path(settings.VAR_DIR) / "demo-corpus-v2"
+
+
+def demo_parts() -> list[list[dict]]:
+    """The demo corpus's parts (each the manifest records of its slides, in slide order), rendered once."""
+    corpus = demo_corpus_dir()
+    if not (corpus / "manifest.jsonl").exists():
+        generate_corpus_v2(corpus, DEMO_CASES + ARCHIVE_CASES, seed=DEMO_CORPUS["seed"], size=DEMO_CORPUS["size"],
+                           mpp=DEMO_CORPUS["mpp"], multi_share=DEMO_CORPUS["multi_share"])
+    parts: dict[str, list[dict]] = {}
+    for record in load_manifest(corpus):
+        parts.setdefault(record["part_id"], []).append(record)
+    return [sorted(records, key=lambda r: r["slide_index"]) for records in parts.values()]
+
+
+def open_and_archive(parts: list[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Open cases: up to OPEN_FOCAL_CASES parts with a focal lesion first, then the others in corpus order;
+    the rest is the archive."""
+    focal = [p for p in parts if any(r["stratum"] in FOCAL for r in p)][:OPEN_FOCAL_CASES]
+    rest = [p for p in parts if p not in focal]
+    chosen = (focal + rest)[:DEMO_CASES]
+    return chosen, [p for p in parts if p not in chosen]
 
 
 def seed_cases(context: DemoContext) -> None:
     """Accession demo cases with synthetic slides: open ones for both pathologists (one unassigned) and an
     archive of older cases that the reports app signs out with the synthetic report text."""
-    corpus = demo_corpus_dir()
-    if not (corpus / "manifest.jsonl").exists():
-        context.log(f"Generating {DEMO_CASES + ARCHIVE_CASES} synthetic demo slides ...")
-        generate_corpus(corpus, DEMO_CASES + ARCHIVE_CASES, seed=2026, size=(3072, 2304))
-    context.manifest = load_manifest(corpus)
+    if not (demo_corpus_dir() / "manifest.jsonl").exists():
+        context.log(f"Generating {DEMO_CASES + ARCHIVE_CASES} synthetic demo parts (10 x 5 mm slides, about a "
+                    "minute) ...")
+    open_parts, archive_parts = open_and_archive(demo_parts())
+    # One record per case (its first slide's: the part-level report, labels and site are the part's).
+    context.manifest = [p[0] for p in open_parts + archive_parts]
     pathologists = [context.users["dr_lee"], context.users["dr_patel"]]
     priorities = [Priority.ROUTINE, Priority.URGENT, Priority.ROUTINE, Priority.STAT]
-    open_records = context.manifest[:DEMO_CASES]
-    for index, record in enumerate(open_records):
-        assignee = None if index == len(open_records) - 1 else pathologists[index % 2]
-        case = _demo_case(context, f"S26-{index + 1:05d}", record, f"DEMO-{index + 1:04d}", assignee,
+    for index, records in enumerate(open_parts):
+        assignee = None if index == len(open_parts) - 1 else pathologists[index % 2]
+        case = _demo_case(context, f"S26-{index + 1:05d}", records, f"DEMO-{index + 1:04d}", assignee,
                           priorities[index % len(priorities)], days_ago=index % 5)
         context.cases.append(case)
-    for index, record in enumerate(context.manifest[DEMO_CASES:]):
-        case = _demo_case(context, f"S26-{index + 101:05d}", record, f"DEMO-{index + 101:04d}",
+    for index, records in enumerate(archive_parts):
+        case = _demo_case(context, f"S26-{index + 101:05d}", records, f"DEMO-{index + 101:04d}",
                           pathologists[index % 2], Priority.ROUTINE, days_ago=20 + index)
-        context.archive.append((case, record))
-    context.log(f"{len(context.cases)} open and {len(context.archive)} archived demo cases ready.")
+        context.archive.append((case, records[0]))
+    slides = sum(len(p) for p in open_parts + archive_parts)
+    focal = sum(1 for p in open_parts if any(r["stratum"] in FOCAL for r in p))
+    context.log(f"{len(context.cases)} open ({focal} with a focal lesion) and {len(context.archive)} archived demo "
+                f"cases ready, {slides} slides of {DEMO_CORPUS['size'][0] * DEMO_CORPUS['mpp'] / 1000:g} x "
+                f"{DEMO_CORPUS['size'][1] * DEMO_CORPUS['mpp'] / 1000:g} mm.")
 
 
-def _demo_case(context: DemoContext, accession: str, record: dict, pseudonym: str, assignee, priority,
+def _demo_case(context: DemoContext, accession: str, records: list[dict], pseudonym: str, assignee, priority,
                days_ago: int) -> Case:
     case = Case.objects.filter(accession_number=accession).first()
     if case is not None:
         return case
+    first = records[0]
     with transaction.atomic():
         case = Case.objects.create(
             accession_number=accession,
             patient_pseudonym=pseudonym,
-            clinical_history=record.get("clinical_history", ""),
+            clinical_history=first.get("clinical_history", ""),
             priority=priority,
             received_date=timezone.localdate() - timedelta(days=days_ago),
             assigned_to=assignee,
             status=CaseStatus.ASSIGNED if assignee else CaseStatus.ACCESSIONED,
             created_by=context.users["labadmin"],
         )
-        labels = record["labels"]
-        part = Part.objects.create(case=case, label=record.get("part", "A") or "A",
+        labels = first["labels"]
+        part = Part.objects.create(case=case, label=first.get("part", "A") or "A",
                                    site=_site_line(labels), procedure=labels.get("procedure", ""))
-        ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
-                     stain="H&E", block_label="1", user=context.users["labadmin"], move=False)
+        for block, record in enumerate(records, start=1):
+            ingest_slide(Path(record["slide_path"]), part=part, original_filename=Path(record["slide"]).name,
+                         stain="H&E", block_label=str(block), user=context.users["labadmin"], move=False)
     return case
 
 
