@@ -118,7 +118,7 @@ def seed_cases(context: DemoContext) -> None:
     for index, records in enumerate(open_parts):
         assignee = None if index == len(open_parts) - 1 else pathologists[index % 2]
         case = _demo_case(context, f"S26-{index + 1:05d}", records, f"DEMO-{index + 1:04d}", assignee,
-                          priorities[index % len(priorities)], days_ago=index % 5)
+                          priorities[(index // 2) % len(priorities)], days_ago=index % 5)
         context.cases.append(case)
     for index, records in enumerate(archive_parts):
         case = _demo_case(context, f"S26-{index + 101:05d}", records, f"DEMO-{index + 101:04d}",
