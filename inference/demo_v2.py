@@ -37,6 +37,7 @@ from typing import Any
 
 STAGES = ("corpus", "features", "train", "evaluate")
 STATE_FILE = "build.json"
+FEATURES = "features-v2-he-texture-v1"
 
 
 @dataclass
@@ -69,6 +70,9 @@ class DemoV2Config:
     max_text_len: int = 96
     group_by: str = "diagnosis"
     text_view_prob: float = 0.5
+    # More training slides: build directories made by ``demo_v2 extra`` (the train/val parts of other seeds),
+    # used by training and by the held-out baselines alike; the benchmark's test and new-site are unchanged.
+    extra_corpora: tuple[str, ...] = ()
     # Evaluation.
     cv_folds: int = 0
     mil_epochs: int = 40
@@ -81,6 +85,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {"cases": 6, "workers": 2, "device": "cpu", "num_hidden_layers": 1, "num_query_tokens": 8,
                   "scorer_hidden": 64, "epochs": 6, "batch_size": 4, "new_lr": 2e-3, "max_patches": 256,
                   "max_text_len": 64, "mil_epochs": 10},
+    # The 2-core shared dev box at the largest size it can finish in about two hours in the background
+    # (2026-12-07: ~26 process-seconds a slide to render, ~20-28 patches/s to encode): 40 parts of three
+    # organs (7 classes), 81 slides of 10 mm, ~105k patches. Seed 21 was picked from the part plans alone
+    # (no pixels, no figures) for its held-out focal carcinoma slides: 4 in test, 7 on the new site. Training
+    # reads 512-patch subsets, half of them from the top of the model's own attention over the whole bag (one
+    # CPU epoch over full bags costs ~2x); inference reads every patch. More training slides:
+    # ``demo_v2 extra --preset cpu --seed 24 --cases 44`` and ``--extra-corpora`` (docs/model.md, 2026-12-07).
+    "cpu": {"cases": 40, "seed": 21, "organs": ("colon", "prostate", "lung"), "workers": 2, "device": "cpu",
+            "num_hidden_layers": 2, "num_query_tokens": 16, "scorer_hidden": 128, "epochs": 30, "batch_size": 8,
+            "new_lr": 2e-3, "max_patches": 512, "max_text_len": 96, "mil_epochs": 40},
     # The smallest end-to-end run (CI-sized: 4 mm slides, ~200 patches each): proves the pipeline, not the model.
     "tiny": {"cases": 6, "size": 4000, "workers": 2, "device": "cpu", "num_hidden_layers": 1,
              "num_query_tokens": 8, "scorer_hidden": 32, "epochs": 3, "batch_size": 4, "new_lr": 2e-3,
@@ -216,6 +230,39 @@ def build_corpus(cfg: DemoV2Config, corpus: Path, log: Callable[[str], object]) 
     return {"slides": len(records), "splits": splits, "strata": strata}
 
 
+def build_training_corpus(cfg: DemoV2Config, corpus: Path, log: Callable[[str], object],
+                          splits: Sequence[str] = ("train", "val")) -> dict[str, Any]:
+    """More training slides for a build: the parts of another corpus (``cfg``: same generator, another seed)
+    whose split is train or val, rendered and written as a corpus of their own (manifest of those parts only,
+    resumable part by part). Its test and new-site parts are never rendered: they carry the held-out report
+    templates and the held-out scanner profile, which no training slide may show. Its atlas is the seed's own,
+    so no field is shared with the benchmark corpus's slides."""
+    from inference.synthetic import corpus_v2 as cv2
+
+    (corpus / "slides").mkdir(parents=True, exist_ok=True)
+    (corpus / "parts").mkdir(parents=True, exist_ok=True)
+    organs = list(cfg.organs) or None
+    parts = [p for p in cv2.plan_parts(cfg.cases, cfg.seed, organs, multi_share=cfg.multi_share,
+                                       size=(cfg.size, cfg.size), mpp=cfg.mpp) if p["split"] in splits]
+    jobs = [(p, str(corpus)) for p in parts]
+    log(f"[extra] {len(parts)} {'/'.join(splits)} parts of seed {cfg.seed} ({_workers(cfg)} processes)")
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(max(1, min(_workers(cfg), len(jobs)))) as pool:
+        files = []
+        for i, f in enumerate(pool.imap(_part_job, jobs, chunksize=1)):
+            files.append(f)
+            log(f"[extra] {i + 1}/{len(jobs)} parts ({time.perf_counter() - t0:.0f} s)")
+    records = [r for f in files for r in json.loads(Path(f).read_text())]
+    with open(corpus / cv2.MANIFEST, "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+    params = {"corpus_version": cv2.VERSION, "cases": cfg.cases, "seed": cfg.seed, "size": [cfg.size, cfg.size],
+              "mpp": cfg.mpp, "organs": list(organs or cv2.V2_ORGANS), "multi_share": cfg.multi_share,
+              "mask_downsample": cv2.MASK_DOWNSAMPLE, "slides": len(records), "splits_rendered": list(splits)}
+    (corpus / "corpus.json").write_text(json.dumps(params, indent=1))
+    return {"slides": len(records), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -229,10 +276,11 @@ def build_features(cfg: DemoV2Config, corpus: Path, features: Path, log: Callabl
 
     device = _device(cfg.device)
     encoder = build_encoder({"kind": "builtin"}, device=device)
-    # On CUDA, decoding in processes (no GIL) keeps the encoder fed; on the CPU threads (no spawn start-up).
+    # On CUDA, decoding in processes (no GIL) keeps the encoder fed; on the CPU one process per core, each
+    # with one torch thread, batch 16 and a reading thread (same features; no intra-op oversubscription).
     cuda = device == "cuda"
-    extract_v2_features(corpus, encoder, features, workers=_workers(cfg), batch_size=512 if cuda else 64, log=log,
-                        readers="processes" if cuda else "threads")
+    extract_v2_features(corpus, encoder, features, workers=_workers(cfg), batch_size=512 if cuda else 16, log=log,
+                        readers="processes" if cuda else "threads", processes=0 if cuda else _workers(cfg))
     rows = load_feature_index(features)
     n = sum(int(r["n_patches"]) for r in rows)
     return {"slides": len(rows), "patches": n, "patches_per_slide": n / max(len(rows), 1), "device": device,
@@ -251,7 +299,7 @@ def train_config(cfg: DemoV2Config) -> Any:
 
 
 def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
-                 log: Callable[[str], object]) -> dict[str, Any]:
+                 log: Callable[[str], object], stop_after: int | None = None) -> dict[str, Any]:
     import torch
 
     from inference.bundle import save_bundle
@@ -259,11 +307,17 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     from inference.train import load_examples, train_stage1
 
     examples, encoder_spec = load_examples(corpus, features, seed=cfg.seed, stream=True)
+    for extra in cfg.extra_corpora:
+        more, spec = load_examples(Path(extra) / "corpus", Path(extra) / "corpus" / FEATURES, seed=cfg.seed,
+                                   stream=True)
+        if spec.get("name") != encoder_spec.get("name") or spec.get("tiling") != encoder_spec.get("tiling"):
+            raise ValueError(f"{extra}: features of another encoder or tiling")
+        examples += [e for e in more if e.split in ("train", "val")]
     tcfg = train_config(cfg)
     log(f"[train] {sum(e.split == 'train' for e in examples)} training slides, {tcfg.epochs} epochs, "
         f"device {tcfg.device}")
     model, tokenizer, history = train_stage1(examples, tcfg, bundle.parent / "checkpoints", resume=True,
-                                             progress=sys.stderr.isatty())
+                                             progress=sys.stderr.isatty(), stop_after=stop_after)
     for e in history["epochs"]:
         log(f"[train] epoch {e['epoch']}: train {e['train']} val {e['val']} ({e['seconds']} s)")
     save_bundle(bundle, model.cpu(), tokenizer, encoder_spec, name="pathalign-demo-v2", version="2.0.0",
@@ -280,8 +334,9 @@ def evaluate_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Pat
     from inference.pathalign import PathAlign
 
     model = PathAlign.load(bundle, device=_device(cfg.device))
+    extra = [(Path(x) / "corpus", Path(x) / "corpus" / FEATURES) for x in cfg.extra_corpora]
     result = benchmark_v2(corpus, features, model, cv_folds=cfg.cv_folds, seed=cfg.seed, mil_epochs=cfg.mil_epochs,
-                          log=log)
+                          log=log, extra_train=extra)
     table = format_benchmark(result)
     log(table)
     (out / "benchmark-v2.json").write_text(json.dumps(result, indent=1, default=float))
@@ -309,17 +364,19 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(out: str | os.PathLike, cfg: DemoV2Config, log: Callable[[str], object] | None = None,
-          until: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the build in ``out``; ``until``: stop after that stage. Returns build.json's content."""
+          until: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the build in ``out``; ``until``: stop after that stage; ``stop_after``: end training
+    after that many epochs in all (the schedule still spans ``cfg.epochs``; the best epoch so far is saved, and
+    the stage is done: a training cut short for time). Returns build.json's content."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = Path(out)
     state = BuildState(out, cfg)
     corpus, bundle = out / "corpus", out / "bundle"
-    features = corpus / "features-v2-he-texture-v1"
+    features = corpus / FEATURES
     steps: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
         ("corpus", lambda: build_corpus(cfg, corpus, log)),
         ("features", lambda: build_features(cfg, corpus, features, log)),
-        ("train", lambda: build_bundle(cfg, corpus, features, bundle, log)),
+        ("train", lambda: build_bundle(cfg, corpus, features, bundle, log, stop_after)),
         ("evaluate", lambda: evaluate_bundle(cfg, corpus, features, bundle, out, log)),
     ]
     for name, fn in steps:
@@ -327,6 +384,10 @@ def build(out: str | os.PathLike, cfg: DemoV2Config, log: Callable[[str], object
         if name == until:
             break
     return state.data
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
     b.add_argument("--until", choices=STAGES, help="stop after this stage")
+    b.add_argument("--stop-after", type=int, help="end training after this many epochs in all (resumes the "
+                   "checkpoint; the best epoch so far becomes the bundle)")
     defaults = DemoV2Config()
     for f in fields(DemoV2Config):
         value = getattr(defaults, f.name)
@@ -345,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             b.add_argument(flag, nargs="*", default=None)
         else:
             b.add_argument(flag, type=type(value), default=None)
+    x = sub.add_parser("extra", help="render the train/val parts of another seed and extract their features "
+                                     "(extra training slides for a build; see build_training_corpus)")
+    x.add_argument("--out", required=True)
+    x.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
+    x.add_argument("--seed", type=int, required=True)
+    x.add_argument("--cases", type=int)
     s = sub.add_parser("status", help="print build.json")
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -355,11 +424,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(path.read_text())
         return 0
+    if args.command == "extra":
+        cfg = preset(args.preset, seed=args.seed, **({"cases": args.cases} if args.cases else {}))
+        out = Path(args.out)
+        info = build_training_corpus(cfg, out / "corpus", _stderr)
+        info["features"] = build_features(cfg, out / "corpus", out / "corpus" / FEATURES, _stderr)
+        (out / "extra.json").write_text(json.dumps(info, indent=1, default=float))
+        return 0
     overrides = {f.name: getattr(args, f.name) for f in fields(DemoV2Config) if getattr(args, f.name) is not None}
-    if "organs" in overrides:
-        overrides["organs"] = tuple(overrides["organs"])
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     cfg = preset(args.preset, **overrides)
-    data = build(args.out, cfg, until=args.until)
+    data = build(args.out, cfg, until=args.until, stop_after=args.stop_after)
     print(json.dumps({k: data[k] for k in ("stages", "total_seconds") if k in data}, indent=1, default=float))
     return 0
 

@@ -331,12 +331,20 @@ def is_v2_corpus(corpus: str | os.PathLike) -> bool:
 
 def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | os.PathLike, workers: int = 2,
                         batch_size: int = 64, tiling: dict[str, Any] | None = None,
-                        log: Callable[[str], object] = print, readers: str = "threads") -> Path:
+                        log: Callable[[str], object] = print, readers: str = "threads", processes: int = 0,
+                        shard: tuple[int, int] | None = None) -> Path:
     """Every tissue patch of every v2 slide, one safetensors file per slide (``<slide_id>.safetensors``,
     float16) plus ``index.jsonl`` and ``encoder.json`` in the format of ``features.extract_corpus_features``
     (so ``train.load_examples`` reads it). Resumable: files already made by this encoder and tiling are
     kept. Slides stream through ``features.iter_slide_features`` (``readers``: "threads" or "processes", as
-    there); each is written as soon as it is done."""
+    there); each is written as soon as it is done.
+
+    ``processes`` > 1 (CPU encoders): the slides are dealt to that many spawned processes, each encoding its
+    share with one torch thread and one reading thread (``shard=(i, n)``: slides ``i, i + n, ...``; the
+    index is written by the caller once all are done). The features are the same numbers (the built-in
+    encoder's are bit-identical at any batch size >= 8); on the shared 2-core box one torch thread per
+    process avoids the intra-op threads' oversubscription (2026-12-07, load ~6: 26 patches/s with one
+    thread and batch 16 against 8-15 with two threads and batch 64)."""
     import json
 
     from inference import features as feats
@@ -347,9 +355,22 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
     recs = load_v2(corpus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if processes > 1 and shard is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+            futs = [pool.submit(_extract_v2_shard, str(corpus), encoder.spec, str(out_dir), batch_size, tiling,
+                                (i, processes)) for i in range(processes)]
+            for f in futs:
+                f.result()
+        processes = 0  # every slide is done now: the pass below only checks them and writes the index
     (out / "encoder.json").write_text(json.dumps({"spec": encoder.spec, "dim": encoder.dim, "tiling": t}, indent=2))
     todo = []
     for i, rec in enumerate(recs):
+        if shard is not None and i % shard[1] != shard[0]:
+            continue
         path = out / f"{rec['slide_id']}.safetensors"
         try:
             meta = feats.read_meta(path)
@@ -366,8 +387,10 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
     for i, sf in zip(todo, stream, strict=True):
         sf.save(out / f"{recs[i]['slide_id']}.safetensors", extra={"slide": recs[i]["slide"]}, dtype=torch.float16)
         n_done += 1
-        log(f"features {n_done}/{len(todo)}: {recs[i]['slide_id']} {len(sf)} patches "
-            f"({time.perf_counter() - t0:.0f} s)")
+        log(f"features {n_done}/{len(todo)}{f' (shard {shard[0]})' if shard else ''}: {recs[i]['slide_id']} "
+            f"{len(sf)} patches ({time.perf_counter() - t0:.0f} s)")
+    if shard is not None:
+        return out
     with open(out / "index.jsonl", "w") as fh:
         for rec in recs:
             meta = feats.read_meta(out / f"{rec['slide_id']}.safetensors")
@@ -375,6 +398,17 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
                                  "n_patches": meta.n_patches, "split": rec["split"], "diagnosis": rec["diagnosis"],
                                  "case_id": rec["case_id"], "part": rec["part"]}) + "\n")
     return out
+
+
+def _extract_v2_shard(corpus: str, spec: dict[str, Any], out_dir: str, batch_size: int,
+                      tiling: dict[str, Any] | None, shard: tuple[int, int]) -> None:
+    """One process of ``extract_v2_features(processes=n)``: its share of the slides, one torch thread."""
+    from inference.encoders import build_encoder
+
+    torch.set_num_threads(1)
+    encoder = build_encoder(spec, device="cpu")
+    extract_v2_features(corpus, encoder, out_dir, workers=1, batch_size=batch_size, tiling=tiling,
+                        log=lambda m: print(m, file=sys.stderr, flush=True), shard=shard)
 
 
 def _bench_slides(corpus: str | os.PathLike, features_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -526,13 +560,16 @@ def _pathalign_scores(model: PathAlign, slides: Sequence[dict], classes: Sequenc
 
 def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, model: PathAlign | None = None,
                  cv_folds: int = 5, seed: int = 0, mil_epochs: int = 40,
-                 log: Callable[[str], object] = print) -> dict[str, Any]:
+                 log: Callable[[str], object] = print,
+                 extra_train: Sequence[tuple[str | os.PathLike, str | os.PathLike]] = ()) -> dict[str, Any]:
     """The slide-level benchmark on a v2 corpus (see docs/model.md, "Benchmark v2").
 
     Protocol "held-out": baselines trained on train + val, scored on test and new-site. Protocol "cv":
     `cv_folds`-fold cross-validation grouped by part over every training-site slide (train + val + test),
     predictions pooled over the folds (more slides per stratum on small corpora); new-site is never
-    trained on. PathAlign (a bundle, when given) trains nothing: zero-shot and attention on each set."""
+    trained on. PathAlign (a bundle, when given) trains nothing: zero-shot and attention on each set.
+    ``extra_train``: (corpus, features) pairs of more training slides (``demo_v2 extra``: the train/val parts
+    of another seed); their train/val slides join the held-out protocol's training set (never cv's folds)."""
     import json
 
     t0 = time.perf_counter()
@@ -541,6 +578,8 @@ def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, mod
 
     classes = [c for c in v2_diagnoses() if any(s["diagnosis"] == c for s in slides)]
     train = [s for s in slides if s["split"] in ("train", "val")]
+    extra = [s for c, f in extra_train for s in _bench_slides(c, f) if s["split"] in ("train", "val")]
+    train += extra
     sets = {"test": [s for s in slides if s["split"] == "test"],
             "new-site": [s for s in slides if s["split"] == "new-site"]}
     result: dict[str, Any] = {"classes": classes, "n_slides": len(slides),
@@ -550,6 +589,10 @@ def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, mod
                                          for k in ("train", "val", "test", "new-site")},
                               "strata": {k: sum(s["stratum"] == k for s in slides) for k in ("<1%", "1-5%", "diffuse", "normal")},
                               "protocols": {}}
+    if extra_train:
+        result["extra_train"] = {"corpora": [str(c) for c, _ in extra_train], "slides": len(extra),
+                                 "strata": {k: sum(s["stratum"] == k for s in extra)
+                                            for k in ("<1%", "1-5%", "diffuse", "normal")}}
     cfile = Path(corpus) / "corpus.json" if Path(corpus).is_dir() else Path(corpus).parent / "corpus.json"
     if cfile.is_file():
         result["corpus"] = json.loads(cfile.read_text())
@@ -642,8 +685,9 @@ def main_v2(args: argparse.Namespace) -> int:
     features = Path(args.features) if args.features else root / f"features-v2-{name}"
     if not args.skip_extract:
         extract_v2_features(corpus, encoder, features, workers=args.workers, tiling=tiling, log=log)
+    extra = [(c, Path(c) / f"features-v2-{name}") for c in args.extra_train or ()]
     result = benchmark_v2(corpus, features, model, cv_folds=args.cv_folds, seed=args.seed,
-                          mil_epochs=args.mil_epochs, log=log)
+                          mil_epochs=args.mil_epochs, log=log, extra_train=extra)
     print(format_benchmark(result))
     out = Path(args.out) if args.out else root / "benchmark-v2.json"
     out.write_text(json.dumps(result, indent=1, default=float))
@@ -678,6 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mil-epochs", type=int, default=40, help="v2: gated-attention MIL training epochs")
     ap.add_argument("--workers", type=int, default=2, help="v2: patch-reading threads")
     ap.add_argument("--skip-extract", action="store_true", help="v2: score the slides whose features exist")
+    ap.add_argument("--extra-train", nargs="*", help="v2: corpora of more training slides (their train/val "
+                    "slides, features already in <corpus>/features-v2-<encoder>) for the held-out baselines")
     args = ap.parse_args(argv)
     if is_v2_corpus(args.corpus):
         return main_v2(args)
