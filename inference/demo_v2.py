@@ -73,6 +73,8 @@ class DemoV2Config:
     # More training slides: build directories made by ``demo_v2 extra`` (the train/val parts of other seeds),
     # used by training and by the held-out baselines alike; the benchmark's test and new-site are unchanged.
     extra_corpora: tuple[str, ...] = ()
+    # Other bundles scored beside this one on the same held-out sets (e.g. the shipped v1 demo bundle).
+    compare_bundles: tuple[str, ...] = ()
     # Evaluation.
     cv_folds: int = 0
     mil_epochs: int = 40
@@ -93,7 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU epoch over full bags costs ~2x); inference reads every patch. More training slides:
     # ``demo_v2 extra --preset cpu --seed 24 --cases 44`` and ``--extra-corpora`` (docs/model.md, 2026-12-07).
     "cpu": {"cases": 40, "seed": 21, "organs": ("colon", "prostate", "lung"), "workers": 2, "device": "cpu",
-            "num_hidden_layers": 2, "num_query_tokens": 16, "scorer_hidden": 128, "epochs": 30, "batch_size": 8,
+            "num_hidden_layers": 2, "num_query_tokens": 16, "scorer_hidden": 128, "epochs": 14, "batch_size": 8,
             "new_lr": 2e-3, "max_patches": 512, "max_text_len": 96, "mil_epochs": 40},
     # The smallest end-to-end run (CI-sized: 4 mm slides, ~200 patches each): proves the pipeline, not the model.
     "tiny": {"cases": 6, "size": 4000, "workers": 2, "device": "cpu", "num_hidden_layers": 1,
@@ -303,6 +305,8 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     import torch
 
     from inference.bundle import save_bundle
+    from inference.demo import encoder_fingerprint
+    from inference.encoders import build_encoder
     from inference.qformer import default_text_model_dir
     from inference.train import load_examples, train_stage1
 
@@ -323,7 +327,8 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     save_bundle(bundle, model.cpu(), tokenizer, encoder_spec, name="pathalign-demo-v2", version="2.0.0",
                 training={**history["data"], "best_val_loss": history["best_val_loss"], "config": history["config"],
                           "epochs": history["epochs"], "corpus": json.loads((corpus / "corpus.json").read_text())},
-                reference_text_dir=default_text_model_dir(), storage_dtype=torch.bfloat16)
+                reference_text_dir=default_text_model_dir(), storage_dtype=torch.bfloat16,
+                extra={"encoder_fingerprint": encoder_fingerprint(build_encoder(encoder_spec))})
     return {"epochs": len(history["epochs"]), "best_val_loss": history["best_val_loss"]}
 
 
@@ -335,8 +340,12 @@ def evaluate_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Pat
 
     model = PathAlign.load(bundle, device=_device(cfg.device))
     extra = [(Path(x) / "corpus", Path(x) / "corpus" / FEATURES) for x in cfg.extra_corpora]
+    compare = {}
+    for path in cfg.compare_bundles:
+        other = PathAlign.load(path, device=_device(cfg.device))
+        compare[f"{other.spec['name']} {other.spec['version']} (zero-shot)"] = other
     result = benchmark_v2(corpus, features, model, cv_folds=cfg.cv_folds, seed=cfg.seed, mil_epochs=cfg.mil_epochs,
-                          log=log, extra_train=extra)
+                          log=log, extra_train=extra, compare=compare, drafts=True)
     table = format_benchmark(result)
     log(table)
     (out / "benchmark-v2.json").write_text(json.dumps(result, indent=1, default=float))

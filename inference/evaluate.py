@@ -558,10 +558,63 @@ def _pathalign_scores(model: PathAlign, slides: Sequence[dict], classes: Sequenc
     return np.asarray(mal), np.stack(dia), att
 
 
+def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence[str],
+                     config: Any = None) -> dict[str, Any]:
+    """Drafts per part (``draft_part`` over all the part's slides, as the app drafts): the part's diagnosis
+    stated and no other (``metrics.diagnosis_correct`` over the set's classes); its grade named where it has
+    one (the catalogue's grade text, case- and punctuation-insensitive); site and laterality consistent: every
+    anatomic site or side the draft names is the part's (a draft that names none is consistent: never
+    invented). Returns rates, counts and the drafts."""
+    import re
+
+    from safetensors import safe_open
+
+    from inference.features import SlideFeatures
+    from inference.generation import GenerationConfig
+    from inference.synthetic.catalog import DIAGNOSIS_BY_KEY, ORGANS
+
+    def norm(t: str) -> str:
+        return " " + re.sub(r"[^a-z0-9]+", " ", t.lower()).strip() + " "
+
+    config = config or GenerationConfig(num_beams=3, max_new_tokens=96)
+    names = diagnosis_names(classes)
+    parts: dict[str, list[dict]] = {}
+    for s in slides:
+        parts.setdefault(s["part_id"], []).append(s)
+    rows = []
+    for pid, ss in parts.items():
+        sets = []
+        for s in ss:
+            with safe_open(s["features_path"], framework="pt") as fh:
+                x, c = fh.get_tensor("features").float(), fh.get_tensor("coords").numpy()
+            sets.append(SlideFeatures(features=x, coords=c, patch_size_level0=224, patch_size=224, target_mpp=1.0,
+                                      slide_mpp=float(s.get("mpp", 1.0)), dimensions=(s["width"], s["height"])))
+        text = model.draft_part(sets, config).text
+        truth = ss[0]["part_diagnosis"]
+        grade = next((s["grade"] for s in ss if s.get("grade")), None)
+        t = norm(text)
+        named_sites = [x for o in ORGANS.values() for x in o.sites if norm(x) in t]
+        sides = {w for w in ("left", "right") if f" {w} " in t}
+        site_ok = all(norm(x) == norm(ss[0]["site"]) for x in named_sites) and \
+            all(f" {w} " in norm(ss[0]["site"]) for w in sides)
+        rows.append({"part_id": pid, "truth": truth, "grade": grade, "draft": text,
+                     "diagnosis_correct": bool(metrics.diagnosis_correct(text, truth, names)),
+                     "grade_correct": None if grade is None else norm(grade) in t,
+                     "site_consistent": bool(site_ok),
+                     "malignant": DIAGNOSIS_BY_KEY[truth].category == "malignant"})
+    graded = [r for r in rows if r["grade_correct"] is not None]
+    return {"n_parts": len(rows), "n_graded": len(graded),
+            "diagnosis_correct": float(np.mean([r["diagnosis_correct"] for r in rows])) if rows else float("nan"),
+            "grade_correct": float(np.mean([r["grade_correct"] for r in graded])) if graded else float("nan"),
+            "site_consistent": float(np.mean([r["site_consistent"] for r in rows])) if rows else float("nan"),
+            "parts": rows}
+
+
 def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, model: PathAlign | None = None,
                  cv_folds: int = 5, seed: int = 0, mil_epochs: int = 40,
                  log: Callable[[str], object] = print,
-                 extra_train: Sequence[tuple[str | os.PathLike, str | os.PathLike]] = ()) -> dict[str, Any]:
+                 extra_train: Sequence[tuple[str | os.PathLike, str | os.PathLike]] = (),
+                 compare: dict[str, PathAlign] | None = None, drafts: bool = False) -> dict[str, Any]:
     """The slide-level benchmark on a v2 corpus (see docs/model.md, "Benchmark v2").
 
     Protocol "held-out": baselines trained on train + val, scored on test and new-site. Protocol "cv":
@@ -569,7 +622,9 @@ def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, mod
     predictions pooled over the folds (more slides per stratum on small corpora); new-site is never
     trained on. PathAlign (a bundle, when given) trains nothing: zero-shot and attention on each set.
     ``extra_train``: (corpus, features) pairs of more training slides (``demo_v2 extra``: the train/val parts
-    of another seed); their train/val slides join the held-out protocol's training set (never cv's folds)."""
+    of another seed); their train/val slides join the held-out protocol's training set (never cv's folds).
+    ``compare``: more bundles by row label (e.g. the v1 demo bundle), scored like ``model`` on the same sets.
+    ``drafts``: also ``model``'s part drafts on each set (``draft_figures_v2``), under ``result["drafts"]``."""
     import json
 
     t0 = time.perf_counter()
@@ -609,7 +664,20 @@ def benchmark_v2(corpus: str | os.PathLike, features_dir: str | os.PathLike, mod
                 log(f"PathAlign on {len(ss)} {name} slides ...")
                 m, d, a = _pathalign_scores(model, ss, classes)
                 held[name]["PathAlign (zero-shot)"] = _figures(ss, m, d, classes, a)
+                if drafts:
+                    log(f"PathAlign drafts of the {name} parts ...")
+                    result.setdefault("drafts", {})[name] = draft_figures_v2(model, ss, classes)
         result["bundle"] = {"name": model.spec["name"], "version": model.spec["version"]}
+    for label, other in (compare or {}).items():
+        for name, ss in sets.items():
+            if ss:
+                log(f"{label} on {len(ss)} {name} slides ...")
+                m, d, a = _pathalign_scores(other, ss, classes)
+                held.setdefault(name, {})[label] = _figures(ss, m, d, classes, a)
+                if drafts:
+                    result.setdefault("drafts_compared", {}).setdefault(label, {})[name] = \
+                        draft_figures_v2(other, ss, classes)
+        result.setdefault("compared", {})[label] = {"name": other.spec["name"], "version": other.spec["version"]}
     result["protocols"]["held-out"] = held
     if cv_folds > 1:
         pool = [s for s in slides if s["split"] != "new-site"]
@@ -660,6 +728,12 @@ def format_benchmark(result: dict[str, Any]) -> str:
                 if p:
                     lines.append(f"{method:<24}{'parts':<9}{p['n']:>4}{'':>6}  part dx acc {p['part_diagnosis_accuracy']:.3f}"
                                  f", part malignant acc {p['part_malignant_accuracy']:.3f}")
+    drafts = [("PathAlign", name, d) for name, d in result.get("drafts", {}).items()]
+    drafts += [(label, name, d) for label, sets in result.get("drafts_compared", {}).items() for name, d in sets.items()]
+    for label, name, d in drafts:
+        lines.append(f"\n[drafts] {label}, {name}: {d['n_parts']} parts; diagnosis correct {d['diagnosis_correct']:.3f}, "
+                     f"grade correct {d['grade_correct']:.3f} ({d['n_graded']} graded), site/laterality "
+                     f"consistent {d['site_consistent']:.3f}")
     return "\n".join(lines)
 
 
