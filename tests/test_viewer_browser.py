@@ -140,6 +140,7 @@ def test_viewer_end_to_end(cast, page_for, viewer_case, heatmap):
     page.locator("[data-pane=main] .pa-osd").click()
     page.keyboard.press("2")
     page.wait_for_function(f"() => Math.abs({VIEWER}.magnification() - 5) < 0.2")
+    wait_loaded(page)  # the 5x view's tiles are in before the ruler's no-pan check counts responses
 
     # Ruler: drag 200 screen pixels at 5x = 200 / 0.25 image pixels x 0.5 µm = 400 µm. Nothing is sent.
     page.click("button[data-action=ruler]")
