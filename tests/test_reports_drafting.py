@@ -75,6 +75,29 @@ def test_qformer_draft_fills_the_section_and_classifies(cast, case_factory, clie
     assert services.edit_distance(ai.text, ai.text + " Edited.") > 0
 
 
+def test_a_slide_far_larger_than_the_models_training_slides_flags_the_draft(cast, case_factory, client_for,
+                                                                             bundle):
+    """A model trained on small fields (the v1 demo bundle: at most 9 tissue patches a slide) reading a 10 mm
+    slide: the draft says so, as unsafe until edited; a slide within range gets no such warning."""
+    bundle.training = {"slides": 448, "patches_per_slide": {"min": 1, "mean": 5.3, "max": 9}}
+    bundle.save(update_fields=["training"])
+    case = case_factory(assigned_to=cast.path1)
+    prime_features(fake_slide(case.parts.get()), bundle, n=600)
+    client = client_for(cast.path1)
+    assert draft(client, case, "qformer").state == JobState.SUCCEEDED
+    ai = AIDraft.objects.get(section=services.open_report(case).sections.get())
+    assert any("A-1 (600 tissue patches) is far larger than any this model (tiny-report@tiny-1) was trained on "
+               "(at most 9" in w for w in ai.warnings), ai.warnings
+    page = client.get(reverse("report_workspace", args=[case.pk])).content.decode()
+    assert "Unsafe AI draft: Slide A-1 (600 tissue patches)" in page
+
+    small = case_factory(assigned_to=cast.path1)
+    prime_features(fake_slide(small.parts.get()), bundle, n=30)  # within 4 x the largest training slide
+    assert draft(client, small, "qformer").state == JobState.SUCCEEDED
+    ai = AIDraft.objects.get(section=services.open_report(small).sections.get())
+    assert not any("far larger" in w for w in ai.warnings)
+
+
 def test_retrieval_draft_uses_the_closest_signed_report(
     cast, case_factory, client_for, bundle, django_capture_on_commit_callbacks
 ):

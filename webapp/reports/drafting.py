@@ -157,6 +157,27 @@ def draft_warnings(text: str, part) -> list[str]:
     return warnings
 
 
+# A slide this many times larger (in tissue patches) than the largest the model was trained on is outside what
+# its training tested: a model trained on small fields can read a 10 mm slide as benign around a small focus.
+RANGE_FACTOR = 4
+
+
+def range_warnings(bundle: ModelBundle, slides: list, feature_sets: list) -> list[str]:
+    """The part's slides that are far larger than any the bundle was trained on (bundle.json's
+    training.patches_per_slide, kept on the ModelBundle row), in words; [] when in range or unrecorded."""
+    largest = ((bundle.training or {}).get("patches_per_slide") or {}).get("max")
+    if not largest:
+        return []
+    beyond = [f"{slide.part.label}-{slide.block_label or index + 1} ({len(features):,} tissue patches)"
+              for index, (slide, features) in enumerate(zip(slides, feature_sets, strict=True))
+              if len(features) > RANGE_FACTOR * largest]
+    if not beyond:
+        return []
+    return [f"Slide{'s' if len(beyond) > 1 else ''} {', '.join(beyond)} {'are' if len(beyond) > 1 else 'is'} far "
+            f"larger than any this model ({bundle.key}) was trained on (at most {int(largest):,} tissue patches a "
+            "slide): its reading of such slides is untested and may miss a small focus."]
+
+
 class PartNotDrafted(Exception):
     """This part cannot be drafted by the chosen method; the others still are (the reason is shown)."""
 
@@ -253,7 +274,8 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
                 section=section, job_id=job_id,
                 defaults={"method": method, "text": text, "bundle": bundle, "seconds": seconds,
                           "evidence": [{k: v for k, v in e.items() if k != "diagnosis"} for e in evidence],
-                          "slides": attention, "warnings": draft_warnings(text, section.part)},
+                          "slides": attention,
+                          "warnings": draft_warnings(text, section.part) + range_warnings(bundle, slides, feature_sets)},
             )
             if created:
                 current = ReportSection.objects.get(pk=section.pk)
