@@ -2,6 +2,8 @@
 
     python -m inference.demo_v2 build --out var/demo-v2 --preset gpu          # 16 cores + 1 GPU: < ~10 min
     nice -n 19 python -m inference.demo_v2 build --out var/demo-v2-small --preset cpu-small   # background
+    nice -n 19 python -m inference.demo_v2 build --out var/demo-v2-cpu --preset cpu       # 2 cores: ~1.5 h
+    nice -n 19 python -m inference.demo_v2 extra --out var/demo-v2-cpu-extra --preset cpu --seed 24 --cases 44
     python -m inference.demo_v2 status --out var/demo-v2
 
 One command, four stages, each resumable (run the same command again after an interruption: it picks up
