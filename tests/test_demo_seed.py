@@ -19,8 +19,8 @@ def test_the_real_demo_slides_cover_at_least_10_mm():
 @pytest.fixture
 def small_demo(settings, tmp_path, monkeypatch):
     settings.VAR_DIR = tmp_path
-    monkeypatch.setattr(demo, "DEMO_CORPUS", {**demo.DEMO_CORPUS, "size": (1600, 1000), "multi_share": 0.6})
-    monkeypatch.setattr(demo, "DEMO_CASES", 2)
+    monkeypatch.setattr(demo, "DEMO_CORPUS", {**demo.DEMO_CORPUS, "size": (1600, 1000)})
+    monkeypatch.setattr(demo, "DEMO_CASES", 1)
     monkeypatch.setattr(demo, "ARCHIVE_CASES", 1)
     monkeypatch.setattr(demo, "OPEN_FOCAL_CASES", 1)
 
@@ -31,10 +31,12 @@ def test_demo_cases_are_corpus_v2_parts_with_focal_lesions_first(db, small_demo)
     demo.seed_cases(context)
     parts = demo.demo_parts()
     open_parts, archive_parts = demo.open_and_archive(parts)
-    assert len(parts) == 3 and len(context.cases) == 2 and len(context.archive) == 1
-    assert any(len(p) > 1 for p in parts), "a part of several slides (seed 2026)"
-    # A part with a focal lesion comes first on the worklists (seed 2026 draws one: a prostate part).
-    assert {r["stratum"] for r in open_parts[0]} & set(demo.FOCAL)
+    assert len(parts) == 2 and len(context.cases) == 1 and len(context.archive) == 1
+    # Seed 2026 draws a prostate part of one slide, then a lung part of four with a focal lesion on one:
+    # the focal part comes first on the worklists, although the corpus has it second.
+    assert [p[0]["organ"] for p in parts] == ["prostate", "lung"] and len(parts[1]) == 4
+    assert {r["stratum"] for r in open_parts[0]} & set(demo.FOCAL) and open_parts[0][0]["organ"] == "lung"
+    assert {p[0]["organ"] for p in parts} <= set(demo.DEMO_CORPUS["organs"])
     # Every part's slides were ingested into one Part, blocks numbered in slide order, files as rendered.
     cases = context.cases + [case for case, _ in context.archive]
     for case, records in zip(cases, open_parts + archive_parts, strict=True):
@@ -49,4 +51,4 @@ def test_demo_cases_are_corpus_v2_parts_with_focal_lesions_first(db, small_demo)
     again = demo.DemoContext(log=lambda message: None)
     demo.seed_users(again)
     demo.seed_cases(again)
-    assert Case.objects.count() == 3 and [c.pk for c in again.cases] == [c.pk for c in context.cases]
+    assert Case.objects.count() == 2 and [c.pk for c in again.cases] == [c.pk for c in context.cases]

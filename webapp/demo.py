@@ -40,7 +40,9 @@ DEMO_USERS = [
 DEMO_CASES = 10  # open cases (parts) on the worklists
 ARCHIVE_CASES = 10  # already signed out: the retrieval draft and "similar signed-out cases" draw on them
 # 10 mm of field a slide (the minimum) by 5 mm, at the demo bundle's 1 um/px; ~4 s a slide to render.
-DEMO_CORPUS = {"seed": 2026, "size": (10_000, 5_000), "mpp": 1.0, "multi_share": 0.3}
+# The organs are those the v2 demo bundle (inference/demo_bundle_v2) was trained on; the v1 bundle knows them too.
+DEMO_CORPUS = {"seed": 2026, "size": (10_000, 5_000), "mpp": 1.0, "multi_share": 0.3,
+               "organs": ("colon", "prostate", "lung")}
 FOCAL = ("<1%", "1-5%")
 OPEN_FOCAL_CASES = 4  # focal-lesion parts put first on the worklists: the heatmap should find the focus
 
@@ -88,7 +90,8 @@ def demo_parts() -> list[list[dict]]:
     corpus = demo_corpus_dir()
     if not (corpus / "manifest.jsonl").exists():
         generate_corpus_v2(corpus, DEMO_CASES + ARCHIVE_CASES, seed=DEMO_CORPUS["seed"], size=DEMO_CORPUS["size"],
-                           mpp=DEMO_CORPUS["mpp"], multi_share=DEMO_CORPUS["multi_share"])
+                           mpp=DEMO_CORPUS["mpp"], multi_share=DEMO_CORPUS["multi_share"],
+                           organs=DEMO_CORPUS["organs"])
     parts: dict[str, list[dict]] = {}
     for record in load_manifest(corpus):
         parts.setdefault(record["part_id"], []).append(record)
