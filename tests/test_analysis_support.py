@@ -25,16 +25,25 @@ def second_bundle_dir() -> Path:
     return build_tiny_bundle(tiny_bundle_root("analysis") / "tiny-bundle-b", name="tiny-b", seed=1)
 
 
-@pytest.fixture
-def active_bundle(db, tiny_bundle_dir, settings, tmp_path):
-    """The tiny bundle, registered and active; features cache under this test's own VAR_DIR."""
+def _registered(tiny_bundle_dir, settings, tmp_path):
     from webapp.analysis import pipeline, runtime
 
     settings.VAR_DIR = tmp_path / "var"
     runtime.forget_models()
-    bundle = pipeline.register_bundle(tiny_bundle_dir, activate=True)
-    yield bundle
+    yield pipeline.register_bundle(tiny_bundle_dir, activate=True)
     runtime.forget_models()
+
+
+@pytest.fixture
+def active_bundle(db, tiny_bundle_dir, settings, tmp_path):
+    """The tiny bundle, registered and active; features cache under this test's own VAR_DIR."""
+    yield from _registered(tiny_bundle_dir, settings, tmp_path)
+
+
+@pytest.fixture
+def live_bundle(transactional_db, tiny_bundle_dir, settings, tmp_path):
+    """The same, committed: for tests whose real worker process must see the rows."""
+    yield from _registered(tiny_bundle_dir, settings, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -8,25 +8,16 @@ import pytest
 
 from tests import test_analysis_support as support
 from tests.conftest import start_worker, stop_worker, wait_for
-from webapp.analysis import pipeline, runtime, search
+from webapp.analysis import pipeline, search
 from webapp.analysis.models import QueryEmbedding, SlideEmbedding
 from webapp.jobs import runner as jobs
 from webapp.jobs.models import Job, JobState
 
-small_slides, tiny_bundle_dir = support.small_slides, support.tiny_bundle_dir
+small_slides, tiny_bundle_dir, live_bundle = support.small_slides, support.tiny_bundle_dir, support.live_bundle
 
 # Short fault-handling clocks for the tests: beats every second, stale after 4 s, sweep every 2 s.
 FAST_CLOCKS = {"PATHALIGN_JOB_PULSE_SECONDS": "1", "PATHALIGN_STALE_JOB_SECONDS": "4",
                "PATHALIGN_SWEEP_SECONDS": "2", "PATHALIGN_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def live_bundle(transactional_db, tiny_bundle_dir, settings, tmp_path):
-    settings.VAR_DIR = tmp_path / "var"
-    runtime.forget_models()
-    bundle = pipeline.register_bundle(tiny_bundle_dir, activate=True)
-    yield bundle
-    runtime.forget_models()
 
 
 def _env(tmp_path, **extra) -> dict:

@@ -16,12 +16,12 @@ import tests.worker_hooks.time_limited  # noqa: F401 - registers the "test_limit
 from tests import test_analysis_support as support
 from tests.conftest import ROOT, _worker_env, stop_worker, wait_for
 from webapp import launcher
-from webapp.analysis import pipeline, runtime
+from webapp.analysis import pipeline
 from webapp.analysis.models import QueryEmbedding, SlideEmbedding
 from webapp.jobs import runner
 from webapp.jobs.models import Job, JobState
 
-small_slides, tiny_bundle_dir = support.small_slides, support.tiny_bundle_dir
+small_slides, tiny_bundle_dir, live_bundle = support.small_slides, support.tiny_bundle_dir, support.live_bundle
 HOOK = "tests.worker_hooks.time_limited"
 FAST = {"PATHALIGN_JOB_PULSE_SECONDS": "1", "PATHALIGN_STALE_JOB_SECONDS": "6", "PATHALIGN_SWEEP_SECONDS": "2",
         "PATHALIGN_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
@@ -95,15 +95,6 @@ def test_a_job_silent_past_its_time_limit_is_failed_by_the_watchdog_and_its_work
     finally:
         stop_worker(fresh)
     assert done.state == JobState.SUCCEEDED and Job.objects.get(pk=hung.pk).attempts == 1
-
-
-@pytest.fixture
-def live_bundle(transactional_db, tiny_bundle_dir, settings, tmp_path):
-    settings.VAR_DIR = tmp_path / "var"
-    runtime.forget_models()
-    bundle = pipeline.register_bundle(tiny_bundle_dir, activate=True)
-    yield bundle
-    runtime.forget_models()
 
 
 @pytest.mark.worker
