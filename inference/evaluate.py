@@ -567,8 +567,6 @@ def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence
     invented). Returns rates, counts and the drafts."""
     import re
 
-    from safetensors import safe_open
-
     from inference.features import SlideFeatures
     from inference.generation import GenerationConfig
     from inference.synthetic.catalog import DIAGNOSIS_BY_KEY, ORGANS
@@ -583,12 +581,7 @@ def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence
         parts.setdefault(s["part_id"], []).append(s)
     rows = []
     for pid, ss in parts.items():
-        sets = []
-        for s in ss:
-            with safe_open(s["features_path"], framework="pt") as fh:
-                x, c = fh.get_tensor("features").float(), fh.get_tensor("coords").numpy()
-            sets.append(SlideFeatures(features=x, coords=c, patch_size_level0=224, patch_size=224, target_mpp=1.0,
-                                      slide_mpp=float(s.get("mpp", 1.0)), dimensions=(s["width"], s["height"])))
+        sets = [SlideFeatures.load(s["features_path"]) for s in ss]  # with the tiling the file records
         text = model.draft_part(sets, config).text
         truth = ss[0]["part_diagnosis"]
         grade = next((s["grade"] for s in ss if s.get("grade")), None)
