@@ -270,7 +270,7 @@ def render_dz_tile(opened: OpenedSlide, level: int, col: int, row: int, fmt: str
     exact pixels). Raises SlideUnreadable for a corrupt source tile and OpenSlide's errors as they come."""
     dz = opened.dz
     if opened.raw is not None and fmt in ("jpeg", "jpg"):
-        if use_prerendered and opened.prerendered is not None:
+        if use_prerendered and level in opened.half and opened.prerendered is not None:
             companion = opened.prerendered.get()
             data = companion.tile(level, col, row) if companion is not None else None
             if data is not None:
