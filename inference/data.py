@@ -15,6 +15,8 @@
 - `make_loader(...)`: the DataLoader (workers, pinned memory on CUDA, persistent workers, prefetch).
 - `feature_statistics(examples, rank, world)`: per-dimension mean and std of the training features in one
   streaming pass (float64 sums; sharded over ranks and summed when distributed).
+- `ClassTexts`: the label term's classes (e.g. diagnosis and grade) and, per class, the training reports'
+  diagnosis lines, tokenised once; each step shows one line of every class, drawn by (seed, step).
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from inference.distributed import DistContext, rank_slice
 
-__all__ = ["GlobalBatchSampler", "Stage1Collator", "Stage1Dataset", "feature_statistics", "make_loader",
-           "mix_seed", "stable_id"]
+__all__ = ["ClassTexts", "GlobalBatchSampler", "Stage1Collator", "Stage1Dataset", "feature_statistics",
+           "make_loader", "mix_seed", "stable_id"]
 
 
 def mix_seed(*parts: int) -> int:
@@ -57,10 +59,12 @@ class Stage1Dataset(Dataset):
     ``epoch`` None (or a plain int index): evaluation items, all patches and the whole text."""
 
     def __init__(self, examples: Sequence[Any], tokenizer: Any, max_text_len: int, max_patches: int | None = None,
-                 text_view_prob: float = 0.0, group_by: str = "text", seed: int = 0):
+                 text_view_prob: float = 0.0, group_by: str = "text", seed: int = 0,
+                 labels: Sequence[int] | None = None):
         from inference.train import first_sentence
 
         self.examples = list(examples)
+        self.labels = list(labels) if labels is not None else None  # class index per example (-1: none)
         self.max_patches = max_patches
         self.text_view_prob = float(text_view_prob)
         self.group_by = group_by
@@ -97,6 +101,7 @@ class Stage1Dataset(Dataset):
             "input_ids": self.view_ids[i] if use_view else self.full_ids[i],
             "itg_input_ids": self.full_ids[i] if use_view else None,
             "group": self.view_groups[i] if use_view else self.full_groups[i],
+            "label": self.labels[i] if self.labels is not None else None,
         }
 
 
@@ -129,7 +134,65 @@ class Stage1Collator:
         if any(it["itg_input_ids"] is not None for it in items):
             full = [it["itg_input_ids"] if it["itg_input_ids"] is not None else it["input_ids"] for it in items]
             out["itg_input_ids"], out["itg_attention_mask"] = self._pad_ids(full)
+        if any(it.get("label") is not None for it in items):
+            out["class_labels"] = torch.tensor([-1 if it.get("label") is None else it["label"] for it in items],
+                                               dtype=torch.long)
         return out
+
+
+def class_key(example: Any, label_by: str) -> str | None:
+    """An example's class for the label term: ``"diagnosis"``, or ``"diagnosis+grade"`` (a graded diagnosis's
+    grades are classes of their own, so the queries must tell them apart); None when it has no diagnosis."""
+    rec = example.record
+    dx = rec.get("diagnosis") or rec.get("labels", {}).get("diagnosis")
+    if not dx:
+        return None
+    if label_by == "diagnosis+grade":
+        grade = rec.get("grade") or rec.get("labels", {}).get("grade")
+        return f"{dx}|{grade}" if grade else str(dx)
+    if label_by == "diagnosis":
+        return str(dx)
+    raise ValueError(f"label_by must be 'diagnosis' or 'diagnosis+grade', not {label_by!r}")
+
+
+class ClassTexts:
+    """The label term's class texts: per class (``class_key`` over the training examples, sorted), the
+    distinct diagnosis lines of its training reports (``final_diagnosis`` where the record has one, else
+    the text's first sentence), tokenised once. ``batch(step)`` shows one line of every class, drawn by
+    (seed, step) (the same on every rank); ``batch(None)`` the first line of each (validation)."""
+
+    def __init__(self, train: Sequence[Any], label_by: str, tokenizer: Any, max_text_len: int, seed: int = 0,
+                 pad_token_id: int = 0):
+        from inference.train import first_sentence
+
+        lines: dict[str, set[str]] = {}
+        for e in train:
+            key = class_key(e, label_by)
+            if key is not None:
+                lines.setdefault(key, set()).add(e.record.get("final_diagnosis") or first_sentence(e.text))
+        self.classes = sorted(lines)
+        self.label_by, self.seed = label_by, int(seed)
+        self.ids = [tokenizer(sorted(lines[c]), truncation=True, max_length=max_text_len)["input_ids"]
+                    for c in self.classes]
+        self._pad = Stage1Collator(pad_token_id)._pad_ids
+        self._index = {c: i for i, c in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def labels(self, examples: Sequence[Any]) -> list[int]:
+        """Each example's class index; -1 for a class no training example has (it adds no loss)."""
+        return [self._index.get(class_key(e, self.label_by) or "", -1) for e in examples]
+
+    def batch(self, step: int | None) -> dict[str, torch.Tensor]:
+        """``class_input_ids`` / ``class_attention_mask`` [C, T]: one diagnosis line per class."""
+        if step is None:
+            rows = [ids[0] for ids in self.ids]
+        else:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, 3))
+            rows = [ids[int(torch.randint(len(ids), (1,), generator=gen))] for ids in self.ids]
+        ids, att = self._pad(rows)
+        return {"class_input_ids": ids, "class_attention_mask": att}
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):

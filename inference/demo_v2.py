@@ -72,11 +72,21 @@ class DemoV2Config:
     max_text_len: int = 96
     group_by: str = "diagnosis"
     text_view_prob: float = 0.5
+    # Bags and texts: one bag per case part with the part's report (PathAlign's pairing; the app drafts a part
+    # the same way), and reports without the part header (site, side) and slide list, which no patch shows.
+    parts: bool = True
+    header: bool = False
+    # The label term (train.TrainConfig): every class's diagnosis line as a negative in every step.
+    label_loss_weight: float = 1.0
+    label_by: str = "diagnosis+grade"
     # More training slides: build directories made by ``demo_v2 extra`` (the train/val parts of other seeds),
     # used by training and by the held-out baselines alike; the benchmark's test and new-site are unchanged.
     extra_corpora: tuple[str, ...] = ()
     # Other bundles scored beside this one on the same held-out sets (e.g. the shipped v1 demo bundle).
     compare_bundles: tuple[str, ...] = ()
+    # The bundle's version (its name is pathalign-demo-v2). 2.0.0: slide bags, text losses only; 2.1.0: part
+    # bags, reports without the part header, the label term.
+    version: str = "2.1.0"
     # Evaluation.
     cv_folds: int = 0
     mil_epochs: int = 40
@@ -312,21 +322,23 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     from inference.qformer import default_text_model_dir
     from inference.train import load_examples, train_stage1
 
-    examples, encoder_spec = load_examples(corpus, features, seed=cfg.seed, stream=True)
+    examples, encoder_spec = load_examples(corpus, features, seed=cfg.seed, stream=True, parts=cfg.parts,
+                                           header=cfg.header)
     for extra in cfg.extra_corpora:
         more, spec = load_examples(Path(extra) / "corpus", Path(extra) / "corpus" / FEATURES, seed=cfg.seed,
-                                   stream=True)
+                                   stream=True, parts=cfg.parts, header=cfg.header)
         if spec.get("name") != encoder_spec.get("name") or spec.get("tiling") != encoder_spec.get("tiling"):
             raise ValueError(f"{extra}: features of another encoder or tiling")
         examples += [e for e in more if e.split in ("train", "val")]
     tcfg = train_config(cfg)
-    log(f"[train] {sum(e.split == 'train' for e in examples)} training slides, {tcfg.epochs} epochs, "
+    log(f"[train] {sum(e.split == 'train' for e in examples)} training {'parts' if cfg.parts else 'slides'}, "
+        f"{tcfg.epochs} epochs, "
         f"device {tcfg.device}")
     model, tokenizer, history = train_stage1(examples, tcfg, bundle.parent / "checkpoints", resume=True,
                                              progress=sys.stderr.isatty(), stop_after=stop_after)
     for e in history["epochs"]:
         log(f"[train] epoch {e['epoch']}: train {e['train']} val {e['val']} ({e['seconds']} s)")
-    save_bundle(bundle, model.cpu(), tokenizer, encoder_spec, name="pathalign-demo-v2", version="2.0.0",
+    save_bundle(bundle, model.cpu(), tokenizer, encoder_spec, name="pathalign-demo-v2", version=cfg.version,
                 training={**history["data"], "best_val_loss": history["best_val_loss"], "config": history["config"],
                           "epochs": history["epochs"], "corpus": json.loads((corpus / "corpus.json").read_text())},
                 reference_text_dir=default_text_model_dir(), storage_dtype=torch.bfloat16,
@@ -397,6 +409,14 @@ def build(out: str | os.PathLike, cfg: DemoV2Config, log: Callable[[str], object
     return state.data
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, not {text!r}")
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -417,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(value, tuple):
             b.add_argument(flag, nargs="*", default=None)
+        elif isinstance(value, bool):
+            b.add_argument(flag, type=_yes_no, default=None, metavar="yes|no")
         else:
             b.add_argument(flag, type=type(value), default=None)
     x = sub.add_parser("extra", help="render the train/val parts of another seed and extract their features "

@@ -95,6 +95,12 @@ class QFormerConfig:
     scorer_top_k: int = 0  # cross-attention reads the k best-scored patches; 0 = all (biased by the scores)
     scorer_prior: float = 1.0  # initial strength of the scores' bias on the cross-attention logits (learned)
     bag_loss_weight: float = 0.0
+    # The label term (training only): each slide's query-max similarity and its bag embedding against one
+    # text of every class (the training reports' diagnosis lines, one drawn per class and step), softmax
+    # cross-entropy on its class. ITC's negatives are the few other texts of a small batch; here every class
+    # is a negative in every step, which gives the scorer and the queries a steady slide-level signal in
+    # the text space that zero-shot prompts and searches use (no separate classifier head).
+    label_loss_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -548,8 +554,11 @@ class QFormer(nn.Module):
         itg_attention_mask: torch.Tensor | None = None,
         gather: Any = None,  # inference.distributed.BatchGather in data-parallel training; None: one process
         generator: torch.Generator | None = None,  # ITM hard-negative draws (None: the global RNG)
+        class_input_ids: torch.Tensor | None = None,  # [C, T"] one text per class (the label term)
+        class_attention_mask: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,  # [B] each slide's class index; -1: none
     ) -> dict[str, torch.Tensor]:
-        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"], ["bag"]}.
+        """The configured stage-1 losses. Returns {"loss", "itc", ["itm"], ["itg"], ["bag"], ["label"]}.
 
         ITC and ITM read ``input_ids``; ITG reads ``itg_input_ids`` when given (the trainer can show the
         contrastive losses a shorter view of a report while the decoder always learns the whole text).
@@ -583,12 +592,17 @@ class QFormer(nn.Module):
         mine = slice(offset, offset + b)
         i2t, t2i = itc_rows(sim_i2t, positives, self.config.label_smoothing)
         losses = {"itc": g.world * (i2t[mine].sum() + t2i[mine].sum()) / (2 * n)}
-        if self.scorer is not None and self.config.bag_loss_weight > 0:
-            # The scorer's own ITC: its attention-pooled bag embedding against the same texts.
+        bag = None
+        if self.scorer is not None and (self.config.bag_loss_weight > 0 or self.config.label_loss_weight > 0):
             bag = F.normalize(self._read_slide(patches, patch_mask).bag, dim=-1)  # [B, E]
+        if bag is not None and self.config.bag_loss_weight > 0:
+            # The scorer's own ITC: its attention-pooled bag embedding against the same texts.
             bag_all, _ = g.rows(bag)
             bi2t, bt2i = itc_rows(bag_all @ t_all.t() / self.temp, positives, self.config.label_smoothing)
             losses["bag"] = self.config.bag_loss_weight * g.world * (bi2t[mine].sum() + bt2i[mine].sum()) / (2 * n)
+        if self.config.label_loss_weight > 0 and class_input_ids is not None and class_labels is not None:
+            losses["label"] = self.config.label_loss_weight * g.world * self.label_loss(
+                q_feat, bag, class_input_ids, class_attention_mask, class_labels) / n
         if "itm" in self.config.losses:
             losses["itm"] = self.itm_loss(
                 patches, patch_mask, input_ids, attention_mask, sim_i2t, positives, gather=g, offset=offset,
@@ -598,9 +612,24 @@ class QFormer(nn.Module):
             if itg_input_ids is None:
                 itg_input_ids, itg_attention_mask = input_ids, attention_mask
             losses["itg"] = self.itg_loss(patches, patch_mask, itg_input_ids, itg_attention_mask, gather=g)
-        wanted = [losses[k] for k in (*self.config.losses, "bag") if k in losses]
+        wanted = [losses[k] for k in (*self.config.losses, "bag", "label") if k in losses]
         losses["loss"] = torch.stack(wanted).sum()
         return losses
+
+    def label_loss(self, q_feat: torch.Tensor, bag: torch.Tensor | None, class_input_ids: torch.Tensor,
+                   class_attention_mask: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """Sum over this batch's labelled slides of the class cross-entropy: query-max similarity [B, C] to one
+        text per class (and, with a scorer, the bag embedding's similarity), over the temperature. Divided by
+        the global batch by the caller (a slide without a class, -1, adds nothing)."""
+        t_cls = self.text_embeddings(self.encode_text(class_input_ids, class_attention_mask), class_attention_mask)
+        labels = class_labels.to(q_feat.device).long()
+        ls = self.config.label_smoothing
+        ce = F.cross_entropy((query_max_similarity(q_feat, t_cls) / self.temp).float(), labels, ignore_index=-1,
+                             label_smoothing=ls, reduction="sum")
+        if bag is not None:
+            ce = (ce + F.cross_entropy((bag @ t_cls.t() / self.temp).float(), labels, ignore_index=-1,
+                                       label_smoothing=ls, reduction="sum")) / 2
+        return ce
 
     def itm_logits(self, patches, patch_mask, input_ids, attention_mask) -> torch.Tensor:  # noqa: ANN001
         """Match / no-match logits [B, 2] for aligned (slide, text) rows."""

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inference.data import (
+    ClassTexts,
     GlobalBatchSampler,
     Stage1Collator,
     Stage1Dataset,
@@ -55,18 +56,22 @@ from inference.qformer import QFormer, default_text_model_dir
 
 @dataclass
 class Example:
-    """One slide and its text. ``features`` [N, D] float32 in memory, or None with ``path`` set: a feature
-    file read when needed (``load_features()``; what the training loader's workers do)."""
+    """One bag and its text: a slide, or a case part (all its slides' patches as one bag, paired with the
+    part's report, as PathAlign pairs part-level text with its slides). ``features`` [N, D] float32 in
+    memory, or None with ``path`` (or a part's ``paths``) set: feature files read when needed
+    (``load_features()``; what the training loader's workers do)."""
 
-    features: torch.Tensor | None  # [N, D] float32 (None: streamed from `path`)
+    features: torch.Tensor | None  # [N, D] float32 (None: streamed from `path` / `paths`)
     text: str  # the training text (diagnostic part of the report)
     record: dict[str, Any] = field(default_factory=dict)
     path: str | None = None  # the feature file (streamed examples)
     n_patches: int | None = None
     feature_dim: int | None = None
+    paths: tuple[str, ...] = ()  # a part: every slide's feature file, read and concatenated in slide order
+    slide_patches: tuple[int, ...] = ()  # a part: each slide's patch count
 
     def __post_init__(self) -> None:
-        if self.features is None and self.path is None:
+        if self.features is None and self.path is None and not self.paths:
             raise ValueError("an Example needs features or the path of a feature file")
         if self.features is not None:
             self.n_patches = int(self.features.shape[0])
@@ -86,6 +91,8 @@ class Example:
         """[N, D] float32: the tensor in memory, or read from the feature file."""
         if self.features is not None:
             return self.features
+        if self.paths:
+            return torch.cat([load_features_file(p) for p in self.paths])
         return load_features_file(self.path)
 
 
@@ -138,20 +145,31 @@ def load_examples(
     seed: int = 0,
     text_fn: Any = diagnostic_text,
     stream: bool = False,
+    parts: bool = False,
+    header: bool = True,
 ) -> tuple[list[Example], dict[str, Any]]:
     """Pair every manifest record with its cached features (``extract_corpus_features`` output).
 
     Returns (examples, encoder spec). Records without features (or with none of tissue) are skipped.
     ``stream``: the examples hold the feature files' paths, not their tensors (patch counts and widths come
     from the index and the files' headers); the training loader reads them.
+    ``parts``: one example per case part (records sharing a ``part_id``): its slides' patches as one bag and
+    the part's report, labelled with the part's diagnosis, malignancy and grade (a slide of a part can be
+    normal while its report names the carcinoma on another slide: as a slide-level pair that is a wrong
+    label). Needs ``stream``.
+    ``header=False``: the text leaves out what no slide shows (corpus-v2 records: the part header with its
+    site and side, and which slides carry the finding; `templates_v2.report_body`).
     """
     from inference.features import load_feature_index
 
+    if parts and not stream:
+        raise ValueError("part bags are streamed from their slides' feature files (stream=True)")
     features_dir = Path(features_dir)
     root = features_dir.parent if features_dir.is_file() else features_dir
     rows = {row["slide"]: row for row in load_feature_index(root)}
     encoder = json.loads((root / "encoder.json").read_text()) if (root / "encoder.json").is_file() else {}
     examples = []
+    by_part: dict[str, list[tuple[dict[str, Any], str, int, int | None]]] = {}
     for rec in _manifest(corpus):
         row = rows.get(rec.get("slide"))
         if row is None:
@@ -159,22 +177,59 @@ def load_examples(
         path = row["features_path"]
         rec = dict(rec)
         rec.setdefault("split", assign_split(str(rec["slide"]), seed))
+        text = text_fn(rec["report"] if header else report_text(rec))
         if stream:
             n, dim = _feature_shape(path)
             if n == 0:
                 continue
-            examples.append(Example(None, text_fn(rec["report"]), rec, path=path, n_patches=n, feature_dim=dim))
+            if parts:
+                by_part.setdefault(str(rec.get("part_id", rec["slide"])), []).append((rec, path, n, dim))
+                continue
+            examples.append(Example(None, text, rec, path=path, n_patches=n, feature_dim=dim))
             continue
         feats = load_features_file(path)
         if len(feats) == 0:  # no tissue patch: nothing to learn from or evaluate on
             continue
-        examples.append(Example(feats, text_fn(rec["report"]), rec))
+        examples.append(Example(feats, text, rec))
+    for members in by_part.values():
+        members.sort(key=lambda m: m[0].get("slide_index", 0))
+        record = part_record([m[0] for m in members])
+        first = members[0][0]
+        examples.append(Example(None, text_fn(first["report"] if header else report_text(first)), record,
+                                n_patches=sum(m[2] for m in members), feature_dim=members[0][3],
+                                paths=tuple(m[1] for m in members), slide_patches=tuple(m[2] for m in members)))
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
     spec = dict(encoder.get("spec", {}))
     if encoder.get("tiling"):  # how the features were tiled travels into the bundle (save_bundle)
         spec["tiling"] = encoder["tiling"]
     return examples, spec
+
+
+def report_text(record: dict[str, Any]) -> str:
+    """A record's report without what no slide shows (corpus v2: `templates_v2.report_body`); other
+    corpora's reports as they are."""
+    if record.get("template") and record.get("part") and record.get("site") and record.get("organ"):
+        from inference.synthetic.templates_v2 import report_body
+
+        return report_body(record["report"], record)
+    return record["report"]
+
+
+def part_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One record for a part's bag: the first slide's, with the part's labels (diagnosis, malignancy and grade
+    are the part's worst finding: what its report states) and the list of its slides."""
+    first = dict(records[0])
+    diagnosis = first.get("part_diagnosis", first.get("diagnosis"))
+    grade = next((r.get("grade") for r in records if r.get("grade") and r.get("diagnosis") == diagnosis), None)
+    first.update(diagnosis=diagnosis, malignant=first.get("part_malignant", first.get("malignant")), grade=grade,
+                 slides=[r["slide"] for r in records], slide_diagnoses=[r.get("diagnosis") for r in records],
+                 n_slides_in_part=len(records))
+    labels = dict(first.get("labels") or {})
+    if labels:
+        labels.update(diagnosis=diagnosis, grade=grade)
+        first["labels"] = labels
+    return first
 
 
 def _feature_shape(path: str) -> tuple[int, int | None]:
@@ -318,6 +373,10 @@ class TrainConfig:
     # patch attention (scored over the whole bag, no gradient) and the rest at random, so a small lesion stays
     # reachable in a subset once the scorer has found it. 0: uniform random subsets.
     attention_sampling: float = 0.5
+    # The label term (QFormerConfig.label_loss_weight): each bag against one diagnosis line of every class
+    # ("diagnosis" or "diagnosis+grade"); 0 = off (text losses only, as BLIP-2).
+    label_loss_weight: float = 0.0
+    label_by: str = "diagnosis+grade"
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -332,7 +391,8 @@ FRESH = ("query_tokens", "vision_norm", "cross_attn", "vision_proj", "text_proj"
 def loss_keys(model: QFormer) -> list[str]:
     """The losses a training step reports: total, ITC, the variant's ITM / ITG, and the scorer's bag ITC."""
     keys = ["loss", "itc", *(k for k in ("itm", "itg") if k in model.config.losses)]
-    return keys + ["bag"] if model.scorer is not None and model.config.bag_loss_weight > 0 else keys
+    keys += ["bag"] if model.scorer is not None and model.config.bag_loss_weight > 0 else []
+    return keys + ["label"] if model.config.label_loss_weight > 0 else keys
 
 
 def resolve_device(device: str) -> torch.device:
@@ -364,6 +424,7 @@ def build_model(cfg: TrainConfig, feature_dim: int) -> tuple[QFormer, Any]:
         scorer_top_k=cfg.scorer_top_k,
         scorer_prior=cfg.scorer_prior,
         bag_loss_weight=cfg.bag_loss_weight if cfg.scorer_hidden else 0.0,
+        label_loss_weight=cfg.label_loss_weight,
     )
 
 
@@ -427,8 +488,10 @@ def validation_loss(
     cfg: TrainConfig,
     device: torch.device,
     ctx: DistContext | None = None,
+    class_texts: ClassTexts | None = None,
 ) -> dict[str, float]:
-    """Mean losses over the validation examples (fixed order, all patches, no dropout).
+    """Mean losses over the validation examples (fixed order, all patches, no dropout; the label term
+    against the first line of each class).
 
     Distributed: the batches are shared out over the ranks and the sums added up (every rank gets the
     figures)."""
@@ -437,7 +500,9 @@ def validation_loss(
     ctx = ctx or DistContext(device=device)
     model.eval()
     torch.manual_seed(cfg.seed)  # ITM negatives are sampled: fix them for comparable figures
-    dataset = Stage1Dataset(examples, tokenizer, cfg.max_text_len, group_by=cfg.group_by, seed=cfg.seed)
+    dataset = Stage1Dataset(examples, tokenizer, cfg.max_text_len, group_by=cfg.group_by, seed=cfg.seed,
+                            labels=class_texts.labels(examples) if class_texts else None)
+    classes = _to_device(class_texts.batch(None), device) if class_texts else {}
     batches = [list(range(i, min(i + cfg.batch_size, len(examples)))) for i in range(0, len(examples), cfg.batch_size)]
     batches = [b for b in batches if len(b) >= 2][ctx.rank:: ctx.world_size]
     keys = loss_keys(model)
@@ -445,7 +510,7 @@ def validation_loss(
     if batches:
         loader = make_loader(dataset, batches, Stage1Collator(tokenizer.pad_token_id or 0), 0, device, cfg.pin_memory)
         for batch in loader:
-            batch = _to_device(batch, device)
+            batch = _to_device(batch, device) | classes
             with _autocast(device, cfg.amp):
                 out = model(**batch)
             totals += torch.tensor([float(out[k]) for k in keys] + [1.0], dtype=torch.float64)
@@ -524,9 +589,13 @@ def train_stage1(
         )
     gather = ctx.gather()
     by_attention = bool(cfg.max_patches and model.scorer is not None and cfg.attention_sampling > 0)
+    class_texts = (ClassTexts(train, cfg.label_by, tokenizer, cfg.max_text_len, cfg.seed, tokenizer.pad_token_id or 0)
+                   if cfg.label_loss_weight > 0 else None)
+    if class_texts is not None:
+        history["classes"] = class_texts.classes
     dataset = Stage1Dataset(train, tokenizer, cfg.max_text_len, None if by_attention else cfg.max_patches,
-                            cfg.text_view_prob,
-                            cfg.group_by, cfg.seed)
+                            cfg.text_view_prob, cfg.group_by, cfg.seed,
+                            labels=class_texts.labels(train) if class_texts else None)
     loader = make_loader(dataset, sampler, Stage1Collator(tokenizer.pad_token_id or 0), cfg.num_workers, device,
                          cfg.pin_memory)
     keys = loss_keys(model)
@@ -546,6 +615,8 @@ def train_stage1(
             if by_attention:  # whole bags were read: keep the top of the attention plus a random rest
                 batch = attention_subset(model, batch, int(cfg.max_patches), cfg.attention_sampling,
                                          torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, step, 1)))
+            if class_texts is not None:
+                batch |= _to_device(class_texts.batch(step), device)
             _set_lr(opt, step, total, cfg.warmup_steps)
             # ITM's hard negatives: the same draws on every rank (and in one process) for this step.
             negatives = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, step))
@@ -564,7 +635,7 @@ def train_stage1(
         record = {
             "epoch": epoch + 1,
             "train": {k: float(v) / max(steps_per_epoch, 1) for k, v in zip(keys, sums, strict=True)},
-            "val": validation_loss(model, val, tokenizer, cfg, device, ctx),
+            "val": validation_loss(model, val, tokenizer, cfg, device, ctx, class_texts),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         history["epochs"].append(record)
@@ -640,16 +711,23 @@ def data_summary(examples: Sequence[Example]) -> dict[str, Any]:
     """What the bundle was trained on (recorded in bundle.json)."""
     splits: dict[str, int] = {}
     diagnoses: dict[str, int] = {}
-    for e in examples:
-        splits[e.split] = splits.get(e.split, 0) + 1
-        if e.split == "train" and e.record.get("diagnosis"):
-            diagnoses[e.record["diagnosis"]] = diagnoses.get(e.record["diagnosis"], 0) + 1
-    patches = [int(e.n_patches or 0) for e in examples]
+    for e in examples:  # counted by slide (a part's bag counts each of its slides, by the slide's own diagnosis)
+        slide_dx = e.record.get("slide_diagnoses") or [e.record.get("diagnosis")]
+        splits[e.split] = splits.get(e.split, 0) + len(slide_dx)
+        for dx in slide_dx:
+            if e.split == "train" and dx:
+                diagnoses[dx] = diagnoses.get(dx, 0) + 1
+    # per slide (a part's bag counts each of its slides): what the app compares a new slide with
+    patches = [int(n) for e in examples for n in (e.slide_patches or (e.n_patches or 0,))]
+    bags = [int(e.n_patches or 0) for e in examples]
     return {
-        "slides": len(examples),
+        "slides": len(patches),
+        "bags": len(examples),
+        "bag": "part" if any(e.paths for e in examples) else "slide",
         "splits": splits,
         "train_diagnoses": diagnoses,
         "patches_per_slide": {"min": min(patches), "mean": float(np.mean(patches)), "max": max(patches)},
+        "patches_per_bag": {"min": min(bags), "mean": float(np.mean(bags)), "max": max(bags)},
         "feature_dim": int(examples[0].dim),
     }
 
@@ -744,6 +822,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=value)
     ap.add_argument("--in-memory", action="store_true", help="stage 1: load every feature file up front "
                     "(default: the DataLoader's workers stream them from disk)")
+    ap.add_argument("--parts", action="store_true", help="stage 1: one bag per case part (its slides' patches) "
+                    "with the part's report and labels (load_examples)")
+    ap.add_argument("--no-header", action="store_true", help="train on the reports without the part header and "
+                    "which slides carry the finding (corpus v2; templates_v2.report_body)")
     args = ap.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__})
     from inference.distributed import init_distributed, launched_by_torchrun, shutdown
@@ -752,7 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("stage 2 runs in one process (its LM bridge is small); start it without torchrun")
     ctx = init_distributed(cfg.device)  # a one-process context unless started by torchrun
     examples, encoder_spec = load_examples(args.corpus, args.features, seed=cfg.seed,
-                                           stream=args.stage == 1 and not args.in_memory)
+                                           stream=args.stage == 1 and not args.in_memory,
+                                           parts=args.parts and args.stage == 1, header=not args.no_header)
     if args.stage == 1:
         if not args.out:
             ap.error("--out is required for stage 1")

@@ -175,3 +175,44 @@ def prompt_overlaps_reports(reports: list[str]) -> list[str]:
             if any(normalise(p) in b for b in bodies):
                 bad.append(p)
     return bad
+
+
+_INVOLVED_BIT = re.compile(r"present in slides? [A-Z]\d+(?:(?:, | and )[A-Z]\d+)* of \d+")
+
+
+def report_body(report: str, record: dict) -> str:
+    """A part report without what its slides cannot show: the part header (letter, organ, site with
+    laterality, procedure, slide count) and which of the part's slides carry the finding.
+
+    A model trained on whole reports learns to write a site and side it never saw (the specimen label is
+    not a tissue patch): the app writes each draft's header from its own part instead (webapp/reports/text.py
+    ``with_own_header``). ``record``: a corpus-v2 manifest record (part letter, organ, site, procedure,
+    template). The header is removed exactly as `write_part_report` wrote it; what remains is the diagnosis,
+    grade, extent, margin and microscopic description."""
+    organ = ORGANS[record["organ"]]
+    letter, site, procedure = record["part"], record["site"], record["procedure"]
+    n = int(record.get("n_slides_in_part", 1))
+    header = f"{letter}. {organ.display}, {site}, {procedure}"
+    template = record.get("template", "")
+    lines = report.split("\n")
+    if template == "classic":
+        lines = [ln for ln in lines if ln.strip() != f"{header}:"]
+    elif template == "bulleted":
+        lines = [ln for ln in lines if ln.strip() not in ("Diagnosis", f"{header} ({n} slide{'s' if n > 1 else ''}):")]
+    elif template == "one-line":
+        lines = [ln.removeprefix(f"{header.upper()}: ") for ln in lines]
+    elif template == "synoptic":
+        lines = [ln for ln in lines if ln.strip() != f"SPECIMEN: {header}" and not ln.startswith("SLIDES INVOLVED:")]
+    elif template == "narrative":
+        lines = [ln.removeprefix(f"Part {letter} is a {procedure} of the {organ.display.lower()} ({site}). ")
+                 for ln in lines]
+    elif template == "terse":
+        lines = [ln.removeprefix(f"{letter}) {organ.display} {site} ({procedure}): ") for ln in lines]
+    lines = [ln for ln in lines if not re.fullmatch(r"\s*(?:- )?" + _INVOLVED_BIT.pattern + r"\.?\s*", ln, re.I)]
+    text = "\n".join(lines).strip()
+    bit = _INVOLVED_BIT.pattern
+    text = re.sub(r"; " + bit + r"(?=[;.])", "", text, flags=re.I)  # one-line: "...; present in slides C1 of 3; ..."
+    text = re.sub(r"(?<=\.) " + bit + r"\.", "", text, flags=re.I)  # narrative: ". Present in slides C1 of 3."
+    text = re.sub(r" ?\[" + bit + r"\]", "", text, flags=re.I)  # terse: "[present in slides C1 of 3]"
+    text = re.sub(r"\[" + bit + r", ", "[", text, flags=re.I)  # terse: "[present in slides C1 of 3, focus ...]"
+    return re.sub(r"[ \t]+\n", "\n", text).strip()
