@@ -166,25 +166,62 @@ def test_demo_seed_registers_activates_and_queues(db, cast, case_factory, small_
     assert ModelBundle.objects.count() == 1 and Job.objects.count() == 1
 
 
+@pytest.mark.parametrize("older", ["v1", "earlier v2"])
 def test_demo_seed_upgrades_an_older_demo_bundle_but_not_an_admins_choice(
-        db, cast, case_factory, small_slides, tiny_bundle_dir, second_bundle_dir, settings, monkeypatch, tmp_path,
+        older, db, cast, case_factory, small_slides, tiny_bundle_dir, second_bundle_dir, settings, tmp_path,
         no_broker):
-    from inference.demo import DEMO_NAME, DEMO_VERSION
+    """The default demo bundle is the one shipped in inference/demo_bundle_v2 (name and version from its
+    bundle.json): it takes over from the v1 demo bundle, or from an earlier v2 one, left active by an
+    earlier `make run`; a bundle a lab admin chose stays active."""
+    import json
+
+    from inference.demo import DEMO_NAME, DEMO_VERSION, SHIPPED, V1_NAME, V1_VERSION
     from webapp.analysis import demo
     from webapp.demo import DemoContext
 
+    assert (DEMO_NAME, DEMO_VERSION) == tuple(json.loads((SHIPPED / "bundle.json").read_text())[k]
+                                              for k in ("name", "version"))
     settings.DEMO_BUNDLE_DIR = ""
     settings.MODEL_BUNDLE_DIR = tmp_path / "models"
-    old = ModelBundle.objects.create(name=DEMO_NAME, version="0.9", path=str(tiny_bundle_dir), variant="G",
+    name, version = (V1_NAME, V1_VERSION) if older == "v1" else (DEMO_NAME, "0.9")
+    old = ModelBundle.objects.create(name=name, version=version, path=str(tiny_bundle_dir), variant="G",
                                      encoder={"kind": "random"}, dims={}, is_active=True)
     support.ingest(small_slides[0], case_factory().parts.get())
-    context = DemoContext(users={"labadmin": cast.admin}, log=lambda message: None)
+    said = []
+    context = DemoContext(users={"labadmin": cast.admin}, log=said.append)
     demo.seed(context)  # copies the shipped bundle into MODEL_BUNDLE_DIR/demo-<version>
     new = ModelBundle.objects.get(is_active=True)
-    assert (new.name, new.version) == (DEMO_NAME, DEMO_VERSION) and new.pk != old.pk
+    assert (new.name, new.version) == (DEMO_NAME, DEMO_VERSION) and new.pk != old.pk, said
     assert new.path == str((tmp_path / "models" / f"demo-{DEMO_VERSION}").resolve())
+    assert new.registered_by == cast.admin and "benchmark_v2" in new.eval_figures
     assert Job.objects.filter(kind=pipeline.ANALYZE, params__bundle=new.pk).count() == 1  # re-embedded
     # A lab admin's own choice is left alone on the next start.
     chosen = pipeline.register_bundle(second_bundle_dir, activate=True)
     demo.seed(context)
     assert ModelBundle.objects.get(is_active=True).pk == chosen.pk
+
+
+def test_demo_seed_with_a_stale_shipped_bundle_says_how_to_rebuild_and_starts_without_it(
+        db, cast, settings, tmp_path, monkeypatch, no_broker):
+    """The built-in encoder changed since the shipped bundle was trained (faked: a copy whose recorded
+    fingerprint differs): `make run` builds nothing (hours), says what to run, and the app starts."""
+    import json
+    import shutil
+
+    import inference.demo
+    from webapp.analysis import demo
+    from webapp.demo import DemoContext
+
+    stale = tmp_path / "shipped"
+    shutil.copytree(inference.demo.SHIPPED, stale)
+    config = json.loads((stale / "bundle.json").read_text())
+    config["encoder_fingerprint"] = [v + 0.5 for v in config["encoder_fingerprint"]]
+    (stale / "bundle.json").write_text(json.dumps(config))
+    monkeypatch.setattr(inference.demo, "SHIPPED", stale)
+    settings.DEMO_BUNDLE_DIR = ""
+    settings.MODEL_BUNDLE_DIR = tmp_path / "models"
+    said = []
+    demo.seed(DemoContext(users={"labadmin": cast.admin}, log=said.append))
+    assert not ModelBundle.objects.exists() and not Job.objects.exists()
+    assert not (tmp_path / "models" / f"demo-{inference.demo.DEMO_VERSION}").exists()
+    assert any("inference.demo_v2 build" in line and "PATHALIGN_SKIP_DEMO_MODEL=1" in line for line in said), said

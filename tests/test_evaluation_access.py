@@ -9,14 +9,14 @@ import pytest
 from django.urls import reverse
 
 from tests.model_fixtures import bundle_row
-from tests.test_evaluation_studies import AI_KEY, AI_LABEL, make_evaluators, make_study
+from tests.test_evaluation_studies import AI_KEY, AI_LABEL, DEMO_KEY, make_evaluators, make_study
 from webapp.evaluation import sources, studies
 from webapp.evaluation.models import Rating
 from webapp.slides.ingest import ingest_slide
 
 # Anything that would tell a rater where a text came from (or whose it is).
-SOURCE_MARKERS = [AI_KEY, AI_LABEL, "ai:", "qformer", "q-former", "pathalign-g", "pathalign-r", "pathalign-demo",
-                  "retrieval", "language model", "bundle", "demo@1", "(control)", "source_key", "AI draft", "signed-out report", "signed_report"]
+SOURCE_MARKERS = [AI_KEY, AI_LABEL, DEMO_KEY, "ai:", "qformer", "q-former", "pathalign-g", "pathalign-r",
+                  "pathalign-demo", "retrieval", "language model", "bundle", "demo@1", "(control)", "source_key", "AI draft", "signed-out report", "signed_report"]
 
 
 @pytest.fixture

@@ -9,13 +9,16 @@ from datetime import date
 import pytest
 from django.db import IntegrityError, transaction
 
+from inference.demo import DEMO_NAME, DEMO_VERSION
 from tests.model_fixtures import bundle_row
 from webapp.evaluation import sources, studies
 from webapp.evaluation.models import Assignment, Item, Rating
 from webapp.evaluation.sources import Candidate
 
-AI_KEY = "ai:qformer:pathalign-demo@1"
-AI_LABEL = "AI draft: Q-Former decoder (PathAlign-G), pathalign-demo@1"
+# The app's default demo bundle (its ModelBundle.key, name@version from inference/demo_bundle_v2/bundle.json).
+DEMO_KEY = f"{DEMO_NAME}@{DEMO_VERSION}"
+AI_KEY = f"ai:qformer:{DEMO_KEY}"
+AI_LABEL = f"AI draft: Q-Former decoder (PathAlign-G), {DEMO_KEY}"
 SIGNED_TEXT = "Diagnosis:\nA. Colon, sigmoid, biopsy:\n   Tubular adenoma with low-grade dysplasia.\n"
 AI_TEXT = "Diagnosis:\nA. Colon, sigmoid, biopsy:\n   Tubular adenoma, no high-grade dysplasia seen.\n"
 
@@ -39,6 +42,10 @@ def make_study(case_factory, evaluators, *, parts: int = 4, per_item: int = 2, s
         evaluators=evaluators, raters_per_item=per_item, seed=seed, candidates=candidates,
         labels={AI_KEY: AI_LABEL}, **extra,
     )
+
+
+def test_the_demo_draft_source_is_named_as_the_app_names_it():
+    assert sources.source_label(AI_KEY) == AI_LABEL and AI_KEY.split(":", 2)[2] == DEMO_KEY
 
 
 @pytest.mark.parametrize(("items", "raters", "per_item"), [(8, 3, 2), (10, 4, 3), (7, 5, 1), (9, 3, 3)])
