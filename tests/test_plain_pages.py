@@ -88,7 +88,8 @@ def test_audit_details_are_readable_fields(cast, case_factory, client_for):
 def test_bundle_page_states_figures_in_words_beside_the_active_ones(cast, client_for):
     active = bundle_row("base@1")
     new = bundle_row("trained@2")
-    new.training = {"slides": 48, "splits": {"train": 40, "val": 8}, "train_diagnoses": {"adenoma": 20, "polyp": 20},
+    new.training = {"slides": 48, "bags": 21, "bag": "part", "splits": {"train": 40, "val": 8},
+                    "train_diagnoses": {"adenoma": 20, "polyp": 20},
                     "patches_per_slide": {"min": 120, "mean": 800.5, "max": 2400}, "feature_dim": 768,
                     "best_val_loss": 0.7342, "epochs": [{"epoch": 1}, {"epoch": 2}],
                     "config": {"lr": 0.0001}, "source": "archive: 48 signed-out slides (job 7)"}
@@ -109,6 +110,7 @@ def test_bundle_page_states_figures_in_words_beside_the_active_ones(cast, client
     assert_no_raw_dict(page)
     assert "48 slides: 40 for training, 8 for validation (choosing the best epoch)." in page
     assert "Training slides by diagnosis: adenoma 20, polyp 20." in page
+    assert "Trained on 21 case parts, each part&#x27;s slides read as one bag with the part&#x27;s report." in page
     assert "Tissue patches per slide: 120 to 2,400 (mean 800)." in page
     table = page[page.index('id="comparison-table"'):page.index("</table>", page.index('id="comparison-table"'))]
     assert "6 of 12 (50%)" in table and "5 of 12 (42%)" in table and "better by 8 points" in table

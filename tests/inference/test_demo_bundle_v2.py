@@ -1,6 +1,6 @@
 """The v2 demo bundle shipped in inference/demo_bundle_v2/ (trained by the demo-v2 build on corpus v2, see
 docs/model.md): it loads with the built-in encoder, records its benchmark-v2 figures, and drafts a part of
-two slides with attention over every patch of each. (The app's default demo bundle is still the v1 one.)"""
+two slides with attention over every patch of each. It is the app's default demo bundle (inference/demo.py)."""
 from __future__ import annotations
 
 import json

@@ -80,7 +80,8 @@ def inspect_bundle(path: str | os.PathLike) -> dict:
 
 def _training_summary(training: dict) -> dict:
     # The per-epoch history can be long; keep what the model page shows.
-    keep = ("slides", "splits", "train_diagnoses", "patches_per_slide", "feature_dim", "best_val_loss", "source")
+    keep = ("slides", "bags", "bag", "splits", "train_diagnoses", "patches_per_slide", "patches_per_bag",
+            "feature_dim", "best_val_loss", "source")
     return {key: training[key] for key in keep if key in training}
 
 

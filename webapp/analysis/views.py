@@ -250,6 +250,9 @@ def training_lines(training: dict) -> list[str]:
         order = [*SPLIT_WORDS, *sorted(set(splits) - set(SPLIT_WORDS))]  # the database keeps no key order
         parts = [f"{splits[split]} for {SPLIT_WORDS.get(split, split)}" for split in order if split in splits]
         lines.append(f"{training['slides']} slides" + (f": {', '.join(parts)}" if parts else "") + ".")
+    if training.get("bag") == "part" and training.get("bags"):
+        lines.append(f"Trained on {training['bags']} case parts, each part's slides read as one bag with the "
+                     "part's report.")
     diagnoses = training.get("train_diagnoses")
     if isinstance(diagnoses, dict) and diagnoses:
         top = sorted(diagnoses.items(), key=lambda item: (-item[1], item[0]))
