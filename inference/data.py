@@ -60,9 +60,10 @@ class Stage1Dataset(Dataset):
 
     def __init__(self, examples: Sequence[Any], tokenizer: Any, max_text_len: int, max_patches: int | None = None,
                  text_view_prob: float = 0.0, group_by: str = "text", seed: int = 0,
-                 labels: Sequence[int] | None = None):
+                 labels: Sequence[int] | None = None, part_slide_keep: float = 1.0):
         from inference.train import first_sentence
 
+        self.part_slide_keep = float(part_slide_keep)
         self.examples = list(examples)
         self.labels = list(labels) if labels is not None else None  # class index per example (-1: none)
         self.max_patches = max_patches
@@ -88,10 +89,13 @@ class Stage1Dataset(Dataset):
     def __getitem__(self, key: int | tuple[int | None, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (None, key)
         e = self.examples[i]
-        x = e.load_features()
         use_view = False
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch if epoch is not None else -1, i))
+        if epoch is not None and self.part_slide_keep < 1.0 and len(getattr(e, "paths", ())) > 1:
+            x = load_part_slides(e, part_slide_subset(e, self.part_slide_keep, gen))
+        else:
+            x = e.load_features()
         if epoch is not None:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
             if self.max_patches and x.shape[0] > self.max_patches:  # random subset: augmentation + bounded cost
                 x = x[torch.randperm(x.shape[0], generator=gen)[: self.max_patches]]
             if self.text_view_prob > 0:
@@ -103,6 +107,27 @@ class Stage1Dataset(Dataset):
             "group": self.view_groups[i] if use_view else self.full_groups[i],
             "label": self.labels[i] if self.labels is not None else None,
         }
+
+
+def part_slide_subset(example: Any, keep: float, gen: torch.Generator) -> list[int]:
+    """Which of a part's slides a training item reads: each with probability ``keep``, and always one (drawn)
+    of the slides that carry the part's diagnosis, so the part's report stays true of the bag (every slide
+    of a part without a lesion carries it). A part of n slides gives up to 2^n - 1 bags: more distinct
+    training bags from a small archive, and the focus among more or fewer benign slides."""
+    rec = example.record
+    n = len(example.paths)
+    per_slide = rec.get("slide_diagnoses") or [rec.get("diagnosis")] * n
+    carriers = [j for j, dx in enumerate(per_slide) if dx == rec.get("diagnosis")] or list(range(n))
+    must = carriers[int(torch.randint(len(carriers), (1,), generator=gen))]
+    draws = torch.rand(n, generator=gen).tolist()
+    return [j for j in range(n) if j == must or draws[j] < keep]
+
+
+def load_part_slides(example: Any, slides: Sequence[int]) -> torch.Tensor:
+    """[N, D] float32: the chosen slides' features of a part, in slide order."""
+    from inference.train import load_features_file
+
+    return torch.cat([load_features_file(example.paths[j]) for j in sorted(slides)])
 
 
 class Stage1Collator:

@@ -76,6 +76,7 @@ class DemoV2Config:
     # the same way), and reports without the part header (site, side) and slide list, which no patch shows.
     parts: bool = True
     header: bool = False
+    part_slide_keep: float = 0.5  # a part's bag in a step: each slide with this probability, one carrier always
     # The label term (train.TrainConfig): every class's diagnosis line as a negative in every step.
     label_loss_weight: float = 1.0
     label_by: str = "diagnosis+grade"

@@ -377,6 +377,9 @@ class TrainConfig:
     # ("diagnosis" or "diagnosis+grade"); 0 = off (text losses only, as BLIP-2).
     label_loss_weight: float = 0.0
     label_by: str = "diagnosis+grade"
+    # Part bags: each step reads each of a part's slides with this probability, and always one that carries the
+    # part's diagnosis (data.part_slide_subset); 1 = the whole part every time.
+    part_slide_keep: float = 1.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -595,7 +598,8 @@ def train_stage1(
         history["classes"] = class_texts.classes
     dataset = Stage1Dataset(train, tokenizer, cfg.max_text_len, None if by_attention else cfg.max_patches,
                             cfg.text_view_prob, cfg.group_by, cfg.seed,
-                            labels=class_texts.labels(train) if class_texts else None)
+                            labels=class_texts.labels(train) if class_texts else None,
+                            part_slide_keep=cfg.part_slide_keep)
     loader = make_loader(dataset, sampler, Stage1Collator(tokenizer.pad_token_id or 0), cfg.num_workers, device,
                          cfg.pin_memory)
     keys = loss_keys(model)

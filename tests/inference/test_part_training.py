@@ -185,3 +185,29 @@ def test_training_with_the_label_term_separates_one_percent_focus_bags():
             scores.append(float(sim[0] - sim[1]))
             ys.append(y)
     assert metrics.roc_auc(np.asarray(scores), ys) >= 0.85
+
+
+def test_a_part_bag_in_training_keeps_a_slide_that_carries_the_parts_diagnosis(tmp_path):
+    from inference.data import Stage1Dataset, part_slide_subset
+    from inference.qformer import default_text_model_dir, load_tokenizer
+
+    corpus, feats = _write_corpus(tmp_path, [
+        ("p1", "lung_adenocarcinoma", [("lung_normal", 5, None), ("lung_adenocarcinoma", 7, "G2"),
+                                       ("lung_normal", 3, None), ("lung_normal", 2, None)]),
+        ("p2", "lung_normal", [("lung_normal", 4, None), ("lung_normal", 6, None)]),
+    ])
+    examples, _ = load_examples(corpus, feats, stream=True, parts=True)
+    p1 = next(e for e in examples if e.record["part_id"] == "p1")
+    p2 = next(e for e in examples if e.record["part_id"] == "p2")
+    subsets = [part_slide_subset(p1, 0.5, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert all(1 in s for s in subsets)  # the carcinoma's slide is in every bag
+    assert len({tuple(s) for s in subsets}) == 8  # with any of the 2^3 choices of the benign ones
+    assert all(part_slide_subset(p1, 0.0, torch.Generator().manual_seed(s)) == [1] for s in range(20))
+    alone = {tuple(part_slide_subset(p2, 0.0, torch.Generator().manual_seed(s))) for s in range(40)}
+    assert alone == {(0,), (1,)}  # a part without a lesion: any of its slides carries its diagnosis
+    tok = load_tokenizer(default_text_model_dir())
+    ds = Stage1Dataset([p1], tok, 16, part_slide_keep=0.5, seed=1)
+    sizes = {ds[(epoch, 0)]["features"].shape[0] for epoch in range(30)}
+    assert 7 in sizes and 17 in sizes and sizes <= {7 + a + b + c for a in (0, 5) for b in (0, 3) for c in (0, 2)}
+    assert ds[0]["features"].shape[0] == 17  # evaluation items read the whole part
+    assert Stage1Dataset([p1], tok, 16)[(3, 0)]["features"].shape[0] == 17  # keep 1: the whole part
