@@ -77,6 +77,9 @@ class DemoV2Config:
     parts: bool = True
     header: bool = False
     part_slide_keep: float = 0.5  # a part's bag in a step: each slide with this probability, one carrier always
+    # Slide bags (parts False): a benign slide of a lesion part is paired with a report of its own diagnosis
+    # (train.with_own_slide_texts) instead of its part's.
+    own_text: bool = True
     # The label term (train.TrainConfig): every class's diagnosis line as a negative in every step.
     label_loss_weight: float = 1.0
     label_by: str = "diagnosis+grade"
@@ -324,10 +327,10 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
     from inference.train import load_examples, train_stage1
 
     examples, encoder_spec = load_examples(corpus, features, seed=cfg.seed, stream=True, parts=cfg.parts,
-                                           header=cfg.header)
+                                           header=cfg.header, own_text=cfg.own_text)
     for extra in cfg.extra_corpora:
         more, spec = load_examples(Path(extra) / "corpus", Path(extra) / "corpus" / FEATURES, seed=cfg.seed,
-                                   stream=True, parts=cfg.parts, header=cfg.header)
+                                   stream=True, parts=cfg.parts, header=cfg.header, own_text=cfg.own_text)
         if spec.get("name") != encoder_spec.get("name") or spec.get("tiling") != encoder_spec.get("tiling"):
             raise ValueError(f"{extra}: features of another encoder or tiling")
         examples += [e for e in more if e.split in ("train", "val")]

@@ -147,6 +147,7 @@ def load_examples(
     stream: bool = False,
     parts: bool = False,
     header: bool = True,
+    own_text: bool = False,
 ) -> tuple[list[Example], dict[str, Any]]:
     """Pair every manifest record with its cached features (``extract_corpus_features`` output).
 
@@ -159,6 +160,9 @@ def load_examples(
     label). Needs ``stream``.
     ``header=False``: the text leaves out what no slide shows (corpus-v2 records: the part header with its
     site and side, and which slides carry the finding; `templates_v2.report_body`).
+    ``own_text`` (slide bags): a slide that does not carry its part's diagnosis (a benign slide of a carcinoma
+    part) is paired with the report of a training part whose diagnosis is that slide's own
+    (`with_own_slide_texts`), not with its part's report, which names a finding the slide does not show.
     """
     from inference.features import load_feature_index
 
@@ -198,12 +202,43 @@ def load_examples(
         examples.append(Example(None, text_fn(first["report"] if header else report_text(first)), record,
                                 n_patches=sum(m[2] for m in members), feature_dim=members[0][3],
                                 paths=tuple(m[1] for m in members), slide_patches=tuple(m[2] for m in members)))
+    if own_text and not parts:
+        examples = with_own_slide_texts(examples, text_fn, header)
     if not examples:
         raise ValueError(f"no manifest record of {corpus} has features in {features_dir}")
     spec = dict(encoder.get("spec", {}))
     if encoder.get("tiling"):  # how the features were tiled travels into the bundle (save_bundle)
         spec["tiling"] = encoder["tiling"]
     return examples, spec
+
+
+def with_own_slide_texts(examples: list[Example], text_fn: Any, header: bool) -> list[Example]:
+    """Slide bags whose text is true of the slide: a slide whose own diagnosis differs from its part's gets
+    the report of a train/val part of the same organ diagnosed with the slide's own diagnosis (chosen by a
+    stable hash of the slide); where no such part exists the slide is left out. Records keep the slide's
+    own labels (grade none) and name the report's part (``text_from``)."""
+    donors: dict[str, list[dict[str, Any]]] = {}
+    for e in examples:
+        rec = e.record
+        if rec.get("split") in ("train", "val") and rec.get("part_diagnosis") == rec.get("diagnosis"):
+            donors.setdefault(str(rec["diagnosis"]), []).append(rec)
+    for pool in donors.values():
+        pool.sort(key=lambda r: str(r.get("part_id")))
+    out = []
+    for e in examples:
+        rec = e.record
+        if "part_diagnosis" not in rec or rec["part_diagnosis"] == rec.get("diagnosis"):
+            out.append(e)
+            continue
+        pool = donors.get(str(rec.get("diagnosis")), [])
+        if not pool:
+            continue
+        h = int(hashlib.sha256(str(rec["slide"]).encode()).hexdigest()[:8], 16)
+        donor = pool[h % len(pool)]
+        text = text_fn(donor["report"] if header else report_text(donor))
+        out.append(Example(e.features, text, {**rec, "grade": None, "text_from": donor.get("part_id")},
+                           path=e.path, n_patches=e.n_patches, feature_dim=e.feature_dim))
+    return out
 
 
 def report_text(record: dict[str, Any]) -> str:

@@ -211,3 +211,22 @@ def test_a_part_bag_in_training_keeps_a_slide_that_carries_the_parts_diagnosis(t
     assert 7 in sizes and 17 in sizes and sizes <= {7 + a + b + c for a in (0, 5) for b in (0, 3) for c in (0, 2)}
     assert ds[0]["features"].shape[0] == 17  # evaluation items read the whole part
     assert Stage1Dataset([p1], tok, 16)[(3, 0)]["features"].shape[0] == 17  # keep 1: the whole part
+
+
+def test_a_benign_slide_of_a_carcinoma_part_is_paired_with_a_report_of_its_own_diagnosis(tmp_path):
+    corpus, feats = _write_corpus(tmp_path, [
+        ("p1", "lung_adenocarcinoma", [("lung_normal", 5, None), ("lung_adenocarcinoma", 7, "G2")]),
+        ("p2", "lung_normal", [("lung_normal", 4, None)]),
+        ("p3", "colon_adenocarcinoma", [("colon_normal", 3, None), ("colon_adenocarcinoma", 3, "G1")]),
+    ])
+    plain, _ = load_examples(corpus, feats, stream=True)
+    assert len(plain) == 5
+    own, _ = load_examples(corpus, feats, stream=True, own_text=True)
+    by_slide = {e.record["slide"]: e for e in own}
+    assert "slides/p3-0.svs" not in by_slide  # no colon_normal part to lend a report: left out
+    benign = by_slide["slides/p1-0.svs"]
+    assert benign.text == "A. Lung, left lower lobe, biopsy: p2 report." and benign.record["text_from"] == "p2"
+    assert benign.record["diagnosis"] == "lung_normal" and benign.record["grade"] is None
+    carrier = by_slide["slides/p1-1.svs"]
+    assert carrier.text.endswith("p1 report.") and "text_from" not in carrier.record
+    assert by_slide["slides/p2-0.svs"].text.endswith("p2 report.")
