@@ -72,9 +72,11 @@ class DemoV2Config:
     max_text_len: int = 96
     group_by: str = "diagnosis"
     text_view_prob: float = 0.5
-    # Bags and texts: one bag per case part with the part's report (PathAlign's pairing; the app drafts a part
-    # the same way), and reports without the part header (site, side) and slide list, which no patch shows.
-    parts: bool = True
+    # Bags and texts: slide bags, each with a report that is true of the slide (own_text), or one bag per case
+    # part with the part's report (parts; PathAlign's pairing); reports without the part header (site, side)
+    # and slide list, which no patch shows. 2026-12-07 on the 2-core box: part bags left the benign slides of
+    # lesion parts unlabelled (few normal examples) and lost on every figure but localisation (docs/model.md).
+    parts: bool = False
     header: bool = False
     part_slide_keep: float = 0.5  # a part's bag in a step: each slide with this probability, one carrier always
     # Slide bags (parts False): a benign slide of a lesion part is paired with a report of its own diagnosis
@@ -82,7 +84,7 @@ class DemoV2Config:
     own_text: bool = True
     # The label term (train.TrainConfig): every class's diagnosis line as a negative in every step.
     label_loss_weight: float = 1.0
-    label_by: str = "diagnosis+grade"
+    label_by: str = "diagnosis"
     # More training slides: build directories made by ``demo_v2 extra`` (the train/val parts of other seeds),
     # used by training and by the held-out baselines alike; the benchmark's test and new-site are unchanged.
     extra_corpora: tuple[str, ...] = ()

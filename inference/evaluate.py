@@ -55,16 +55,20 @@ def label_of(example: Example, key: str = "diagnosis") -> str | None:
     return rec.get(key) or rec.get("labels", {}).get(key)
 
 
-def diagnosis_names(labels: Sequence[str]) -> dict[str, list[str]]:
-    """Every phrasing of each diagnosis (synthetic catalogue); unknown labels are their own name."""
+def diagnosis_names(labels: Sequence[str], synonyms: bool = False) -> dict[str, list[str]]:
+    """Every phrasing of each diagnosis (synthetic catalogue; with ``synonyms`` also those corpus-v2 reports
+    use, e.g. "Benign lung tissue", which a v2 draft may write); unknown labels are their own name."""
     try:
         from inference.synthetic.catalog import DIAGNOSIS_BY_KEY
     except ImportError:  # pragma: no cover - the catalogue ships with the library
         DIAGNOSIS_BY_KEY = {}  # noqa: N806
+    from inference.synthetic.templates_v2 import EXTRA_SYNONYMS  # the v2 reports' extra phrasings
+
     out = {}
     for label in sorted(set(labels)):
         dx = DIAGNOSIS_BY_KEY.get(label)
-        out[label] = list(dx.names) if dx else [label.replace("_", " ")]
+        extra = EXTRA_SYNONYMS.get(label, ()) if synonyms else ()
+        out[label] = [*dx.names, *extra] if dx else [label.replace("_", " ")]
     return out
 
 
@@ -575,7 +579,7 @@ def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence
         return " " + re.sub(r"[^a-z0-9]+", " ", t.lower()).strip() + " "
 
     config = config or GenerationConfig(num_beams=3, max_new_tokens=96)
-    names = diagnosis_names(classes)
+    names = diagnosis_names(classes, synonyms=True)
     parts: dict[str, list[dict]] = {}
     for s in slides:
         parts.setdefault(s["part_id"], []).append(s)

@@ -86,3 +86,15 @@ def test_diagnosis_stated():
         diagnosis_stated_rate(["tubular adenoma", "lung adenocarcinoma"], ["adenoma", "colon_ca"], NAMES)
         == 0.5
     )
+
+
+def test_v2_draft_scoring_knows_the_synonyms_the_v2_reports_use():
+    from inference import metrics
+    from inference.evaluate import diagnosis_names
+
+    names = diagnosis_names(["lung_normal", "lung_adenocarcinoma"], synonyms=True)
+    assert "Benign lung tissue" in names["lung_normal"]
+    assert metrics.diagnosis_correct("Benign lung tissue.", "lung_normal", names)
+    assert metrics.diagnosis_correct("Adenocarcinoma of lung, acinar.", "lung_adenocarcinoma", names)
+    plain = diagnosis_names(["lung_normal", "lung_adenocarcinoma"])  # v1 prompts and scoring: unchanged
+    assert "Benign lung tissue" not in plain["lung_normal"]
