@@ -237,3 +237,43 @@ def test_retrieved_text_drops_the_other_patients_history_and_signature():
     text = without_case_specifics(other)
     assert "chronic gastritis" in text and "H. pylori" in text
     assert "36F" not in text and "PPI" not in text and "signed out" not in text and "S26-00042" not in text
+
+
+@pytest.mark.parametrize(("text", "benign", "malignant"), [
+    ("A. Colon, sigmoid, biopsy:\nColonic mucosa with no diagnostic abnormality.", True, False),
+    ("Prostatic tissue, negative for carcinoma.", True, False),
+    ("Benign lung tissue.", True, False),
+    ("Adenocarcinoma, colorectal, poorly differentiated (G3). Focus up to 0.8 mm.", False, True),
+    ("Squamous carcinoma of lung; margins negative.", False, True),
+    ("Tubular adenoma with high-grade dysplasia.", False, False),
+    ("Carcinoma in a background of benign mucosa.", False, True),
+])
+def test_what_a_draft_says_about_malignancy(text, benign, malignant):
+    from webapp.reports.text import names_malignancy, reads_benign
+
+    assert reads_benign(text) is benign and names_malignancy(text) is malignant
+
+
+def test_a_draft_that_contradicts_the_triage_classification_is_flagged():
+    from webapp.reports.drafting import classification_warnings
+    from webapp.reports.models import LabelSet
+
+    ensure_default_label_sets()
+    sets = list(LabelSet.objects.prefetch_related("labels"))
+    triage = next(s for s in sets if s.is_triage)
+    organ = next(s for s in sets if not s.is_triage)
+    malignant = {triage.pk: {"Likely malignant": 0.91, "Likely benign": 0.09}, organ.pk: {"Colon": 1.0}}
+    benign = {triage.pk: {"Likely malignant": 0.12, "Likely benign": 0.88}}
+    normal_text = "A. Colon, sigmoid, biopsy:\nColonic mucosa with no diagnostic abnormality."
+    cancer_text = "A. Colon, sigmoid, biopsy:\nAdenocarcinoma, colorectal, moderately differentiated (G2)."
+    [warning] = classification_warnings(normal_text, sets, malignant)
+    assert "reads as benign" in warning and "Likely malignant (91%)" in warning
+    [warning] = classification_warnings(cancer_text, sets, benign)
+    assert "names a malignancy" in warning and "Likely benign (88%)" in warning
+    assert classification_warnings(cancer_text, sets, malignant) == []  # they agree
+    assert classification_warnings(normal_text, sets, benign) == []
+    unsure = {triage.pk: {"Likely malignant": 0.45, "Likely benign": 0.55}}
+    assert classification_warnings(cancer_text, sets, unsure) == [
+        "The draft names a malignancy, but the model's triage classification of this part is Likely benign (55%). "
+        "Read the slides before using the text."]
+    assert classification_warnings(normal_text, sets, {}) == []  # no triage scores: nothing to compare

@@ -49,7 +49,7 @@ from .models import (
 )
 from .services import save_section
 from .signals import report_signed
-from .text import diagnosis_lines, own_part_header, side_of, with_own_header
+from .text import diagnosis_lines, names_malignancy, own_part_header, reads_benign, side_of, with_own_header
 
 log = logging.getLogger(__name__)
 EVIDENCE_K = 3
@@ -154,6 +154,39 @@ def draft_warnings(text: str, part) -> list[str]:
     if not part.organ:
         warnings.append(f"Part {part.label}'s site ({part.site or 'empty'}) matches no specimen rule, so the "
                         "draft could not be checked against it.")
+    return warnings
+
+
+# How sure the triage classification must be before a draft that says the opposite is flagged.
+CONTRADICTION_CONFIDENCE = 0.5
+
+
+def classification_warnings(text: str, label_sets: list, scores: dict) -> list[str]:
+    """A draft that contradicts the same model's triage classification of the part: it reads benign while
+    the classification calls the part likely malignant, or it names a malignancy while the classification
+    calls it likely benign. The two readings come from different heads of the model (the decoder and the
+    slide-text similarity); when they disagree, neither can be taken as it stands. ``scores``: label set pk
+    -> {label name: probability}, as ``draft_report`` computes them. (The part header names no finding.)"""
+    warnings = []
+    for label_set in label_sets:
+        if not label_set.is_triage or label_set.pk not in scores:
+            continue
+        probs = scores[label_set.pk]
+        alerts = [label.name for label in label_set.labels.all() if label.alert and label.name in probs]
+        if not alerts:
+            continue
+        alert = max(alerts, key=probs.get)
+        p_alert = float(probs[alert])
+        others = {name: float(p) for name, p in probs.items() if name not in alerts}
+        if p_alert >= CONTRADICTION_CONFIDENCE and reads_benign(text):
+            warnings.append(f"The draft reads as benign, but the model's {label_set.name.lower()} classification "
+                            f"of this part is {alert} ({p_alert:.0%}). A small focus may have been missed: "
+                            "read the slides before using the text.")
+        elif others and max(others.values()) > 1 - CONTRADICTION_CONFIDENCE and names_malignancy(text):
+            benign = max(others, key=others.get)
+            warnings.append(f"The draft names a malignancy, but the model's {label_set.name.lower()} "
+                            f"classification of this part is {benign} ({others[benign]:.0%}). Read the slides "
+                            "before using the text.")
     return warnings
 
 
@@ -275,7 +308,8 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
                 defaults={"method": method, "text": text, "bundle": bundle, "seconds": seconds,
                           "evidence": [{k: v for k, v in e.items() if k != "diagnosis"} for e in evidence],
                           "slides": attention,
-                          "warnings": draft_warnings(text, section.part) + range_warnings(bundle, slides, feature_sets)},
+                          "warnings": draft_warnings(text, section.part) + range_warnings(bundle, slides, feature_sets)
+                          + classification_warnings(text, label_sets, scores)},
             )
             if created:
                 current = ReportSection.objects.get(pk=section.pk)

@@ -98,3 +98,21 @@ _SIDES = {"left": re.compile(r"\bleft\b", re.IGNORECASE), "right": re.compile(r"
 def side_of(text: str) -> str:
     found = {side for side, pattern in _SIDES.items() if pattern.search(text or "")}
     return found.pop() if len(found) == 1 else ""
+
+
+# What a draft says about malignancy, in words: "reads benign" when it states a benign or normal finding and
+# names no malignancy; a negated mention ("negative for carcinoma") is not a malignancy named.
+_NEGATED = re.compile(r"\b(?:negative for|no evidence of|no|without|free of)\s+(?:residual\s+|invasive\s+)?"
+                      r"(?:malignancy|carcinoma|tumou?r|neoplasm|dysplasia)\b", re.IGNORECASE)
+_MALIGNANT = re.compile(r"\b(?:\w*carcinoma|malignan\w*|sarcoma|lymphoma|melanoma)\b", re.IGNORECASE)
+_BENIGN = re.compile(r"\b(?:benign|normal|unremarkable|no diagnostic abnormality|without diagnostic abnormality|"
+                     r"no significant (?:pathology|abnormality)|negative for (?:malignancy|carcinoma)|"
+                     r"no evidence of (?:malignancy|carcinoma))\b", re.IGNORECASE)
+
+
+def names_malignancy(text: str) -> bool:
+    return bool(_MALIGNANT.search(_NEGATED.sub(" ", text or "")))
+
+
+def reads_benign(text: str) -> bool:
+    return bool(_BENIGN.search(text or "")) and not names_malignancy(text)
