@@ -578,7 +578,7 @@ def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence
     def norm(t: str) -> str:
         return " " + re.sub(r"[^a-z0-9]+", " ", t.lower()).strip() + " "
 
-    config = config or GenerationConfig(num_beams=3, max_new_tokens=96)
+    config = config or GenerationConfig(num_beams=3, max_new_tokens=96, candidates=8)  # as the app drafts
     names = diagnosis_names(classes, synonyms=True)
     parts: dict[str, list[dict]] = {}
     for s in slides:

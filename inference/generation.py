@@ -43,6 +43,10 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # 1 = none (CTRL-style: seen tokens' logits divided/multiplied)
     length_penalty: float = 1.0  # beam search: scores are divided by length ** length_penalty
     seed: int | None = None  # sampling: a seeded generator, so that one config gives one text
+    # Q-Former backend: > 1 writes the decoder's own draft (beam or greedy, as above) and candidates - 1 sampled
+    # ones (nucleus 0.9; seeded from ``seed``, or 0), and keeps the one the model's own slide-text alignment (ITC,
+    # query-max) ranks first: BLIP's generate-then-rank. 1 = the decoder's draft as it is.
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -69,6 +73,7 @@ class GenerationConfig:
         _check_float("length_penalty", self.length_penalty)
         if self.seed is not None:
             _check_int("seed", self.seed, minimum=0)
+        _check_int("candidates", self.candidates, minimum=1)
 
     def with_(self, **changes: Any) -> GenerationConfig:
         """A changed copy (validated again); an unknown option is a TypeError naming it."""
@@ -130,6 +135,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     g.add_argument("--length-penalty", type=float, default=d.length_penalty)
     g.add_argument("--generation-seed", type=int, default=d.seed, help="seed for sampling")
+    g.add_argument("--candidates", type=int, default=d.candidates,
+                   help="Q-Former drafts: write this many and keep the one the model's ITC ranks first")
 
 
 def generation_config_from_args(args: argparse.Namespace) -> GenerationConfig:
@@ -146,6 +153,7 @@ def generation_config_from_args(args: argparse.Namespace) -> GenerationConfig:
         repetition_penalty=args.repetition_penalty,
         length_penalty=args.length_penalty,
         seed=args.generation_seed,
+        candidates=args.candidates,
     )
 
 

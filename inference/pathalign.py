@@ -92,6 +92,7 @@ def tidy_text(text: str) -> str:
     text = re.sub(r"([(])\s+", r"\1", text)
     text = re.sub(r"\s*-\s*", "-", text)
     text = re.sub(r"\s*/\s*", "/", text)
+    text = re.sub(r"(\d)\. (\d)", r"\1.\2", text)  # "0. 9 mm" -> "0.9 mm" (WordPiece splits decimals)
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text.strip())
 
 
@@ -294,8 +295,22 @@ class PathAlign:
         texts = []
         for x in xs:
             ids = self.model.generate(x[None].to(self.device), None, cfg, generator=generator)[0]
-            texts.append(tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
+            text = tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True))
+            texts.append(self._best_of_candidates(x, text, cfg) if cfg.candidates > 1 else text)
         return texts
+
+    def _best_of_candidates(self, x: torch.Tensor, first: str, cfg: GenerationConfig) -> str:
+        """``first`` (the decoder's own draft) and ``cfg.candidates - 1`` sampled drafts of the same slide;
+        returns the one whose text embedding the slide's queries match best (query-max ITC similarity; ties
+        keep the earlier). Deterministic: the samples' generator is seeded from ``cfg.seed`` (or 0)."""
+        sample = cfg.with_(do_sample=True, top_p=min(cfg.top_p, 0.9), candidates=1, seed=cfg.seed or 0)
+        generator = torch_generator(sample, self.device)
+        texts = [first]
+        for _ in range(cfg.candidates - 1):
+            ids = self.model.generate(x[None].to(self.device), None, sample, generator=generator)[0]
+            texts.append(tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
+        scores = self.similarity(self.embed(x), self.embed_text(texts))
+        return texts[int(np.argmax(scores))]
 
     def draft_part(self, feature_sets: Sequence[SlideFeatures], config: GenerationConfig) -> Draft:
         """The draft of a case part from all its slides' patches, read together as one bag.

@@ -74,6 +74,7 @@ def tiny_model(db, tiny_bundle_dir, settings, tmp_path):
     settings.VAR_DIR = tmp_path / "var"
     settings.DRAFT_NUM_BEAMS = 1  # an untrained model never stops by itself: keep its drafts short
     settings.DRAFT_MAX_NEW_TOKENS = 24
+    settings.DRAFT_CANDIDATES = 2  # the generate-then-rank path, at the least cost
     runtime.forget_models()
     config = read_bundle_config(tiny_bundle_dir)
     bundle = ModelBundle.objects.create(

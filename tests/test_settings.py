@@ -116,10 +116,11 @@ def test_values_are_read_into_settings(monkeypatch, tmp_path):
         monkeypatch, PATHALIGN_JOB_PULSE_SECONDS="1.5", PATHALIGN_SKIP_DEMO_MODEL="yes", PATHALIGN_DEVICE="cuda:1",
         PATHALIGN_DEMO_BUNDLE=str(tmp_path / "demo"), PATHALIGN_DRAFT_BEAMS="1", PATHALIGN_TILE_QUALITY=" 90 ",
         PATHALIGN_MULTIMODAL_DIR="",  # empty is unset
+        PATHALIGN_DRAFT_CANDIDATES="4",
     )
     assert values["JOB_PULSE_SECONDS"] == 1.5 and values["SKIP_DEMO_MODEL"] is True
     assert values["INFERENCE_DEVICE"] == "cuda:1" and values["DEMO_BUNDLE_DIR"] == tmp_path / "demo"
-    assert values["DRAFT_NUM_BEAMS"] == 1 and values["TILE_JPEG_QUALITY"] == 90
+    assert values["DRAFT_NUM_BEAMS"] == 1 and values["TILE_JPEG_QUALITY"] == 90 and values["DRAFT_CANDIDATES"] == 4
     assert values["MULTIMODAL_MODEL_DIR"] is None and values["STALE_JOB_SECONDS"] == 20
 
 

@@ -282,6 +282,9 @@ DEMO_BUNDLE_DIR = env_path("PATHALIGN_DEMO_BUNDLE", None)  # None: MODEL_BUNDLE_
 SKIP_DEMO_MODEL = env_bool("PATHALIGN_SKIP_DEMO_MODEL", False)
 DRAFT_NUM_BEAMS = env_int("PATHALIGN_DRAFT_BEAMS", 3)
 DRAFT_MAX_NEW_TOKENS = env_int("PATHALIGN_DRAFT_MAX_TOKENS", 160)
+# Q-Former drafts: write this many and keep the one the model's slide-text alignment ranks first (1 = the
+# decoder's own draft only; GenerationConfig.candidates).
+DRAFT_CANDIDATES = env_int("PATHALIGN_DRAFT_CANDIDATES", 8)
 MULTIMODAL_MODEL_DIR = env_path("PATHALIGN_MULTIMODAL_DIR", None)  # a local multimodal LM for "llm" drafts
 # Patch extraction in the analysis job: at most this many patches per slide (an even spatial sample beyond);
 # the encode batch (0: 256 on CUDA, 64 on the CPU); torch.compile of the patch encoder; how patches are read.

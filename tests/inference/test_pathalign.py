@@ -96,6 +96,37 @@ def test_generate_returns_text(model):
         model.generate(torch.randn(5, WIDTH), backend="llm")
 
 
+def test_candidates_keep_the_draft_the_models_alignment_ranks_first(model):
+    from inference.generation import GenerationConfig, torch_generator
+    from inference.pathalign import tidy_text
+
+    torch.manual_seed(0)
+    x = torch.randn(7, WIDTH)
+    cfg = GenerationConfig(num_beams=2, max_new_tokens=6, candidates=4, seed=3)
+    chosen = model.generate(x, cfg)
+    assert model.generate(x, cfg) == chosen  # seeded: one config, one text
+    # the same candidates by hand: the decoder's own draft, then 3 samples from one generator seeded 3
+    own = model.generate(x, cfg.with_(candidates=1))
+    sample = cfg.with_(do_sample=True, top_p=0.9, candidates=1)
+    gen = torch_generator(sample)
+    texts = [own]
+    for _ in range(3):
+        ids = model.model.generate(x[None], None, sample, generator=gen)[0]
+        texts.append(tidy_text(model.tokenizer.decode(ids, skip_special_tokens=True)))
+    scores = model.similarity(model.embed(x), model.embed_text(texts))
+    assert chosen == texts[int(np.argmax(scores))]
+    assert model.generate(x, cfg.with_(candidates=1)) == own  # 1: the decoder's draft as it is
+    with pytest.raises(ValueError, match="candidates"):
+        GenerationConfig(candidates=0)
+
+
+def test_tidy_text_restores_decimals_and_capitals():
+    from inference.pathalign import tidy_text
+
+    got = tidy_text("focal, 3 focuses, up to 0. 9 mm ; margins negative , closest 1. 25 mm. the lesion ( g2 )")
+    assert got == "Focal, 3 focuses, up to 0.9 mm; margins negative, closest 1.25 mm. The lesion (g2)"
+
+
 def test_query_max_and_retrieve_by_hand():
     texts = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     queries = np.array([[0.0, 1.0], [1.0, 0.0]])

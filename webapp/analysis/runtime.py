@@ -135,10 +135,12 @@ def forget_models() -> None:
 
 
 def generation_config() -> GenerationConfig:
-    """How drafts are generated here: DRAFT_NUM_BEAMS and DRAFT_MAX_NEW_TOKENS, the rest the library's."""
+    """How drafts are generated here: DRAFT_NUM_BEAMS, DRAFT_MAX_NEW_TOKENS and DRAFT_CANDIDATES, the rest the
+    library's."""
     from inference.generation import GenerationConfig  # torch: see the module docstring
 
-    return GenerationConfig(num_beams=settings.DRAFT_NUM_BEAMS, max_new_tokens=settings.DRAFT_MAX_NEW_TOKENS)
+    return GenerationConfig(num_beams=settings.DRAFT_NUM_BEAMS, max_new_tokens=settings.DRAFT_MAX_NEW_TOKENS,
+                            candidates=settings.DRAFT_CANDIDATES)
 
 
 # --- patch features ----------------------------------------------------------------------------------
