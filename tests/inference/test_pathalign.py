@@ -87,6 +87,23 @@ def test_classify_is_a_distribution_over_labels(model):
     assert sum(probs.values()) == pytest.approx(1, abs=1e-6)
 
 
+def test_classify_max_pooling_scores_each_label_by_its_best_prompt(model):
+    torch.manual_seed(1)
+    x = torch.randn(6, WIDTH)
+    prompts = {"malignant": ["invasive carcinoma", "adenocarcinoma of the colon", "squamous cell carcinoma"],
+               "benign": ["benign tissue", "normal colonic mucosa"]}
+    emb = model.embed(x)
+    best = np.array([model.similarity(emb, model.embed_text(p)).max() for p in prompts.values()])
+    want = np.exp((best - best.max()) / float(model.model.temp.detach()))
+    want /= want.sum()
+    got = model.classify(x, prompts, pooling="max")
+    assert list(got) == ["malignant", "benign"] and np.allclose(list(got.values()), want, atol=1e-5)
+    assert model.classify(emb, prompts, pooling="max") == pytest.approx(got)  # an embedding or features
+    assert model.classify(x, prompts) != pytest.approx(got)  # the mean ensemble is another reading
+    with pytest.raises(ValueError, match="pooling"):
+        model.classify(x, prompts, pooling="median")
+
+
 def test_generate_returns_text(model):
     text = model.generate(torch.randn(5, WIDTH), num_beams=2, max_new_tokens=5)
     assert isinstance(text, str) and text

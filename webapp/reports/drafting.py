@@ -301,7 +301,8 @@ def draft_report(report: Report, method: str, user, job_id: int | None, progress
         seconds = time.perf_counter() - started
         attention = [{"slide": str(s.pk), "patches": top}
                      for s, top in zip(slides, draft.top_patches(feature_sets), strict=True)]
-        scores = {ls.pk: model.classify(draft.embedding, ls.label_prompts()) for ls in label_sets}
+        # a label scores as its best-matching prompt (labels are unions: "Likely malignant", "Malignant", ...)
+        scores = {ls.pk: model.classify(draft.embedding, ls.label_prompts(), pooling="max") for ls in label_sets}
         with transaction.atomic():
             ai, created = AIDraft.objects.get_or_create(
                 section=section, job_id=job_id,

@@ -1,7 +1,9 @@
 """Default label sets built from the synthetic corpus's catalog (organ, diagnosis category, triage).
 
-Each label gets a small prompt ensemble: the model averages the prompts' text embeddings, which is steadier
-than any single phrasing (CLIP-style zero-shot prompt ensembles).
+Each label gets a few prompts, and the app scores a label by its best-matching prompt
+(`PathAlign.classify(..., pooling="max")`): most labels here are unions of different diagnoses ("Likely
+malignant" = every malignant one), whose averaged embedding (a CLIP-style ensemble, `pooling="mean"`)
+matches none of them well.
 """
 from __future__ import annotations
 

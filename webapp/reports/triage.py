@@ -25,7 +25,7 @@ def triage_slide(sender, slide, bundle, model, embedding, **kwargs) -> list[Slid
         prompts = label_set.label_prompts()
         if len(prompts) < 2:
             continue
-        probs = model.classify(embedding, prompts)
+        probs = model.classify(embedding, prompts, pooling="max")  # a label is a union of diagnoses
         label = max(probs, key=probs.get)
         confidence = float(probs[label])
         alerts = {lab.name for lab in label_set.labels.all() if lab.alert}
