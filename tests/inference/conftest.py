@@ -34,3 +34,15 @@ def tiny_pathalign(tmp_path_factory):
     qformer, tok = QFormer.from_text_model(num_hidden_layers=1, vision_width=24)
     path = save_bundle(tmp_path_factory.mktemp("tiny") / "bundle", qformer, tok, TINY_ENCODER)
     return PathAlign.load(path)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread is faster than two on a shared 2-core machine (use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

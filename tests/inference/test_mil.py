@@ -11,13 +11,7 @@ from inference.mil import FeatureBag, MeanPoolLogReg, MILBaseline, streaming_fea
 DIM = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bag(rng: np.random.Generator, n: int, k_lesion: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,13 +16,7 @@ from inference.synthetic.catalog import ORGANS
 from inference.synthetic.templates_v2 import TEMPLATES, report_body, write_part_report
 from inference.train import Example, TrainConfig, load_examples, train_stage1
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _part(n: int, involved: list[int]) -> dict:

@@ -19,13 +19,7 @@ MALIGNANT = "invasive carcinoma, a small focus in benign tissue."
 BENIGN = "benign tissue, no tumour seen."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bags(seed: int, n_bags: int, n: int = 200, lesion: tuple[int, ...] = (2, 4, 6, 10)):
