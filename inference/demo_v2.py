@@ -90,8 +90,8 @@ class DemoV2Config:
     extra_corpora: tuple[str, ...] = ()
     # Other bundles scored beside this one on the same held-out sets (e.g. the shipped v1 demo bundle).
     compare_bundles: tuple[str, ...] = ()
-    # The bundle's version (its name is pathalign-demo-v2). 2.0.0: slide bags, text losses only; 2.1.0: part
-    # bags, reports without the part header, the label term.
+    # The bundle's version (its name is pathalign-demo-v2). 2.0.0: slide bags with their part's report, text
+    # losses only; 2.1.0: slide bags with true texts (own_text), reports without the part header, the label term.
     version: str = "2.1.0"
     # Evaluation.
     cv_folds: int = 0

@@ -293,9 +293,11 @@ class PathAlign:
 
     @torch.no_grad()
     def generate_many(
-        self, items: Sequence[Features], config: GenerationConfig | None = None, **overrides: Any
+        self, items: Sequence[Features], config: GenerationConfig | None = None,
+        embeddings: Sequence[SlideEmbedding] | None = None, **overrides: Any
     ) -> list[str]:
-        """One draft per slide, as `generate`; a seed drives one random stream over all the slides."""
+        """One draft per slide, as `generate`; a seed drives one random stream over all the slides.
+        ``embeddings``: the items' embeddings when the caller has them (ranking candidates needs them)."""
         cfg = resolve(config, overrides)
         xs = [features_tensor(f) for f in items]
         for x in xs:
@@ -310,13 +312,16 @@ class PathAlign:
             raise ValueError("this bundle is a retrieval model (PathAlign-R): it was not trained to generate")
         generator = torch_generator(cfg, self.device)
         texts = []
-        for x in xs:
+        for i, x in enumerate(xs):
             ids = self.model.generate(x[None].to(self.device), None, cfg, generator=generator)[0]
             text = tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True))
-            texts.append(self._best_of_candidates(x, text, cfg) if cfg.candidates > 1 else text)
+            if cfg.candidates > 1:
+                text = self._best_of_candidates(x, text, cfg, embeddings[i] if embeddings else self.embed(x))
+            texts.append(text)
         return texts
 
-    def _best_of_candidates(self, x: torch.Tensor, first: str, cfg: GenerationConfig) -> str:
+    def _best_of_candidates(self, x: torch.Tensor, first: str, cfg: GenerationConfig,
+                            embedding: SlideEmbedding) -> str:
         """``first`` (the decoder's own draft) and ``cfg.candidates - 1`` sampled drafts of the same slide;
         returns the one whose text embedding the slide's queries match best (query-max ITC similarity; ties
         keep the earlier). Deterministic: the samples' generator is seeded from ``cfg.seed`` (or 0)."""
@@ -326,7 +331,7 @@ class PathAlign:
         for _ in range(cfg.candidates - 1):
             ids = self.model.generate(x[None].to(self.device), None, sample, generator=generator)[0]
             texts.append(tidy_text(self.tokenizer.decode(ids, skip_special_tokens=True)))
-        scores = self.similarity(self.embed(x), self.embed_text(texts))
+        scores = self.similarity(embedding, self.embed_text(texts))
         return texts[int(np.argmax(scores))]
 
     def draft_part(self, feature_sets: Sequence[SlideFeatures], config: GenerationConfig) -> Draft:
@@ -348,7 +353,7 @@ class PathAlign:
             raise ValueError(f"the part's {len(xs)} slide(s) have no tissue patches: nothing to draft from")
         features = torch.cat(xs)  # [N, D], a part = all its slides' patches
         embedding = self.embed(features)
-        text = self.generate(features, config)
+        text = self.generate_many([features], config, embeddings=[embedding])[0]  # the part is embedded once
         return Draft(
             text=text, per_slide_attention=split_attention(embedding.attention, sizes), embedding=embedding
         )

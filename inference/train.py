@@ -181,7 +181,7 @@ def load_examples(
         path = row["features_path"]
         rec = dict(rec)
         rec.setdefault("split", assign_split(str(rec["slide"]), seed))
-        text = text_fn(rec["report"] if header else report_text(rec))
+        text = text_fn(report_text(rec, header))
         if stream:
             n, dim = _feature_shape(path)
             if n == 0:
@@ -199,7 +199,7 @@ def load_examples(
         members.sort(key=lambda m: m[0].get("slide_index", 0))
         record = part_record([m[0] for m in members])
         first = members[0][0]
-        examples.append(Example(None, text_fn(first["report"] if header else report_text(first)), record,
+        examples.append(Example(None, text_fn(report_text(first, header)), record,
                                 n_patches=sum(m[2] for m in members), feature_dim=members[0][3],
                                 paths=tuple(m[1] for m in members), slide_patches=tuple(m[2] for m in members)))
     if own_text and not parts:
@@ -235,16 +235,16 @@ def with_own_slide_texts(examples: list[Example], text_fn: Any, header: bool) ->
             continue
         h = int(hashlib.sha256(str(rec["slide"]).encode()).hexdigest()[:8], 16)
         donor = pool[h % len(pool)]
-        text = text_fn(donor["report"] if header else report_text(donor))
+        text = text_fn(report_text(donor, header))
         out.append(Example(e.features, text, {**rec, "grade": None, "text_from": donor.get("part_id")},
                            path=e.path, n_patches=e.n_patches, feature_dim=e.feature_dim))
     return out
 
 
-def report_text(record: dict[str, Any]) -> str:
-    """A record's report without what no slide shows (corpus v2: `templates_v2.report_body`); other
-    corpora's reports as they are."""
-    if record.get("template") and record.get("part") and record.get("site") and record.get("organ"):
+def report_text(record: dict[str, Any], header: bool = False) -> str:
+    """A record's report; without ``header``, without what no slide shows (corpus v2:
+    `templates_v2.report_body`; other corpora's reports as they are)."""
+    if not header and record.get("template") and record.get("part") and record.get("site") and record.get("organ"):
         from inference.synthetic.templates_v2 import report_body
 
         return report_body(record["report"], record)
