@@ -101,7 +101,8 @@ def test_orphans_older_than_an_hour_are_swept_and_reported(store_with_orphans):
     # (an earlier test's files whose rows went with its transaction may be swept too: orphans as well)
     assert {old.name, f"thumbnails/{old.name}.jpg", leftover.name} <= set(removed)
     event = AuditEvent.objects.get(action="orphans_swept")
-    assert event.details["count"] == len(removed) and sorted(event.details["removed"]) == sorted(removed)
+    # the audit names the first 200 (a store left with many orphans by earlier runs sweeps more)
+    assert event.details["count"] == len(removed) and event.details["removed"] == removed[:200]
     assert sweep_orphans() == []  # nothing more
 
 
