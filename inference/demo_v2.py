@@ -289,13 +289,40 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def build_features(cfg: DemoV2Config, corpus: Path, features: Path, log: Callable[[str], object]) -> dict[str, Any]:
-    from inference.encoders import build_encoder
+def build_augmented_corpus(source: Path, corpus: Path, splits: Sequence[str] = ("train",)) -> dict[str, Any]:
+    """A corpus that is a view of ``source``'s slides of ``splits`` (its files linked, not copied): the
+    manifest of those records only, for an extra feature copy of them (``demo_v2 augment``). Held-out
+    slides are never in it."""
+    from inference.synthetic import corpus_v2 as cv2
+
+    corpus.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name in (cv2.MANIFEST, "corpus.json", "parts") or entry.name.startswith("features"):
+            continue
+        link = corpus / entry.name
+        if not link.exists():
+            link.symlink_to(entry.resolve())
+    lines = [ln for ln in (source / cv2.MANIFEST).read_text().splitlines()
+             if ln.strip() and json.loads(ln)["split"] in splits]
+    (corpus / cv2.MANIFEST).write_text("\n".join(lines) + "\n")
+    params = json.loads((source / "corpus.json").read_text()) | {"view_of": str(source.resolve()),
+                                                               "splits_rendered": list(splits),
+                                                               "slides": len(lines)}
+    (corpus / "corpus.json").write_text(json.dumps(params, indent=1))
+    return {"slides": len(lines)}
+
+
+def build_features(cfg: DemoV2Config, corpus: Path, features: Path, log: Callable[[str], object],
+                   augmentation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every tissue patch's features; ``augmentation`` (an `augment.ScannerJitter` dict): from jittered
+    patches, a training copy."""
+    from inference.augment import build_training_encoder
     from inference.evaluate import extract_v2_features
     from inference.features import load_feature_index
 
     device = _device(cfg.device)
-    encoder = build_encoder({"kind": "builtin"}, device=device)
+    spec = {"kind": "builtin", **({"augmentation": augmentation} if augmentation else {})}
+    encoder = build_training_encoder(spec, device=device)
     # On CUDA, decoding in processes (no GIL) keeps the encoder fed; on the CPU one process per core, each
     # with one torch thread, batch 16 and a reading thread (same features; no intra-op oversubscription).
     cuda = device == "cuda"
@@ -453,6 +480,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
     x.add_argument("--seed", type=int, required=True)
     x.add_argument("--cases", type=int)
+    a = sub.add_parser("augment", help="an extra feature copy of a build's training slides, encoded from "
+                                       "stain- and scanner-jittered patches (augment.ScannerJitter)")
+    a.add_argument("--source", required=True, help="a build or extra directory (its corpus/ is read)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
+    a.add_argument("--seed", type=int, default=1, help="the jitter's seed (one per copy)")
+    a.add_argument("--splits", nargs="+", default=["train"])
     s = sub.add_parser("status", help="print build.json")
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -468,6 +502,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         info = build_training_corpus(cfg, out / "corpus", _stderr)
         info["features"] = build_features(cfg, out / "corpus", out / "corpus" / FEATURES, _stderr)
+        (out / "extra.json").write_text(json.dumps(info, indent=1, default=float))
+        return 0
+    if args.command == "augment":
+        from inference.augment import ScannerJitter
+
+        cfg = preset(args.preset)
+        out = Path(args.out)
+        jitter = ScannerJitter(seed=args.seed)
+        info = build_augmented_corpus(Path(args.source) / "corpus", out / "corpus", args.splits)
+        t0 = time.perf_counter()
+        info["features"] = build_features(cfg, out / "corpus", out / "corpus" / FEATURES, _stderr,
+                                          augmentation=jitter.to_dict())
+        info |= {"augmentation": jitter.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
         (out / "extra.json").write_text(json.dumps(info, indent=1, default=float))
         return 0
     overrides = {f.name: getattr(args, f.name) for f in fields(DemoV2Config) if getattr(args, f.name) is not None}

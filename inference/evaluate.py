@@ -407,10 +407,10 @@ def extract_v2_features(corpus: str | os.PathLike, encoder: Any, out_dir: str | 
 def _extract_v2_shard(corpus: str, spec: dict[str, Any], out_dir: str, batch_size: int,
                       tiling: dict[str, Any] | None, shard: tuple[int, int]) -> None:
     """One process of ``extract_v2_features(processes=n)``: its share of the slides, one torch thread."""
-    from inference.encoders import build_encoder
+    from inference.augment import build_training_encoder
 
     torch.set_num_threads(1)
-    encoder = build_encoder(spec, device="cpu")
+    encoder = build_training_encoder(spec, device="cpu")  # the plain encoder, or jittered (augment.py)
     extract_v2_features(corpus, encoder, out_dir, workers=1, batch_size=batch_size, tiling=tiling,
                         log=lambda m: print(m, file=sys.stderr, flush=True), shard=shard)
 
