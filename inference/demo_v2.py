@@ -4,6 +4,7 @@
     nice -n 19 python -m inference.demo_v2 build --out var/demo-v2-small --preset cpu-small   # background
     nice -n 19 python -m inference.demo_v2 build --out var/demo-v2-cpu --preset cpu       # 2 cores: ~1.5 h
     nice -n 19 python -m inference.demo_v2 extra --out var/demo-v2-cpu-extra --preset cpu --seed 24 --cases 44
+    nice -n 19 python -m inference.demo_v2 augment --source var/demo-v2-cpu --out var/demo-v2-cpu-aug --preset cpu
     python -m inference.demo_v2 status --out var/demo-v2
 
 One command, four stages, each resumable (run the same command again after an interruption: it picks up
@@ -20,6 +21,9 @@ where it stopped, and a finished stage is not redone):
    (``--resume``), then ``bundle/`` (`bundle.save_bundle`).
 4. ``evaluate``: `evaluate.benchmark_v2` with the bundle (baselines + PathAlign zero-shot and attention,
    by stratum, on test and new-site), written to ``benchmark-v2.json`` and the bundle's ``eval.json``.
+
+``augment`` makes an extra feature copy of a build's training slides from stain- and scanner-jittered
+patches (`inference.augment`), to pass to ``--extra-corpora`` like an ``extra`` directory.
 
 ``build.json`` records the parameters, each stage's wall time (summed over sittings) and the headline
 figures. Presets size the corpus and the model for a machine; any flag overrides a preset's value.
@@ -381,12 +385,21 @@ def build_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path,
 
 def evaluate_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Path, out: Path,
                     log: Callable[[str], object]) -> dict[str, Any]:
-    from inference.bundle import EVAL_FILE, write_eval
-    from inference.evaluate import benchmark_v2, format_benchmark
+    from inference.bundle import CONFIG_FILE, EVAL_FILE, write_eval
+    from inference.evaluate import _bench_slides, benchmark_v2, choose_heatmap_attention, format_benchmark
     from inference.pathalign import PathAlign
 
     model = PathAlign.load(bundle, device=_device(cfg.device))
     extra = [(Path(x) / "corpus", Path(x) / "corpus" / FEATURES) for x in cfg.extra_corpora]
+    # The heatmap's attention, chosen on the validation slides' lesion masks (never on a held-out set).
+    val = [s for c, f in [(corpus, features), *extra] for s in _bench_slides(c, f) if s["split"] == "val"]
+    heatmap = choose_heatmap_attention(model, val)
+    log(f"[evaluate] heatmap attention: {heatmap['heatmap_attention']} (validation localisation AUC "
+        f"{heatmap['localisation_auc']} on {heatmap['slides']} lesion slides)")
+    config = json.loads((bundle / CONFIG_FILE).read_text())
+    config |= {"heatmap_attention": heatmap["heatmap_attention"], "heatmap_attention_chosen_on": heatmap}
+    (bundle / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    model = PathAlign.load(bundle, device=_device(cfg.device))
     compare = {}
     for path in cfg.compare_bundles:
         other = PathAlign.load(path, device=_device(cfg.device))
@@ -400,7 +413,7 @@ def evaluate_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Pat
     ev = bundle / EVAL_FILE
     current = json.loads(ev.read_text()) if ev.is_file() else {}
     write_eval(bundle, current | {"benchmark_v2": result})
-    return {"headline": headline(result)}
+    return {"headline": headline(result), "heatmap_attention": heatmap}
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:

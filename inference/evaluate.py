@@ -562,6 +562,29 @@ def _pathalign_scores(model: PathAlign, slides: Sequence[dict], classes: Sequenc
     return np.asarray(mal), np.stack(dia), att
 
 
+def choose_heatmap_attention(model: PathAlign, slides: Sequence[dict]) -> dict[str, Any]:
+    """Which patch attention localises the lesions of ``slides`` (validation slides with lesion masks,
+    `_bench_slides` records) better, by mean localisation AUC: the averaged cross-attention ("cross") or,
+    for a model with a patch scorer, the scorer's gated attention ("scorer"). A tie keeps "cross". The
+    demo-v2 build writes the choice to bundle.json (``heatmap_attention``, read by `PathAlign`)."""
+    from safetensors import safe_open
+
+    lesion = [s for s in slides if np.any(np.asarray(s["lesion_fraction"]) > 0)]
+    choices = ("cross", "scorer") if model.model.scorer is not None else ("cross",)
+    maps: dict[str, list[np.ndarray]] = {c: [] for c in choices}
+    for s in lesion:  # one slide's features in memory at a time
+        with safe_open(s["features_path"], framework="pt") as fh:
+            x = fh.get_tensor("features").float()[None].to(model.device)
+        for c in choices:
+            with torch.no_grad():
+                _, att = model.model.encode_patches(x, None, with_attention=True, attention_from=c)
+            maps[c].append(att[0].float().cpu().numpy())
+    auc = {c: metrics.localisation_auc(maps[c], [s["lesion_fraction"] for s in lesion])["mean_auc"]
+           for c in choices} if lesion else {}
+    best = "scorer" if auc.get("scorer", -1.0) > auc.get("cross", -1.0) else "cross"
+    return {"heatmap_attention": best, "localisation_auc": auc, "slides": len(lesion)}
+
+
 def draft_figures_v2(model: PathAlign, slides: Sequence[dict], classes: Sequence[str],
                      config: Any = None) -> dict[str, Any]:
     """Drafts per part (``draft_part`` over all the part's slides, as the app drafts): the part's diagnosis

@@ -5,8 +5,9 @@
     emb = model.embed(features)                          # SlideEmbedding
     emb.slide      np.ndarray [256]     L2-normalised: mean of the normalised query embeddings, renormalised
     emb.queries    np.ndarray [32, 256] L2-normalised query embeddings (for query-max similarity)
-    emb.attention  np.ndarray [N]       per-patch attention (cross-attention averaged over heads, queries and
-                                        layers); sums to 1; aligned with features.coords for heatmaps
+    emb.attention  np.ndarray [N]       per-patch attention: the patch scorer's gated attention (v2 models),
+                                        else cross-attention averaged over heads, queries and layers; sums
+                                        to 1; aligned with features.coords for heatmaps
     model.embed_text(["invasive carcinoma"])             # np.ndarray [n, 256], L2-normalised (projected
                                                          # mean of the token states)
     model.similarity(emb, text_embs)                     # query-max cosine, np.ndarray [n]
@@ -133,6 +134,15 @@ class PathAlign:
         }
 
     @property
+    def attention_from(self) -> str:
+        """Which attention ``SlideEmbedding.attention`` (the heatmaps) holds: bundle.json's
+        ``heatmap_attention``, "cross" (the default: cross-attention averaged) or "scorer" (the patch
+        scorer's gated attention, v2 models). The demo-v2 build picks the one that localises the validation
+        lesions better (`evaluate.choose_heatmap_attention`); bundles without lesion masks keep "cross"."""
+        choice = str(self.bundle.config.get("heatmap_attention", "cross"))
+        return choice if choice == "cross" or self.model.scorer is not None else "cross"
+
+    @property
     def eval_figures(self) -> dict[str, Any]:
         return self.bundle.eval
 
@@ -182,7 +192,8 @@ class PathAlign:
                 self._check(x)
             patches, mask = pad_features(xs)
             query_out, attention = self.model.encode_patches(
-                patches.to(self.device), mask.to(self.device), with_attention=True
+                patches.to(self.device), mask.to(self.device), with_attention=True,
+                attention_from=self.attention_from,
             )
             q = self.model.query_embeddings(query_out).float().cpu()  # [B, Q, E]
             slide = F.normalize(q.mean(1), dim=-1)  # [B, E]

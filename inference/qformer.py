@@ -460,13 +460,21 @@ class QFormer(nn.Module):
     # ---- the three forward patterns
 
     def encode_patches(
-        self, patches: torch.Tensor, patch_mask: torch.Tensor | None = None, with_attention: bool = False
+        self, patches: torch.Tensor, patch_mask: torch.Tensor | None = None, with_attention: bool = False,
+        attention_from: str = "cross",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Queries read the slide. Returns query outputs [B, Q, H] and, if asked, patch attention [B, N].
 
-        The patch attention is the cross-attention averaged over heads, queries and cross-attention layers;
-        each row sums to 1 over the real patches and is exactly 0 on padding.
+        The patch attention (``attention_from="cross"``) is the cross-attention averaged over heads, queries
+        and cross-attention layers; ``"scorer"`` (a v2 model): the patch scorer's gated attention, the softmax
+        of its log-attention over every real patch (what decides which patches the queries read; it
+        localises lesions better than the averaged cross-attention, docs/model.md). Each row sums to 1 over
+        the real patches and is exactly 0 on padding.
         """
+        if attention_from not in ("cross", "scorer"):
+            raise ValueError(f"attention_from must be 'cross' or 'scorer', not {attention_from!r}")
+        if attention_from == "scorer" and self.scorer is None:
+            raise ValueError("attention_from='scorer' needs a model with a patch scorer (scorer_hidden > 0)")
         b = patches.shape[0]
         slide = self._read_slide(patches, patch_mask)
         x = self._embed(None, self.config.num_query_tokens, b)
@@ -477,7 +485,10 @@ class QFormer(nn.Module):
             if with_attention and probs is not None:
                 maps.append(probs.float().mean(dim=(1, 2)))  # [B, N] (or [B, k] over the top-k patches)
         attention = None
-        if with_attention:
+        if with_attention and attention_from == "scorer":
+            log_a = slide.log_attention.float().masked_fill(~slide.mask, float("-inf"))
+            attention = torch.softmax(log_a, dim=-1).masked_fill(~slide.mask, 0.0)
+        elif with_attention:
             attention = torch.stack(maps).mean(0)
             if slide.index is not None:  # back onto every patch: the unread ones get 0
                 attention = torch.zeros(slide.mask.shape, dtype=attention.dtype, device=attention.device

@@ -152,6 +152,39 @@ def test_top_k_reads_only_the_best_scored_patches(scorer_model):
     assert torch.allclose(same, full, atol=1e-5) and torch.allclose(att_same, att_full, atol=1e-6)
 
 
+def test_heatmap_attention_of_a_scorer_model_is_the_scorers_gated_attention(trained, scorer_model):
+    """What the app's heatmaps show (``SlideEmbedding.attention``) for a v2 model: the scorer's softmax over
+    every real patch, 0 on padding, and over every patch even when the queries read only the top k."""
+    model, _, _ = trained
+    assert model.attention_from == "cross"  # no choice recorded: the averaged cross-attention
+    (x, flags, _), = _bags(11, 2, lesion=(6,))[1:]
+    model.bundle.config["heatmap_attention"] = "scorer"
+    try:
+        emb = model.embed(x)
+    finally:
+        del model.bundle.config["heatmap_attention"]
+    assert not np.allclose(emb.attention, model.embed(x).attention)
+    with torch.no_grad():
+        log_a = model.model.patch_log_attention(torch.from_numpy(x)[None])[0]
+    assert np.allclose(emb.attention, torch.softmax(log_a, 0).numpy(), atol=1e-6)
+    assert emb.attention[flags].mean() > 1.5 * emb.attention[~flags].mean()  # the six lesion patches stand out
+
+    torch.manual_seed(3)
+    batch, mask = torch.randn(2, 30, DIM), torch.ones(2, 30, dtype=torch.bool)
+    mask[0, 12:] = False
+    with torch.no_grad():
+        scorer_model.config.scorer_top_k = 5
+        try:
+            _, att = scorer_model.encode_patches(batch, mask, with_attention=True, attention_from="scorer")
+        finally:
+            scorer_model.config.scorer_top_k = 0
+    assert torch.all(att[0, 12:] == 0) and torch.all(att[0, :12] > 0) and torch.all(att[1] > 0)
+    assert torch.allclose(att.sum(-1), torch.ones(2), atol=1e-5)
+    v1 = QFormer(QFormerConfig(vision_width=DIM, num_hidden_layers=1, vocab_size=50, num_query_tokens=2))
+    with pytest.raises(ValueError, match="patch scorer"):
+        v1.encode_patches(batch, mask, with_attention=True, attention_from="scorer")
+
+
 def test_v1_configuration_is_the_v1_model():
     """No scorer: no new weights (a v1 bundle's state dict loads strictly) and config version 1."""
     cfg = QFormerConfig(vision_width=DIM, num_hidden_layers=1, vocab_size=50, num_query_tokens=2)
@@ -193,3 +226,22 @@ def test_training_with_attention_sampling_runs_and_learns(tmp_path):
     model, _, history = train_stage1(make_examples(), cfg, tmp_path, progress=False)
     first, last = history["epochs"][0]["train"], history["epochs"][-1]["train"]
     assert model.scorer is not None and last["loss"] < first["loss"] and last["bag"] < first["bag"]
+
+
+def test_the_heatmap_attention_is_chosen_by_validation_localisation(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    from inference.evaluate import choose_heatmap_attention
+
+    model, _, _ = trained
+    slides = []
+    for i, (x, flags, _) in enumerate(_bags(21, 6)):
+        path = tmp_path / f"s{i}.safetensors"
+        save_file({"features": torch.from_numpy(x)}, str(path))
+        slides.append({"features_path": str(path), "lesion_fraction": flags.astype(float)})
+    got = choose_heatmap_attention(model, slides)
+    assert got["slides"] == 3  # the lesion bags only
+    auc = got["localisation_auc"]
+    assert set(auc) == {"cross", "scorer"} and all(0.5 < v <= 1 for v in auc.values())
+    assert got["heatmap_attention"] == max(auc, key=auc.get)
+    assert choose_heatmap_attention(model, slides[::2])["heatmap_attention"] == "cross"  # no lesion: the default
