@@ -95,8 +95,9 @@ class DemoV2Config:
     # Other bundles scored beside this one on the same held-out sets (e.g. the shipped v1 demo bundle).
     compare_bundles: tuple[str, ...] = ()
     # The bundle's version (its name is pathalign-demo-v2). 2.0.0: slide bags with their part's report, text
-    # losses only; 2.1.0: slide bags with true texts (own_text), reports without the part header, the label term.
-    version: str = "2.1.0"
+    # losses only; 2.1.0: slide bags with true texts (own_text), reports without the part header, the label term;
+    # 2.2.0: 2.1.0 plus a scanner-jittered copy of every training slide (``demo_v2 augment``, --extra-corpora).
+    version: str = "2.2.0"
     # Evaluation.
     cv_folds: int = 0
     mil_epochs: int = 40
