@@ -5,9 +5,9 @@
     emb = model.embed(features)                          # SlideEmbedding
     emb.slide      np.ndarray [256]     L2-normalised: mean of the normalised query embeddings, renormalised
     emb.queries    np.ndarray [32, 256] L2-normalised query embeddings (for query-max similarity)
-    emb.attention  np.ndarray [N]       per-patch attention: the patch scorer's gated attention (v2 models),
-                                        else cross-attention averaged over heads, queries and layers; sums
-                                        to 1; aligned with features.coords for heatmaps
+    emb.attention  np.ndarray [N]       per-patch attention (bundle.json's heatmap_attention: the cross-
+                                        attention averaged over heads, queries and layers, or a v2 model's
+                                        patch scorer); sums to 1; aligned with features.coords for heatmaps
     model.embed_text(["invasive carcinoma"])             # np.ndarray [n, 256], L2-normalised (projected
                                                          # mean of the token states)
     model.similarity(emb, text_embs)                     # query-max cosine, np.ndarray [n]
