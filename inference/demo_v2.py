@@ -397,10 +397,11 @@ def evaluate_bundle(cfg: DemoV2Config, corpus: Path, features: Path, bundle: Pat
     heatmap = choose_heatmap_attention(model, val)
     log(f"[evaluate] heatmap attention: {heatmap['heatmap_attention']} (validation localisation AUC "
         f"{heatmap['localisation_auc']} on {heatmap['slides']} lesion slides)")
+    # Into bundle.json, and into the loaded model's config (which `PathAlign.attention_from` reads): no reload.
+    model.bundle.config.update(heatmap_attention=heatmap["heatmap_attention"], heatmap_attention_chosen_on=heatmap)
     config = json.loads((bundle / CONFIG_FILE).read_text())
     config |= {"heatmap_attention": heatmap["heatmap_attention"], "heatmap_attention_chosen_on": heatmap}
     (bundle / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    model = PathAlign.load(bundle, device=_device(cfg.device))
     compare = {}
     for path in cfg.compare_bundles:
         other = PathAlign.load(path, device=_device(cfg.device))
